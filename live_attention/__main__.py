@@ -1,0 +1,3 @@
+from live_attention.cli import main
+
+raise SystemExit(main())
