@@ -1,0 +1,208 @@
+"""Configuration: defaults in the package, overridden by a TOML file, overridden by CLI flags.
+
+A config is a frozen dataclass per section. Every key is validated when it is read; an unknown key or
+a bad value raises :class:`ConfigError` with one line that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from live_attention.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODES = ("attention", "rollout", "heads", "entropy", "query", "flow")
+FUSIONS = ("mean", "max", "min")
+COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "vit_b_16"
+    weights: str = "imagenet"
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    source: str = "0"
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    loop: bool = False
+    slideshow_seconds: float = 3.0
+    reconnect_max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    mode: str = "attention"
+    layer: int = -1  # -1: the last layer
+    head: int = -1  # -1: heads fused
+    fusion: str = "mean"
+    opacity: float = 0.55
+    colormap: str = "inferno"
+    residual: float = 0.5
+    discard_ratio: float = 0.0
+    animate_fps: float = 2.0
+    entropy_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    width: int = 1280
+    height: int = 800
+    vsync: bool = True
+    screenshot_dir: str = "screenshots"
+    show_help: bool = False
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    dir: str = "sessions"
+    crf: int = 23
+    preset: str = "veryfast"
+    queue_size: int = 64
+    raw_codec: str = "ffv1"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+# Allowed values: a tuple of choices, or (min, max) bounds for numbers (None = open).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.precision": PRECISIONS,
+    "view.mode": MODES,
+    "view.fusion": FUSIONS,
+    "view.colormap": COLORMAPS,
+    "record.preset": (
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+    ),
+    "record.raw_codec": ("ffv1", "mjpeg"),
+}
+_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "source.width": (16, 8192),
+    "source.height": (16, 8192),
+    "source.fps": (0.1, 1000),
+    "source.slideshow_seconds": (0.1, 3600),
+    "source.reconnect_max_s": (0.1, 600),
+    "view.layer": (-1, None),
+    "view.head": (-1, None),
+    "view.opacity": (0.0, 1.0),
+    "view.residual": (0.0, 1.0),
+    "view.discard_ratio": (0.0, 0.99),
+    "view.animate_fps": (0.1, 60),
+    "view.entropy_seconds": (1, 600),
+    "window.width": (320, 16384),
+    "window.height": (240, 16384),
+    "record.crf": (0, 51),
+    "record.queue_size": (1, 10000),
+}
+
+_SECTION_TYPES = {
+    "model": ModelConfig,
+    "source": SourceConfig,
+    "view": ViewConfig,
+    "window": WindowConfig,
+    "record": RecordConfig,
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default`` and the key's allowed values."""
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            value = value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key} must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"config key {key} must be a whole number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key} must be a whole number, got {value!r}")
+    elif kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"config key {key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"config key {key} must be a number, got {value!r}")
+        value = float(value)
+    elif kind is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # e.g. source = 0 for a camera index
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key} must be a string, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError(f"config key {key} must be one of {', '.join(_CHOICES[key])}, got {value!r}")
+    if key in _BOUNDS:
+        lo, hi = _BOUNDS[key]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+            raise ConfigError(f"config key {key} must be in {rng}, got {value!r}")
+    return value
+
+
+def merge(base: Config, overrides: dict[str, dict[str, Any]], origin: str = "config") -> Config:
+    """Apply ``{section: {key: value}}`` onto ``base``, validating every key."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{origin} must be a table of sections")
+    sections = {}
+    for sec_name, values in overrides.items():
+        if sec_name not in _SECTION_TYPES:
+            raise ConfigError(
+                f"unknown config section [{sec_name}] in {origin}: use {', '.join(_SECTION_TYPES)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section [{sec_name}] in {origin} must be a table")
+        current = getattr(base, sec_name)
+        known = {f.name: getattr(current, f.name) for f in fields(current)}
+        changes = {}
+        for key, value in values.items():
+            full = f"{sec_name}.{key}"
+            if key not in known:
+                raise ConfigError(f"unknown config key {full} in {origin}: [{sec_name}] takes {', '.join(known)}")
+            changes[key] = _coerce(full, value, known[key])
+        sections[sec_name] = replace(current, **changes)
+    return replace(base, **sections)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` (CLI flags)."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (see configs/ for examples)")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        cfg = merge(cfg, data, origin=str(p))
+    if overrides:
+        cfg = merge(cfg, {k: v for k, v in overrides.items() if v}, origin="command line")
+    return cfg

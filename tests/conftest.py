@@ -1,0 +1,34 @@
+"""Shared fixtures: small random-init ViTs, never a download."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("LIVE_ATTENTION_OFFLINE", "1")  # tests never touch the network
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+if not MEDIA.is_dir():  # CI clones beside a copy of shared/
+    MEDIA = Path(os.environ.get("LIVE_ATTENTION_MEDIA", "../shared/media")).resolve()
+
+
+def tiny_vit(seed: int = 0, image_size: int = 32, patch_size: int = 8, layers: int = 3, heads: int = 2,
+             hidden: int = 16, classes: int = 10):
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    return VisionTransformer(
+        image_size=image_size, patch_size=patch_size, num_layers=layers, num_heads=heads,
+        hidden_dim=hidden, mlp_dim=hidden * 2, num_classes=classes,
+    ).eval()
+
+
+@pytest.fixture
+def media() -> Path:
+    if not MEDIA.is_dir():
+        pytest.fail(f"shared media not found at {MEDIA}: set LIVE_ATTENTION_MEDIA")
+    return MEDIA

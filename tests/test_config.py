@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from live_attention.config import Config, load_config
+from live_attention.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu", "demo"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    assert isinstance(cfg, Config)
+
+
+def test_default_toml_documents_the_package_defaults():
+    assert load_config(CONFIGS / "default.toml") == Config()
+
+
+def test_precedence_defaults_file_cli(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[model]\nname = "vit_b_32"\nprecision = "fp32"\n[view]\nopacity = 0.3\n')
+    cfg = load_config(p, {"model": {"precision": "bf16"}, "view": {"layer": 3}})
+    assert cfg.model.name == "vit_b_32"  # file over default
+    assert cfg.model.precision == "bf16"  # CLI over file
+    assert cfg.view.opacity == 0.3 and cfg.view.layer == 3
+    assert cfg.model.weights == "imagenet"  # default kept
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[model]\nnmae = "x"\n', r"unknown config key model.nmae .*takes name, weights"),
+        ('[modle]\nname = "x"\n', r"unknown config section \[modle\]"),
+        ('[view]\nmode = "zoom"\n', r"view.mode must be one of attention, rollout"),
+        ("[view]\nopacity = 2.0\n", r"view.opacity must be in 0.0..1.0"),
+        ('[view]\nlayer = "top"\n', r"view.layer must be a whole number"),
+        ('[window]\nvsync = "maybe"\n', r"window.vsync must be true or false"),
+        ("[view\nmode = 1\n", r"not valid TOML"),
+        ('model = "x"\n', r"config section \[model\] .* must be a table"),
+    ],
+)
+def test_bad_config_is_one_line_naming_key(tmp_path, text, match):
+    p = tmp_path / "bad.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(p)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_camera_index_as_integer(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[source]\nsource = 2\n")
+    assert load_config(p).source.source == "2"
