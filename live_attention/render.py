@@ -1,0 +1,540 @@
+"""The renderer: a pure function of (frame, result, view, status) that returns an RGB uint8 image.
+
+No GUI and no threads here: the window, screenshots, the recorder and the headless ``render`` and
+``export`` commands all call :func:`render`, so what you see is what you record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from live_attention.config import COLORMAPS, FUSIONS, MODES
+
+MODE_TITLES = {
+    "attention": "CLS attention",
+    "rollout": "Attention rollout",
+    "heads": "All heads",
+    "entropy": "Attention entropy",
+    "query": "Patch query",
+    "flow": "Attention flow",
+}
+MODE_EXPLAIN = {
+    "attention": "where the class token looks in this layer",
+    "rollout": "what the class token has gathered up to this layer",
+    "heads": "each head's class-token attention in this layer",
+    "entropy": "bright = spread out, dark = focused",
+    "query": "where the selected patch looks",
+    "flow": "max-flow from each patch to the class token",
+}
+_CV_MAPS = {
+    "inferno": cv2.COLORMAP_INFERNO,
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "magma": cv2.COLORMAP_MAGMA,
+    "hot": cv2.COLORMAP_HOT,
+}
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+WHITE = (255, 255, 255)
+GREY = (190, 190, 190)
+YELLOW = (255, 214, 10)
+RED = (230, 40, 40)
+GREEN = (80, 220, 100)
+CYAN = (80, 220, 255)
+
+HELP_LINES = (
+    ("Up / Down", "layer"),
+    ("Left / Right", "head (past the ends: all heads)"),
+    ("0 / Backspace", "all heads fused"),
+    ("F", "fusion: mean / max / min"),
+    ("1-6, M", "mode: attention rollout heads entropy query flow"),
+    ("A", "animate through the layers"),
+    ("Space", "freeze the frame"),
+    ("Click", "pick the query patch (mode 5)"),
+    ("6 while frozen", "compute attention flow"),
+    ("+ / -", "overlay opacity"),
+    ("C", "colormap"),
+    ("R", "start / stop recording"),
+    ("S", "save a screenshot"),
+    ("H", "this help"),
+    ("Q / Esc", "quit"),
+)
+
+
+@dataclass(frozen=True)
+class View:
+    """What the user chose to see. ``layer`` is 0-based; ``head`` -1 means the heads fused."""
+
+    mode: str = "attention"
+    layer: int = -1
+    head: int = -1
+    fusion: str = "mean"
+    opacity: float = 0.55
+    colormap: str = "inferno"
+    query_patch: int | None = None
+    frozen: bool = False
+    animating: bool = False
+    show_help: bool = False
+    show_hud: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
+        if self.colormap not in COLORMAPS:
+            raise ValueError(f"unknown colormap {self.colormap!r}: use one of {', '.join(COLORMAPS)}")
+
+    def resolved_layer(self, num_layers: int) -> int:
+        return self.layer % num_layers if self.layer < 0 else min(self.layer, num_layers - 1)
+
+
+@dataclass(frozen=True)
+class Status:
+    """Live figures for the HUD; every field is optional so offline renders can leave them out."""
+
+    model: str = ""
+    untrained: bool = False
+    source: str = ""
+    capture_state: str = "running"
+    capture_fps: float | None = None
+    infer_fps: float | None = None
+    latency_ms: float | None = None
+    dropped: int = 0
+    recording: str | None = None  # e.g. "REC 00:12  dropped 0"
+    message: str | None = None
+    error: str | None = None
+    flow_progress: float | None = None  # 0..1 while computing
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Data that is not in one frame's result: entropy history and a computed flow map."""
+
+    entropy_history: np.ndarray | None = None  # [T, L] per-layer CLS entropy (heads averaged)
+    entropy_times: np.ndarray | None = None  # [T] seconds, increasing
+    entropy_seconds: float = 10.0
+    flow: np.ndarray | None = None  # [P] raw flow values for the shown frame
+    flow_seq: int | None = None
+    extra_lines: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --------------------------------------------------------------------------------------------------
+# Map selection
+# --------------------------------------------------------------------------------------------------
+
+
+def _fuse(x: np.ndarray, how: str, axis: int = 0) -> np.ndarray:
+    if how == "mean":
+        return x.mean(axis=axis)
+    if how == "max":
+        return x.max(axis=axis)
+    return x.min(axis=axis)
+
+
+def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.ndarray | None, str]:
+    """The patch map [P] that the view asks for, and its caption. ``None`` when not available."""
+    layer = view.resolved_layer(result.num_layers)
+    lname = f"layer {layer + 1}/{result.num_layers}"
+    hname = f"head {view.head + 1}/{result.num_heads}" if view.head >= 0 else f"all heads ({view.fusion})"
+    head = min(view.head, result.num_heads - 1)
+    if view.mode in ("attention", "heads"):
+        m = result.cls[layer, head] if head >= 0 else _fuse(result.cls[layer], view.fusion)
+        return m, f"{lname}, {hname}"
+    if view.mode == "rollout":
+        fusion = result.settings.fusion
+        return result.rollout[layer], f"layers 1-{layer + 1}, heads fused ({fusion})"
+    if view.mode == "entropy":
+        pe = result.patch_entropy[layer]
+        m = pe[head] if head >= 0 else pe.mean(axis=0)
+        return m, f"{lname}, {hname if head >= 0 else 'heads averaged'}"
+    if view.mode == "query":
+        if view.query_patch is None:
+            return None, "click a patch to query it"
+        q = result.query_for(view.query_patch)[layer]
+        m = q[head] if head >= 0 else _fuse(q, view.fusion)
+        r, c = divmod(view.query_patch, result.grid[1])
+        return m, f"patch ({r},{c}), {lname}, {hname}"
+    if view.mode == "flow":
+        if extras is None or extras.flow is None or extras.flow_seq != result.seq:
+            return None, "freeze (Space) and press 6 to compute flow"
+        return extras.flow, "all layers, heads fused (mean)"
+    raise ValueError(view.mode)
+
+
+def normalize(m: np.ndarray) -> np.ndarray:
+    m = m.astype(np.float32, copy=False)
+    lo, hi = float(m.min()), float(m.max())
+    if hi - lo < 1e-12:
+        return np.zeros_like(m)
+    return (m - lo) / (hi - lo)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing helpers
+# --------------------------------------------------------------------------------------------------
+
+
+_LUT_CACHE: dict[str, np.ndarray] = {}
+
+
+def colormap_lut(name: str) -> np.ndarray:
+    """A 256×1×3 RGB lookup table usable as an OpenCV user colormap."""
+    lut = _LUT_CACHE.get(name)
+    if lut is None:
+        ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
+        bgr = cv2.applyColorMap(ramp, _CV_MAPS[name])
+        lut = np.ascontiguousarray(bgr[:, :, ::-1]).reshape(256, 1, 3)
+        _LUT_CACHE[name] = lut
+    return lut
+
+
+def heat_rgb(values01: np.ndarray, grid: tuple[int, int], size: tuple[int, int], cmap: str) -> np.ndarray:
+    """A [P] map in [0, 1] smoothly upsampled (bicubic) to ``size`` (w, h), coloured, RGB uint8."""
+    g = values01.reshape(grid).astype(np.float32)
+    up = cv2.resize(g, size, interpolation=cv2.INTER_CUBIC)
+    u8 = cv2.convertScaleAbs(up, alpha=255.0)  # saturates the bicubic overshoot
+    return cv2.applyColorMap(u8, colormap_lut(cmap))
+
+
+def _text(img, s, org, scale, color=WHITE, thick=1):
+    x, y = org
+    # Same thickness for the shadow: OpenCV 5 renders a real font whose advance grows with thickness.
+    d = max(1, int(round(2 * scale)))
+    cv2.putText(img, s, (x + d, y + d), FONT, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(img, s, (x, y), FONT, scale, color, thick, cv2.LINE_AA)
+
+
+def _panel(img, x0, y0, x1, y1, alpha=0.6):
+    h, w = img.shape[:2]
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return
+    roi = img[y0:y1, x0:x1]
+    cv2.convertScaleAbs(roi, dst=roi, alpha=1.0 - alpha)
+
+
+def _text_w(s, scale, thick=1):
+    return cv2.getTextSize(s, FONT, scale, thick)[0][0]
+
+
+def _colorbar(img, x, y, w, h, cmap, low, high, scale):
+    ramp = np.linspace(0, 255, w, dtype=np.float32).astype(np.uint8).reshape(1, w)
+    bar = cv2.applyColorMap(np.repeat(ramp, h, axis=0), colormap_lut(cmap))
+    img[y : y + h, x : x + w] = bar
+    cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), WHITE, 1)
+    _text(img, low, (x, y + h + int(22 * scale)), 0.5 * scale, GREY)
+    _text(img, high, (x + w - _text_w(high, 0.5 * scale), y + h + int(22 * scale)), 0.5 * scale, GREY)
+
+
+# --------------------------------------------------------------------------------------------------
+# Canvas
+# --------------------------------------------------------------------------------------------------
+
+
+def canvas_size(frame_shape: tuple[int, ...], min_height: int = 720, max_height: int = 1080) -> tuple[int, int]:
+    """(w, h) of the output: the frame's aspect, at least 720 and at most 1080 pixels tall."""
+    h, w = frame_shape[:2]
+    th = int(min(max(h, min_height), max_height))
+    tw = int(round(w * th / h))
+    return tw + (tw % 2), th + (th % 2)  # even sizes keep H.264 encoders happy
+
+
+def render(
+    frame: np.ndarray | None,
+    result=None,
+    view: View | None = None,
+    status: Status | None = None,
+    extras: Extras | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Compose one output image (RGB uint8, C-contiguous).
+
+    Args:
+        frame: the BGR camera frame (None: no signal).
+        result: the worker's :class:`~live_attention.worker.Result` for this frame, or None.
+        view: what to show; status: HUD figures; extras: entropy history and flow.
+        size: (w, h) of the output; by default :func:`canvas_size` of the frame.
+    """
+    view = view or View()
+    status = status or Status()
+    extras = extras or Extras()
+    if frame is None:
+        w, h = size or (1280, 720)
+        img = np.zeros((h, w, 3), np.uint8)
+        scale = h / 720.0
+        _no_signal(img, status, scale)
+        _hud(img, None, view, status, scale)
+        return img
+
+    w, h = size or canvas_size(frame.shape)
+    scale = h / 720.0
+    sy, sx = h / frame.shape[0], w / frame.shape[1]
+    img = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) if (w, h) != frame.shape[1::-1] else frame
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # a new array: never draws into the caller's frame
+
+    if result is not None:
+        x0, y0, x1, y1 = result.box
+        box = (int(round(x0 * sx)), int(round(y0 * sy)), int(round(x1 * sx)), int(round(y1 * sy)))
+        if view.mode == "heads":
+            _draw_heads(img, result, view, scale)
+        else:
+            m, caption = select_map(result, view, extras)
+            _dim_outside(img, box)
+            if m is not None:
+                _overlay(img, box, normalize(m), result.grid, view)
+            if view.mode == "query" and view.query_patch is not None:
+                _mark_patch(img, box, result.grid, view.query_patch)
+            if view.mode == "entropy":
+                _entropy_panels(img, result, view, extras, scale)
+            _caption(img, view, caption, scale, flow_progress=status.flow_progress)
+    _hud(img, result, view, status, scale)
+    if view.show_help:
+        _help(img, scale)
+    return np.ascontiguousarray(img)
+
+
+def _dim_outside(img, box):
+    x0, y0, x1, y1 = box
+    h, w = img.shape[:2]
+    for sl in (np.s_[:y0, :], np.s_[y1:, :], np.s_[y0:y1, :x0], np.s_[y0:y1, x1:]):
+        roi = img[sl]
+        if roi.size:
+            cv2.convertScaleAbs(roi, dst=roi, alpha=0.35)
+
+
+def _overlay(img, box, values01, grid, view):
+    x0, y0, x1, y1 = box
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    heat = heat_rgb(values01, grid, (x1 - x0, y1 - y0), view.colormap)
+    roi = img[y0:y1, x0:x1]
+    cv2.addWeighted(roi, 1.0 - view.opacity, heat, view.opacity, 0.0, dst=roi)
+
+
+def _mark_patch(img, box, grid, patch):
+    x0, y0, x1, y1 = box
+    r, c = divmod(patch, grid[1])
+    pw, ph = (x1 - x0) / grid[1], (y1 - y0) / grid[0]
+    p0 = (int(x0 + c * pw), int(y0 + r * ph))
+    p1 = (int(x0 + (c + 1) * pw), int(y0 + (r + 1) * ph))
+    cv2.rectangle(img, p0, p1, (0, 0, 0), 4)
+    cv2.rectangle(img, p0, p1, CYAN, 2)
+
+
+def _caption(img, view, caption, scale, flow_progress=None):
+    h, w = img.shape[:2]
+    title = MODE_TITLES[view.mode]
+    s1, s2 = 1.0 * scale, 0.62 * scale
+    line2 = f"{caption}  -  {MODE_EXPLAIN[view.mode]}"
+    if view.mode == "flow" and flow_progress is not None:
+        line2 = f"computing attention flow... {int(flow_progress * 100)}%"
+    tw = max(_text_w(title, s1, 2), _text_w(line2, s2))
+    x = (w - tw) // 2
+    y = h - int(62 * scale)
+    _panel(img, x - int(14 * scale), y - int(34 * scale), x + tw + int(14 * scale), h - int(8 * scale))
+    _text(img, title, ((w - _text_w(title, s1, 2)) // 2, y), s1, WHITE, 2)
+    _text(img, line2, ((w - _text_w(line2, s2)) // 2, y + int(34 * scale)), s2, YELLOW if flow_progress is not None else GREY)
+    # Colour legend bottom right.
+    bw, bh = int(180 * scale), int(12 * scale)
+    low, high = ("focused", "spread") if view.mode == "entropy" else ("low", "high")
+    _colorbar(img, w - bw - int(20 * scale), h - int(52 * scale), bw, bh, view.colormap, low, high, scale)
+    if flow_progress is not None and view.mode == "flow":
+        pw = int(tw * min(1.0, max(0.0, flow_progress)))
+        cv2.rectangle(img, (x, h - int(12 * scale)), (x + pw, h - int(9 * scale)), YELLOW, -1)
+
+
+def _draw_heads(img, result, view, scale):
+    h, w = img.shape[:2]
+    layer = view.resolved_layer(result.num_layers)
+    nh = result.num_heads
+    # Below the HUD and the top-5 panel, the full width.
+    top, bottom = int(200 * scale), int(12 * scale)
+    avail_h, avail_w = h - top - bottom, w - int(20 * scale)
+    best = None
+    for cols in range(1, nh + 1):
+        rows = math.ceil(nh / cols)
+        cell = min(avail_w // cols, avail_h // rows)
+        if best is None or cell > best[0]:
+            best = (cell, cols, rows)
+    cell, cols, rows = best
+    gap = max(2, int(6 * scale))
+    tile = cell - gap
+    img[:] = 18  # dark background: the tiles are the picture
+    base = cv2.resize(result.model_rgb, (tile, tile), interpolation=cv2.INTER_AREA)
+    gx0 = (w - cols * cell) // 2
+    gy0 = top + (avail_h - rows * cell) // 2
+    cls = result.cls[layer]
+    for hd in range(nh):
+        r, c = divmod(hd, cols)
+        x, y = gx0 + c * cell, gy0 + r * cell
+        heat = heat_rgb(normalize(cls[hd]), result.grid, (tile, tile), view.colormap)
+        blended = cv2.addWeighted(base, 1.0 - view.opacity, heat, view.opacity, 0.0)
+        img[y : y + tile, x : x + tile] = blended
+        sel = hd == view.head
+        cv2.rectangle(img, (x - 1, y - 1), (x + tile, y + tile), YELLOW if sel else (60, 60, 60), 3 if sel else 1)
+        label = f"head {hd + 1}"
+        _panel(img, x, y, x + _text_w(label, 0.5 * scale) + int(10 * scale), y + int(24 * scale), 0.5)
+        _text(img, label, (x + int(5 * scale), y + int(18 * scale)), 0.5 * scale, YELLOW if sel else WHITE)
+    title = f"All {nh} heads of layer {layer + 1}/{result.num_layers}: where the class token looks"
+    _text(img, title, ((w - _text_w(title, 0.75 * scale, 2)) // 2, gy0 - int(14 * scale)), 0.75 * scale, WHITE, 2)
+
+
+def _entropy_panels(img, result, view, extras, scale):
+    h, w = img.shape[:2]
+    L, H = result.entropy.shape
+    cell = int(min(22 * scale, (h * 0.42) / L))
+    pw, ph = H * cell, L * cell
+    x0 = w - pw - int(30 * scale)
+    y0 = int(195 * scale)
+    _panel(img, x0 - int(60 * scale), y0 - int(40 * scale), w - int(10 * scale), y0 + ph + int(38 * scale), 0.7)
+    _text(img, "CLS entropy: layer x head", (x0 - int(50 * scale), y0 - int(14 * scale)), 0.5 * scale, WHITE)
+    ent = np.clip(result.entropy, 0.0, 1.0)
+    u8 = (ent * 255).astype(np.uint8)
+    grid_img = cv2.applyColorMap(u8, colormap_lut(view.colormap))
+    grid_img = cv2.resize(grid_img, (pw, ph), interpolation=cv2.INTER_NEAREST)
+    img[y0 : y0 + ph, x0 : x0 + pw] = grid_img
+    layer = view.resolved_layer(L)
+    if view.head >= 0:
+        cx = x0 + min(view.head, H - 1) * cell
+        cv2.rectangle(img, (cx, y0 + layer * cell), (cx + cell, y0 + (layer + 1) * cell), WHITE, 2)
+    else:
+        cv2.rectangle(img, (x0, y0 + layer * cell), (x0 + pw, y0 + (layer + 1) * cell), WHITE, 2)
+    for li in (0, L - 1):
+        _text(img, f"L{li + 1}", (x0 - int(40 * scale), y0 + li * cell + int(cell * 0.8)), 0.42 * scale, GREY)
+    _text(img, "head 1", (x0, y0 + ph + int(18 * scale)), 0.42 * scale, GREY)
+    _text(img, f"{H}", (x0 + pw - cell, y0 + ph + int(18 * scale)), 0.42 * scale, GREY)
+    # Per-layer curve over the last seconds.
+    hist, times = extras.entropy_history, extras.entropy_times
+    cx0, cy0 = x0 - int(60 * scale), y0 + ph + int(48 * scale)
+    cw, chh = w - int(10 * scale) - cx0, int(130 * scale)
+    _panel(img, cx0, cy0, cx0 + cw, cy0 + chh, 0.7)
+    _text(img, f"entropy per layer, last {extras.entropy_seconds:.0f} s", (cx0 + int(8 * scale), cy0 + int(18 * scale)), 0.45 * scale, WHITE)
+    if hist is None or times is None or len(hist) < 2:
+        return
+    t_end = times[-1]
+    keep = times >= t_end - extras.entropy_seconds
+    hist, times = hist[keep], times[keep]
+    if len(hist) < 2:
+        return
+    px0, py0 = cx0 + int(8 * scale), cy0 + int(26 * scale)
+    pw2, ph2 = cw - int(16 * scale), chh - int(34 * scale)
+    xs = px0 + (1.0 - (t_end - times) / extras.entropy_seconds) * pw2
+    lut = colormap_lut("viridis")[:, 0, :]
+    for li in range(hist.shape[1]):
+        ys = py0 + (1.0 - np.clip(hist[:, li], 0, 1)) * ph2
+        pts = np.stack([xs, ys], axis=1).astype(np.int32).reshape(-1, 1, 2)
+        color = tuple(int(c) for c in lut[int(40 + 215 * li / max(1, hist.shape[1] - 1))])
+        thick = 3 if li == layer else 1
+        cv2.polylines(img, [pts], False, WHITE if li == layer else color, thick, cv2.LINE_AA)
+
+
+def _hud(img, result, view, status, scale):
+    if not view.show_hud:
+        return
+    h, w = img.shape[:2]
+    s = 0.55 * scale
+    lh = int(24 * scale)
+    lines: list[tuple[str, tuple[int, int, int]]] = []
+    if status.model:
+        lines.append((status.model, WHITE))
+    mode_line = f"mode {MODES.index(view.mode) + 1} {view.mode}"
+    if result is not None:
+        layer = view.resolved_layer(result.num_layers)
+        head = f"head {view.head + 1}" if view.head >= 0 else f"heads {view.fusion}"
+        mode_line += f" | layer {layer + 1}/{result.num_layers} | {head}"
+    lines.append((mode_line, YELLOW))
+    perf = []
+    if status.capture_fps is not None:
+        perf.append(f"capture {status.capture_fps:4.1f} fps")
+    if status.infer_fps is not None:
+        perf.append(f"model {status.infer_fps:4.1f} fps")
+    if perf:
+        lines.append(("  ".join(perf), GREY))
+    perf2 = []
+    if status.latency_ms is not None:
+        perf2.append(f"latency {status.latency_ms:4.0f} ms")
+    perf2.append(f"dropped {status.dropped}")
+    lines.append(("  ".join(perf2), GREY))
+    if status.source:
+        lines.append((f"source {status.source}", GREY))
+    flags = []
+    if view.frozen:
+        flags.append("FROZEN")
+    if view.animating:
+        flags.append("ANIMATING")
+    if flags:
+        lines.append((" ".join(flags), CYAN))
+    tw = max(_text_w(t, s) for t, _ in lines) + int(20 * scale)
+    _panel(img, 0, 0, tw, lh * len(lines) + int(12 * scale))
+    for i, (t, c) in enumerate(lines):
+        _text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
+    y_next = lh * len(lines) + int(12 * scale)
+
+    # Top-5 labels, top right.
+    if result is not None and result.topk:
+        s5 = 0.55 * scale
+        bar_w = int(120 * scale)
+        names = [f"{name[:22]}" for name, _ in result.topk]
+        tw5 = max(_text_w(n, s5) for n in names) + bar_w + int(80 * scale)
+        x0 = w - tw5
+        _panel(img, x0, 0, w, lh * (len(names) + 1) + int(10 * scale))
+        _text(img, "model's guess", (x0 + int(10 * scale), int(20 * scale)), s5, GREY)
+        for i, ((_, p), n) in enumerate(zip(result.topk, names, strict=True)):
+            y = int(20 * scale) + (i + 1) * lh
+            bx = x0 + int(10 * scale)
+            cv2.rectangle(img, (bx, y - int(12 * scale)), (bx + int(bar_w * p), y + int(2 * scale)), GREEN if i == 0 else (70, 130, 80), -1)
+            _text(img, f"{p * 100:3.0f}%", (bx + bar_w + int(6 * scale), y), s5, WHITE)
+            _text(img, n, (bx + bar_w + int(60 * scale), y), s5, WHITE if i == 0 else GREY)
+
+    # Banners: untrained, recording, messages, errors.
+    banners = []
+    if status.untrained:
+        banners.append(("UNTRAINED MODEL (random weights): these maps mean nothing", RED))
+    if status.recording:
+        banners.append((status.recording, RED))
+    if status.error:
+        banners.append((status.error, RED))
+    if status.message:
+        banners.append((status.message, CYAN))
+    y = y_next + int(8 * scale)
+    for text, color in banners:
+        sb = 0.6 * scale
+        tw = _text_w(text, sb, 2) + int(24 * scale)
+        cv2.rectangle(img, (0, y), (tw, y + int(34 * scale)), (0, 0, 0), -1)
+        cv2.rectangle(img, (0, y), (int(8 * scale), y + int(34 * scale)), color, -1)
+        _text(img, text, (int(16 * scale), y + int(24 * scale)), sb, color if color != RED else (255, 90, 90), 2)
+        y += int(40 * scale)
+
+
+def _no_signal(img, status, scale):
+    h, w = img.shape[:2]
+    title = "NO SIGNAL"
+    sub = {
+        "reconnecting": "camera lost - reconnecting...",
+        "ended": "end of input",
+        "failed": "capture failed - see the log",
+        "starting": "opening the source...",
+    }.get(status.capture_state.lower(), status.capture_state)
+    _text(img, title, ((w - _text_w(title, 2.2 * scale, 4)) // 2, h // 2), 2.2 * scale, RED, 4)
+    _text(img, sub, ((w - _text_w(sub, 0.9 * scale, 2)) // 2, h // 2 + int(50 * scale)), 0.9 * scale, GREY, 2)
+
+
+def _help(img, scale):
+    h, w = img.shape[:2]
+    s = 0.62 * scale
+    lh = int(30 * scale)
+    kw = max(_text_w(k, s, 2) for k, _ in HELP_LINES)
+    tw = kw + max(_text_w(v, s) for _, v in HELP_LINES) + int(60 * scale)
+    th = lh * (len(HELP_LINES) + 1) + int(20 * scale)
+    x0, y0 = (w - tw) // 2, (h - th) // 2
+    _panel(img, x0, y0, x0 + tw, y0 + th, 0.82)
+    _text(img, "Keys", (x0 + int(20 * scale), y0 + int(32 * scale)), 0.8 * scale, YELLOW, 2)
+    for i, (k, v) in enumerate(HELP_LINES):
+        y = y0 + int(32 * scale) + (i + 1) * lh
+        _text(img, k, (x0 + int(20 * scale), y), s, YELLOW, 2)
+        _text(img, v, (x0 + int(40 * scale) + kw, y), s, WHITE)

@@ -1,0 +1,130 @@
+"""Video output through PyAV: H.264 (libx264, bundled in PyAV's wheel) in a fragmented MP4.
+
+Why PyAV: OpenCV's wheel has no H.264 encoder, and an OpenCV ``mp4v`` .mp4 is unreadable after a
+crash ("moov atom not found"). A fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``)
+stays playable up to its last fragment. Timestamps are real: each frame's ``pts`` comes from the
+caller (capture time for recordings, media time for renders) on a 1/1000 s time base, so the
+file has a variable frame rate when the capture had one.
+
+Owned by whichever thread writes (the recorder's own thread, or the CLI's main thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from live_attention.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+TIME_BASE = Fraction(1, 1000)
+FRAG_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
+
+
+class H264Writer:
+    """Write RGB uint8 frames to an H.264 MP4 (or MKV) with explicit timestamps.
+
+    Args:
+        path: output file (.mp4 or .mkv); must not exist unless ``overwrite``.
+        width, height: frame size (even numbers; odd sizes are padded by one pixel).
+        fps: nominal rate, used for frames written without a timestamp.
+        crf, preset: libx264 quality and speed.
+        gop: keyframe interval in frames; each keyframe starts a new fragment.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        width: int,
+        height: int,
+        fps: float = 30.0,
+        crf: int = 23,
+        preset: str = "veryfast",
+        gop: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        import av
+
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise UserError(f"{self.path} already exists: choose another name or pass --overwrite")
+        self.width, self.height = int(width) + int(width) % 2, int(height) + int(height) % 2
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.frames = 0
+        self._last_pts = -1
+        options = {"movflags": FRAG_FLAGS} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+        try:
+            self._container = av.open(str(self.path), mode="w", options=options)
+        except (OSError, av.error.FFmpegError) as exc:
+            raise UserError(f"cannot write {self.path}: {exc} (check the folder exists and is writable)") from exc
+        stream = self._container.add_stream("libx264", rate=Fraction(round(self.fps * 1000), 1000))
+        stream.width, stream.height = self.width, self.height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        stream.codec_context.time_base = TIME_BASE
+        g = gop or max(1, int(round(self.fps)))  # a keyframe (and a fragment) about every second
+        stream.codec_context.gop_size = g
+        stream.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency", "g": str(g),
+                          "keyint_min": str(g)}
+        self._stream = stream
+
+    def write(self, rgb: np.ndarray, pts_s: float | None = None) -> None:
+        """Encode one RGB frame at ``pts_s`` seconds (default: frame index / fps)."""
+        import av
+
+        if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
+            rgb = _fit(rgb, self.width, self.height)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        t = self.frames / self.fps if pts_s is None else pts_s
+        pts = int(round(t * 1000))
+        if pts <= self._last_pts:  # strictly increasing, whatever the clock did
+            pts = self._last_pts + 1
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        self._last_pts = pts
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> H264Writer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pad or crop to the stream size (sizes only differ by the odd-pixel padding)."""
+    out = np.zeros((height, width, 3), np.uint8)
+    h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])
+    out[:h, :w] = rgb[:h, :w]
+    return out
+
+
+def probe_frames(path: str | os.PathLike[str]) -> list[float]:
+    """Decode a video and return every frame's timestamp in seconds (for tests and checks)."""
+    import av
+
+    times = []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        for frame in c.decode(stream):
+            times.append(float(frame.pts * frame.time_base) if frame.pts is not None else float("nan"))
+    return times
