@@ -1,0 +1,608 @@
+"""Capture: the latest-frame slot, sources, open_source parsing, and the capture thread.
+
+Thread tests use fake sources that implement the FrameSource protocol; the file tests write a tiny
+video with cv2.VideoWriter. Every wait is bounded, so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from live_attention.capture import (
+    CameraSource,
+    CaptureState,
+    CaptureThread,
+    DemoSource,
+    Frame,
+    FrameSource,
+    ImageSource,
+    LatestSlot,
+    StreamSource,
+    VideoFileSource,
+    open_source,
+)
+from live_attention.errors import SourceError
+
+FAST = (0.01, 0.04)  # reconnect backoff for tests
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.002)
+    return cond()
+
+
+def drain(slot: LatestSlot[Frame], until: Callable[[list[Frame]], bool], timeout: float = 2.5) -> list[Frame]:
+    """Consume frames from ``slot`` until ``until(frames)`` or the timeout."""
+    frames: list[Frame] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not until(frames):
+        f = slot.get(timeout=0.05)
+        if f is not None:
+            frames.append(f)
+    return frames
+
+
+class FakeCamera:
+    """A live source whose frames are distinct arrays it remembers; scripted outages and open failures.
+
+    ``script`` is consumed one entry per read: an int n means n good frames, "drop" means read() returns
+    None once. ``open_failures`` is how many open() calls fail after each release.
+    """
+
+    is_live = True
+    name = "fake camera"
+    fps = 30.0
+
+    def __init__(self, script: list[int | str] | None = None, open_failures: int = 0, period: float = 0.0):
+        self.script = list(script) if script is not None else []
+        self.open_failures = open_failures
+        self.period = period
+        self.produced: list[np.ndarray] = []
+        self.is_open = False
+        self.opens = 0
+        self.failed_opens = 0
+        self.releases = 0
+        self.reading = False
+        self.released_while_reading = False
+        self.thread: CaptureThread | None = None
+        self.states_at_open: list[CaptureState] = []
+        self._pending_failures = 0
+
+    def open(self) -> None:
+        if self.thread is not None:
+            self.states_at_open.append(self.thread.state)
+        if self.is_open:
+            return
+        if self._pending_failures > 0:
+            self._pending_failures -= 1
+            self.failed_opens += 1
+            raise SourceError("fake camera unplugged")
+        self.opens += 1
+        self.is_open = True
+
+    def _next(self) -> int | str | None:
+        while self.script and self.script[0] == 0:
+            self.script.pop(0)
+        if not self.script:
+            return None
+        head = self.script[0]
+        if head == "drop":
+            self.script.pop(0)
+            return "drop"
+        self.script[0] = int(head) - 1
+        return 1
+
+    def read(self) -> np.ndarray | None:
+        self.reading = True
+        try:
+            if self.period:
+                time.sleep(self.period)
+            if not self.is_open:
+                return None
+            step = self._next()
+            if step is None:
+                time.sleep(0.001)  # script exhausted: behave like an idle camera
+                return None
+            if step == "drop":
+                return None
+            image = np.full((4, 4, 3), len(self.produced) % 256, np.uint8)
+            self.produced.append(image)
+            return image
+        finally:
+            self.reading = False
+
+    def release(self) -> None:
+        if self.reading:
+            self.released_while_reading = True
+        if self.is_open:
+            self._pending_failures = self.open_failures
+        self.is_open = False
+        self.releases += 1
+
+
+def assert_real(frames: list[Frame], cam: FakeCamera) -> None:
+    """Every delivered image is one the fake produced (no black or substitute frames)."""
+    ids = {id(a) for a in cam.produced}
+    for f in frames:
+        assert id(f.image) in ids, f"frame seq={f.seq} was not produced by the source"
+
+
+# ---- LatestSlot --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(3)
+def test_slot_latest_wins_and_counts_overwrites() -> None:
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.peek() is None
+    assert slot.get(timeout=0.01) is None
+    for i in range(3):
+        slot.put(i)
+    assert slot.overwritten == 2
+    assert slot.peek() == 2
+    assert slot.get(timeout=0) == 2
+    assert slot.get(timeout=0.01) is None  # already consumed
+    assert slot.peek() == 2  # peek still sees it
+    slot.put(3)
+    assert slot.overwritten == 2  # the previous one had been read
+    assert slot.puts == 4
+
+
+@pytest.mark.timeout(3)
+def test_slot_get_waits_for_put_and_close_wakes() -> None:
+    slot: LatestSlot[str] = LatestSlot()
+    threading.Timer(0.05, slot.put, args=("x",)).start()
+    t0 = time.monotonic()
+    assert slot.get(timeout=2) == "x"
+    assert time.monotonic() - t0 < 1.0
+
+    got: list[str | None] = []
+    waiter = threading.Thread(target=lambda: got.append(slot.get()))
+    waiter.start()
+    time.sleep(0.05)
+    slot.close()
+    waiter.join(1)
+    assert not waiter.is_alive() and got == [None]
+    assert slot.closed and slot.get() is None
+
+
+def test_frame_is_frozen() -> None:
+    f = Frame(image=np.zeros((2, 2, 3), np.uint8), seq=0, t_capture_ns=1, source="x")
+    assert f.pts_s is None
+    with pytest.raises(AttributeError):
+        f.seq = 1  # type: ignore[misc]
+
+
+# ---- CaptureThread with fake sources --------------------------------------------------------------
+
+
+@pytest.mark.timeout(3)
+def test_disconnect_reconnects_without_fake_frames() -> None:
+    cam = FakeCamera(script=[10, "drop", "drop", 10, "drop", 200], open_failures=3)
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(cam, slot, backoff=FAST)
+    cam.thread = th
+    th.start()
+    try:
+        frames = drain(slot, lambda fs: len(cam.produced) >= 100 and th.state is CaptureState.RUNNING)
+        assert th.state is CaptureState.RUNNING
+    finally:
+        assert th.stop()
+    assert cam.failed_opens >= 3  # open() failed a few times during each outage
+    # every reopen attempt happened while the thread said "no signal"
+    assert cam.states_at_open[0] is CaptureState.STARTING
+    assert set(cam.states_at_open[1:]) == {CaptureState.RECONNECTING}
+    assert CaptureState.RECONNECTING.label == "no signal"
+    assert "unplugged" in th.last_error or "no signal" in th.last_error
+    assert_real(frames, cam)
+    seqs = [f.seq for f in frames]
+    assert seqs == sorted(set(seqs)), "seq must strictly increase"
+    assert seqs[-1] >= 20  # continued across both outages, no reset
+    assert th.frames == len(cam.produced)  # seq counts successful reads only
+    assert not cam.released_while_reading
+    assert th.state is CaptureState.STOPPED and not cam.is_open
+
+
+@pytest.mark.timeout(3)
+def test_open_failing_at_start_keeps_reconnecting_then_runs() -> None:
+    cam = FakeCamera(script=[10**6], period=0.001)
+    cam._pending_failures = 4  # unplugged when the app starts
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(cam, slot, backoff=FAST)
+    cam.thread = th
+    th.start()
+    try:
+        assert wait_until(lambda: th.state is CaptureState.RECONNECTING, 1.0)
+        assert slot.peek() is None  # nothing while there is no signal
+        assert wait_until(lambda: th.state is CaptureState.RUNNING, 2.0)
+        assert slot.get(timeout=1) is not None
+    finally:
+        th.stop()
+    assert cam.failed_opens == 4
+
+
+@pytest.mark.timeout(3)
+def test_slow_camera_every_frame_once() -> None:
+    cam = FakeCamera(script=[15], period=0.02)  # ~50 fps producer, consumer waits on get()
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(cam, slot, reconnect=False, backoff=FAST)
+    th.start()
+    frames = drain(slot, lambda fs: len(fs) >= 15)
+    th.stop()
+    assert [f.seq for f in frames] == list(range(15))
+    assert slot.overwritten == 0
+    assert_real(frames, cam)
+    ts = [f.t_capture_ns for f in frames]
+    assert ts == sorted(ts)
+
+
+@pytest.mark.timeout(3)
+def test_fast_camera_latest_wins_gaps_equal_overwritten() -> None:
+    cam = FakeCamera(script=[10**9], period=0.0005)
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(cam, slot, backoff=FAST)
+    th.start()
+    frames: list[Frame] = []
+    try:
+        for _ in range(20):
+            f = slot.get(timeout=1)
+            assert f is not None
+            frames.append(f)
+            time.sleep(0.01)  # a consumer slower than the camera
+        assert th.fps > 100
+    finally:
+        assert th.stop()
+    last = slot.get(timeout=0)
+    if last is not None:
+        frames.append(last)
+    seqs = [f.seq for f in frames]
+    assert seqs == sorted(set(seqs))
+    gaps = seqs[0] + sum(b - a - 1 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert slot.overwritten > 0
+    assert gaps == slot.overwritten
+    assert seqs[-1] + 1 == th.frames == slot.puts
+    assert_real(frames, cam)
+    # latest wins: the consumer ends on the newest frame put (a read that returns after stop is dropped)
+    assert frames[-1] is slot.peek()
+
+
+class BlockingSource:
+    """A live source whose read() blocks until ``unblock`` is set, like a stalled driver."""
+
+    is_live = True
+    name = "stuck"
+    fps = None
+
+    def __init__(self) -> None:
+        self.unblock = threading.Event()
+        self.in_read = threading.Event()
+        self.reading = False
+        self.released_while_reading = False
+        self.releases = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray | None:
+        self.reading = True
+        self.in_read.set()
+        self.unblock.wait(10)
+        self.reading = False
+        return np.zeros((2, 2, 3), np.uint8)
+
+    def release(self) -> None:
+        self.released_while_reading |= self.reading
+        self.releases += 1
+
+
+@pytest.mark.timeout(3)
+def test_stop_returns_within_a_second_while_read_blocks() -> None:
+    src = BlockingSource()
+    th = CaptureThread(src, LatestSlot())
+    th.start()
+    assert src.in_read.wait(1)
+    t0 = time.monotonic()
+    finished = th.stop(timeout=1.0)
+    assert time.monotonic() - t0 <= 1.1
+    assert not finished and th.daemon
+    assert src.releases == 0  # never released under a blocked read
+    src.unblock.set()
+    th.join(1)
+    assert not th.is_alive()
+    assert src.releases == 1 and not src.released_while_reading
+    assert th.state is CaptureState.STOPPED
+
+
+@pytest.mark.timeout(3)
+def test_stop_during_backoff_is_prompt() -> None:
+    cam = FakeCamera(script=[1])  # one frame, then no signal forever
+    cam.open_failures = 10**6
+    th = CaptureThread(cam, LatestSlot(), backoff=(5.0, 5.0))
+    th.start()
+    assert wait_until(lambda: th.state is CaptureState.RECONNECTING)
+    t0 = time.monotonic()
+    assert th.stop(timeout=1.0)
+    assert time.monotonic() - t0 < 0.5
+    assert th.state is CaptureState.STOPPED
+
+
+@pytest.mark.timeout(3)
+def test_exception_in_read_is_published_not_raised() -> None:
+    class Exploding(FakeCamera):
+        def read(self) -> np.ndarray | None:
+            raise RuntimeError("driver exploded\nsecond line")
+
+    cam = Exploding()
+    th = CaptureThread(cam, LatestSlot())
+    th.start()
+    th.join(1)
+    assert not th.is_alive()
+    assert th.state is CaptureState.FAILED
+    assert th.last_error == "RuntimeError: driver exploded"
+    assert cam.releases == 1
+
+
+@pytest.mark.timeout(3)
+def test_live_without_reconnect_ends() -> None:
+    cam = FakeCamera(script=[3, "drop"])
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(cam, slot, reconnect=False)
+    th.start()
+    th.join(1)
+    assert th.state is CaptureState.ENDED and "lost the signal" in th.last_error
+    assert th.frames == 3
+
+
+def test_fakes_and_sources_satisfy_protocol() -> None:
+    for src in (
+        FakeCamera(),
+        BlockingSource(),
+        CameraSource(0),
+        StreamSource("rtsp://x/y"),
+        VideoFileSource("x.mp4"),
+        ImageSource("x.png"),
+        DemoSource(),
+    ):
+        assert isinstance(src, FrameSource)
+
+
+# ---- video files --------------------------------------------------------------------------------
+
+
+def write_video(path: Path, n: int = 20, fps: float = 20.0, size: tuple[int, int] = (64, 48)) -> Path:
+    """Frame i is uniform grey 10*i, so order survives MJPG compression."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert w.isOpened(), "cv2.VideoWriter cannot write MJPG here"
+    for i in range(n):
+        w.write(np.full((size[1], size[0], 3), 10 * i, np.uint8))
+    w.release()
+    return path
+
+
+def grey(f: Frame) -> int:
+    return round(float(f.image.mean()) / 10)
+
+
+@pytest.mark.timeout(3)
+def test_video_file_plays_in_order_at_its_rate_then_ends(tmp_path: Path) -> None:
+    src = open_source(str(write_video(tmp_path / "clip.avi")))
+    assert isinstance(src, VideoFileSource) and not src.is_live and src.fps == pytest.approx(20.0)
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(src, slot)
+    th.start()
+    frames = drain(
+        slot, lambda fs: th.state is CaptureState.ENDED and slot.peek() is (fs[-1] if fs else None)
+    )
+    th.join(1)
+    assert th.state is CaptureState.ENDED
+    assert [f.seq for f in frames] == list(range(20))
+    assert [grey(f) for f in frames] == list(range(20))
+    assert [f.pts_s for f in frames] == pytest.approx([i / 20 for i in range(20)])
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
+    span = (frames[-1].t_capture_ns - frames[0].t_capture_ns) / 1e9
+    assert 0.75 <= span <= 1.4, f"19 frame periods at 20 fps took {span:.2f} s"
+    assert src.ended
+
+
+@pytest.mark.timeout(3)
+def test_video_file_loop_continues(tmp_path: Path) -> None:
+    src = open_source(str(write_video(tmp_path / "clip.avi", n=6, fps=30.0)), loop=True)
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(src, slot)
+    th.start()
+    frames = drain(slot, lambda fs: len(fs) >= 15)
+    th.stop()
+    assert len(frames) >= 15
+    assert [f.seq for f in frames] == list(range(len(frames)))
+    assert [grey(f) for f in frames[:15]] == [i % 6 for i in range(15)]
+    assert frames[6].pts_s == pytest.approx(0.0)  # media time restarts, seq does not
+    assert th.state is CaptureState.STOPPED
+
+
+def test_tour_video_opens(media: Path) -> None:
+    src = open_source(str(media / "tour.mp4"))
+    try:
+        img = src.read()
+        assert img is not None and img.shape == (480, 640, 3)
+        assert src.fps == pytest.approx(30.0)
+    finally:
+        src.release()
+
+
+# ---- open_source parsing and errors ---------------------------------------------------------------
+
+
+def one_line(exc: pytest.ExceptionInfo[SourceError]) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as e:
+        open_source(str(tmp_path / "nope.mp4"))
+    msg = one_line(e)
+    assert "not found" in msg and "--source demo" in msg
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(SourceError) as e:
+        open_source(str(tmp_path))
+    assert "no images" in one_line(e)
+
+
+@pytest.mark.timeout(3)
+def test_bad_camera_index_fails_fast() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(SourceError) as e:
+        open_source("99")
+    assert time.monotonic() - t0 < 2.0
+    msg = one_line(e)
+    assert "no camera at index 99" in msg and "--source demo" in msg
+    with pytest.raises(SourceError):
+        open_source("/dev/video99")
+    if sys.platform.startswith("linux"):
+        assert os.environ.get("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT")
+
+
+def test_corrupt_video(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(SourceError) as e:
+        open_source(str(bad))
+    assert "broken.mp4" in one_line(e)
+
+
+@pytest.mark.timeout(3)
+def test_unreachable_stream_and_bad_scheme() -> None:
+    with pytest.raises(SourceError) as e:
+        open_source("rtsp://user:secret@127.0.0.1:9/cam")
+    msg = one_line(e)
+    assert "secret" not in msg and "127.0.0.1" in msg
+    with pytest.raises(SourceError) as e:
+        open_source("gopher://example/x")
+    assert "unsupported URL scheme" in one_line(e)
+    with pytest.raises(SourceError):
+        open_source("  ")
+
+
+def test_spec_dispatch(tmp_path: Path, media: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[object] = []
+    for cls in (CameraSource, StreamSource, VideoFileSource, ImageSource, DemoSource):
+        monkeypatch.setattr(cls, "open", lambda self: opened.append(self))
+    assert isinstance(open_source("0"), CameraSource)
+    assert open_source("2", width=320).name == "camera 2"
+    assert isinstance(open_source("/dev/video3"), CameraSource)
+    assert isinstance(open_source("http://host/stream.mjpg"), StreamSource)
+    assert isinstance(open_source("RTSP://host/x"), StreamSource)
+    assert isinstance(open_source("Demo"), DemoSource)
+    assert isinstance(open_source(str(media)), ImageSource)
+    assert isinstance(open_source(str(media / "coffee.jpg")), ImageSource)
+    assert isinstance(open_source(str(media / "tour.mp4")), VideoFileSource)
+    assert isinstance(open_source(f"file://{media / 'tour.mp4'}"), VideoFileSource)
+    assert len(opened) == 10  # open_source hands back opened sources
+    assert StreamSource("rtsp://admin:pw@cam.local/live").name == "rtsp://admin:***@cam.local/live"
+
+
+# ---- images ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(3)
+def test_single_image_is_a_low_rate_still(media: Path) -> None:
+    src = open_source(str(media / "chelsea.jpg"))
+    assert isinstance(src, ImageSource) and src.fps == 10.0 and not src.is_live
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(src, slot)
+    th.start()
+    frames = drain(slot, lambda fs: len(fs) >= 4)
+    th.stop()
+    assert len(frames) >= 4 and th.state is CaptureState.STOPPED
+    span = (frames[3].t_capture_ns - frames[0].t_capture_ns) / 1e9
+    assert 0.2 <= span <= 0.6  # ~10 fps, not a busy loop
+    assert all(np.array_equal(f.image, frames[0].image) for f in frames)
+    assert frames[0].image is not frames[1].image  # each frame its own copy: safe to draw on
+
+
+def test_folder_slideshow_cycles_and_skips_unreadable(
+    tmp_path: Path, media: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i, name in enumerate(["coffee.jpg", "rocket.jpg"]):
+        shutil.copy(media / name, tmp_path / f"img{i * 10 + 2}.jpg")  # img2, img12: natural order
+    (tmp_path / "img5.png").write_bytes(b"not a png")
+    (tmp_path / "readme.txt").write_text("ignored")
+    src = ImageSource(tmp_path, slideshow_seconds=0.2)  # 2 reads per image at 10 fps
+    src.open()
+    seen = []
+    for _ in range(8):
+        img = src.read()
+        assert img is not None
+        seen.append(src.current_file.name if src.current_file else None)
+    assert seen == ["img2.jpg", "img2.jpg", "img12.jpg", "img12.jpg"] * 2
+    assert "img5.png" in caplog.text  # warned about, once
+    assert caplog.text.count("img5.png") == 1
+    src.release()
+
+
+def test_folder_without_readable_images(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"junk")
+    (tmp_path / "b.png").write_bytes(b"")
+    with pytest.raises(SourceError) as e:
+        open_source(str(tmp_path))
+    assert "no readable image" in one_line(e)
+    with pytest.raises(SourceError):
+        open_source(str(tmp_path / "a.jpg"))
+
+
+# ---- demo -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(3)
+def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+
+    class StubScene:
+        def __init__(self, width: int, height: int, seed: int) -> None:
+            self.shape = (height, width, 3)
+
+        def frame(self, t: float) -> np.ndarray:
+            calls.append(t)
+            return np.zeros(self.shape, np.uint8)
+
+    stub = types.ModuleType("live_attention.synthetic")
+    stub.DemoScene = StubScene  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "live_attention.synthetic", stub)
+    src = open_source("demo", width=32, height=24, fps=50)
+    assert src.read().shape == (24, 32, 3)  # type: ignore[union-attr]
+    time.sleep(0.02)
+    src.read()
+    assert 0 <= calls[0] < calls[1] < 1.0  # t = elapsed seconds since open
+
+
+@pytest.mark.timeout(3)
+def test_demo_source_real_scene() -> None:
+    pytest.importorskip("live_attention.synthetic")
+    src = DemoSource(width=160, height=120, fps=30)
+    slot: LatestSlot[Frame] = LatestSlot()
+    th = CaptureThread(src, slot)
+    th.start()
+    frames = drain(slot, lambda fs: len(fs) >= 5)
+    th.stop()
+    assert len(frames) >= 5
+    img = frames[-1].image
+    assert img.shape == (120, 160, 3) and img.dtype == np.uint8 and img.std() > 0
+    assert not np.array_equal(frames[0].image, frames[-1].image)  # things move
