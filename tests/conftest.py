@@ -27,7 +27,7 @@ def tiny_vit(seed: int = 0, image_size: int = 32, patch_size: int = 8, layers: i
     ).eval()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def media() -> Path:
     if not MEDIA.is_dir():
         pytest.fail(f"shared media not found at {MEDIA}: set LIVE_ATTENTION_MEDIA")

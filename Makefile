@@ -1,0 +1,42 @@
+# Quick start:  make run   (sets up .venv on first use, then opens the live window)
+#               make test  (sets up .venv and the Debian test tools on first use, then runs every test)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+APT_PACKAGES := xvfb xdotool ffmpeg imagemagick libgl1 libglib2.0-0
+
+.PHONY: run demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/live-attention $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/live-attention --source demo $(ARGS)
+
+# Debian/Ubuntu tools the GUI, video and recording tests use (installed only when missing).
+system-deps:
+	@missing=""; for c in Xvfb xdotool ffprobe import; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check live_attention tests
+
+bench: $(STAMP)
+	$(BIN)/live-attention bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""Xvfb, xdotool and screenshots for the window tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class XServer:
+    def __init__(self) -> None:
+        for tool in ("Xvfb", "xdotool", "import"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} not found: install xvfb, xdotool and imagemagick (make system-deps)")
+        for n in range(140, 200):
+            if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+                break
+        self.display = f":{n}"
+        self.proc = subprocess.Popen(
+            ["Xvfb", self.display, "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/.X11-unix/X{n}").exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("Xvfb did not start")
+            time.sleep(0.05)
+        self.env = {**os.environ, "DISPLAY": self.display}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class App:
+    """The real app in a child process, driven by keys, observed by screenshots and its state file."""
+
+    def __init__(self, x: XServer, args: list[str], tmp: Path) -> None:
+        self.x = x
+        self.tmp = tmp
+        self.state_file = tmp / "state.json"
+        self.log = open(tmp / "app.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "live_attention", *args, "--state-file", str(self.state_file)],
+            env={**x.env, "LIVE_ATTENTION_OFFLINE": "1"}, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp,
+        )
+        self.shots = 0
+
+    def state(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait(self, pred, timeout: float = 60.0, what: str = "state") -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"app exited ({self.proc.returncode}): {(self.tmp / 'app.log').read_text()[-2000:]}")
+            s = self.state()
+            if s and pred(s):
+                return s
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last state {self.state()}; "
+                             f"log {(self.tmp / 'app.log').read_text()[-1500:]}")
+
+    def key(self, *keys: str) -> None:
+        subprocess.run(
+            ["xdotool", "search", "--sync", "--name", "^live-attention$", "windowfocus", "--sync", "key",
+             "--delay", "80", *keys],
+            env=self.x.env, check=True, timeout=20, capture_output=True,
+        )
+
+    def click(self, fx: float, fy: float) -> None:
+        """Click at a fraction of the window."""
+        wid = subprocess.run(["xdotool", "search", "--name", "^live-attention$"], env=self.x.env,
+                             capture_output=True, text=True, check=True).stdout.split()[0]
+        geo = subprocess.run(["xdotool", "getwindowgeometry", "--shell", wid], env=self.x.env,
+                             capture_output=True, text=True, check=True).stdout
+        g = dict(line.split("=") for line in geo.split())
+        w, h = int(g["WIDTH"]), int(g["HEIGHT"])
+        subprocess.run(["xdotool", "mousemove", "--window", wid, str(int(w * fx)), str(int(h * fy)),
+                        "click", "1"], env=self.x.env, check=True, timeout=10)
+
+    def screenshot(self, name: str | None = None) -> np.ndarray:
+        time.sleep(0.6)  # the state file is written just before the frame is drawn: let it land
+        self.shots += 1
+        path = self.tmp / f"{name or 'shot'}-{self.shots}.png"
+        subprocess.run(["import", "-window", "root", str(path)], env=self.x.env, check=True, timeout=20)
+        img = cv2.imread(str(path))
+        assert img is not None, path
+        return img
+
+    def close(self, timeout: float = 10.0) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        finally:
+            self.log.close()
+
+
+def center(img: np.ndarray) -> np.ndarray:
+    """The middle of the screen: the picture, away from the HUD's live figures."""
+    h, w = img.shape[:2]
+    return img[int(h * 0.3) : int(h * 0.7), int(w * 0.3) : int(w * 0.7)]
+
+
+def differs(a: np.ndarray, b: np.ndarray, min_fraction: float = 0.01) -> bool:
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16)).max(axis=2) > 24
+    return d.mean() >= min_fraction
