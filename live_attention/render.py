@@ -334,15 +334,18 @@ def _caption(img, view, caption, scale, flow_progress=None):
     if view.mode == "flow" and flow_progress is not None:
         line2 = f"computing attention flow... {int(flow_progress * 100)}%"
     tw = max(_text_w(title, s1, 2), _text_w(line2, s2))
-    x = (w - tw) // 2
+    # Colour legend bottom left; the caption is centred in the space to its right.
+    bw, bh = int(150 * scale), int(12 * scale)
+    bx = int(16 * scale)
+    low, high = ("focused", "spread") if view.mode == "entropy" else ("low", "high")
+    _colorbar(img, bx, h - int(52 * scale), bw, bh, view.colormap, low, high, scale)
+    left = bx + bw + int(30 * scale)
+    x = max(left, (w - tw) // 2)
     y = h - int(62 * scale)
     _panel(img, x - int(14 * scale), y - int(34 * scale), x + tw + int(14 * scale), h - int(8 * scale))
-    _text(img, title, ((w - _text_w(title, s1, 2)) // 2, y), s1, WHITE, 2)
-    _text(img, line2, ((w - _text_w(line2, s2)) // 2, y + int(34 * scale)), s2, YELLOW if flow_progress is not None else GREY)
-    # Colour legend bottom right.
-    bw, bh = int(180 * scale), int(12 * scale)
-    low, high = ("focused", "spread") if view.mode == "entropy" else ("low", "high")
-    _colorbar(img, w - bw - int(20 * scale), h - int(52 * scale), bw, bh, view.colormap, low, high, scale)
+    _text(img, title, (x + (tw - _text_w(title, s1, 2)) // 2, y), s1, WHITE, 2)
+    _text(img, line2, (x + (tw - _text_w(line2, s2)) // 2, y + int(34 * scale)), s2,
+          YELLOW if flow_progress is not None else GREY)
     if flow_progress is not None and view.mode == "flow":
         pw = int(tw * min(1.0, max(0.0, flow_progress)))
         cv2.rectangle(img, (x, h - int(12 * scale)), (x + pw, h - int(9 * scale)), YELLOW, -1)
