@@ -1,0 +1,358 @@
+"""``live-attention bench``: speed and memory figures, as ratios taken in one run on this machine.
+
+Timings on a shared machine are noisy, so every target is a ratio or a per-frame figure measured
+back to back in one process (median of repeated runs). Random-init weights: speed does not depend on
+them. Prints a table; ``--json`` also writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TARGET_RUN_RATIO = 1.10
+TARGET_AUTO_VS_FP32 = 0.5
+TARGET_MAPS_MS = 5.0
+TARGET_CUDA_MS = 5.0
+TARGET_GUI_FPS = 30.0
+TARGET_LATENCY_RATIO = 1.5
+TARGET_RENDER_MS = 8.0
+
+
+def _median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if sync:
+            sync()
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return statistics.median(times)
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], reps: int, sync=None) -> dict[str, float]:
+    """Median ms of each function, run in alternation so drift in machine load hits all alike."""
+    for fn in fns.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            if sync:
+                sync()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            times[k].append((time.perf_counter() - t) * 1000.0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str]] = []
+        self.data: dict[str, object] = {}
+
+    def add(self, key: str, label: str, value: float | str, unit: str = "", target: str = "",
+            ok: bool | None = None) -> None:
+        self.data[key] = value
+        val = f"{value:.2f} {unit}".strip() if isinstance(value, float) else f"{value} {unit}".strip()
+        verdict = "" if ok is None else ("PASS " if ok else "FAIL ")
+        self.rows.append((label, val, (verdict + target).strip()))
+        print(f"  {label:<52} {val:>16}  {(verdict + target).strip()}", flush=True)
+
+    def section(self, title: str) -> None:
+        print(f"\n{title}", flush=True)
+
+
+def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> None:
+    import torchvision
+
+    from live_attention.engine import AttentionEngine, cpu_has_native_bf16, load_model, resolve_device
+    from live_attention.worker import MapSettings, compute_maps
+
+    dev = resolve_device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    rep.section(f"Engine: {name} on {dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
+    if name == "demo":
+        eng32 = load_model("demo", device=dev, precision="fp32")
+        module_factory = lambda: __import__("copy").deepcopy(eng32.module).float()  # noqa: E731
+    else:
+        builder = getattr(torchvision.models, name)
+        module_factory = builder
+        eng32 = AttentionEngine.wrap(builder(), device=dev, precision="fp32")
+    s = eng32.image_size
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(0))
+    precisions = ["fp32"]
+    if dev.type == "cuda":
+        precisions.append("fp16")
+    if dev.type == "cpu" and cpu_has_native_bf16():
+        precisions.append("bf16")
+    auto = AttentionEngine.wrap(module_factory(), device=dev, precision="auto").precision
+    stock32 = module_factory().eval().to(dev)
+    xd = x.to(dev)
+
+    def stock(m, xx):
+        with torch.inference_mode():
+            return m(xx)
+
+    results: dict[str, dict[str, float]] = {}
+    for p in precisions:
+        eng = eng32 if p == "fp32" else AttentionEngine.wrap(module_factory(), device=dev, precision=p)
+        plain = module_factory().eval().to(dev, eng.dtype)
+        xp = xd.to(eng.dtype)
+        fns = {"plain": lambda plain=plain, xp=xp: stock(plain, xp), "run": lambda eng=eng: eng.run(x)}
+        if p == "fp32":
+            fns["stock32"] = lambda: stock(stock32, xd)
+        results[p] = _interleaved(fns, reps, sync)
+    r32 = results["fp32"]
+    rep.add(f"{name}.stock_fp32_ms", "stock torchvision forward, fp32", r32["stock32"], "ms")
+    for p, r in results.items():
+        ratio = r["run"] / r["plain"]
+        rep.add(f"{name}.run_{p}_ms", f"engine.run {p}", r["run"], "ms")
+        rep.add(f"{name}.plain_{p}_ms", f"plain forward {p}", r["plain"], "ms")
+        rep.add(f"{name}.run_ratio_{p}", f"engine.run / plain forward, {p}", ratio, "x",
+                f"<= {TARGET_RUN_RATIO}x", ratio <= TARGET_RUN_RATIO if name != "demo" else None)
+    if auto in results:
+        ratio = results[auto]["run"] / r32["stock32"]
+        is_target = name != "demo" and dev.type == "cpu" and auto == "bf16"
+        rep.add(f"{name}.auto_vs_stock32", f"engine.run auto ({auto}) / stock fp32", ratio, "x",
+                f"<= {TARGET_AUTO_VS_FP32}x" if is_target else "", ratio <= TARGET_AUTO_VS_FP32 if is_target else None)
+    if dev.type == "cuda" and "fp16" in results:
+        ms = results["fp16"]["run"]
+        rep.add(f"{name}.cuda_fp16_ms", "engine.run fp16 on CUDA", ms, "ms", f"<= {TARGET_CUDA_MS} ms",
+                ms <= TARGET_CUDA_MS if name != "demo" else None)
+
+    eng = AttentionEngine.wrap(module_factory(), device=dev, precision=auto)
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    rep.add(f"{name}.preprocess_ms", "preprocess 1280x720 BGR frame", _median_ms(lambda: eng.preprocess(frame), reps), "ms")
+    out = eng.run(x)
+    settings = MapSettings(query_patch=eng.num_patches // 2)
+    ms = _median_ms(lambda: compute_maps(eng, out.attn, out.logits, settings), reps * 2, sync=sync)
+    rep.add(f"{name}.maps_ms", "all per-frame maps (CLS, rollout, entropy, query, top-5)", ms, "ms",
+            f"<= {TARGET_MAPS_MS} ms", ms <= TARGET_MAPS_MS if name != "demo" else None)
+    if flow:
+        from live_attention.flow import attention_flow
+
+        t = time.perf_counter()
+        attention_flow(out.attn[0].cpu())
+        fl = time.perf_counter() - t
+        rep.add(f"{name}.flow_s", f"attention flow, all {eng.num_patches} patches", fl, "s",
+                "<= 3 s" if name == "vit_b_16" else "", fl <= 3.0 if name == "vit_b_16" else None)
+    if dev.type == "cuda":
+        rep.add(f"{name}.cuda_peak_mb", "peak CUDA memory", torch.cuda.max_memory_allocated(dev) / 2**20, "MB")
+    rep.add(f"{name}.peak_rss_mb", "peak process memory (RSS) so far", _peak_rss_mb(), "MB")
+
+
+def bench_render(rep: Report, reps: int) -> None:
+    import torchvision
+
+    from live_attention.capture import Frame, LatestSlot
+    from live_attention.engine import AttentionEngine
+    from live_attention.render import Extras, Status, View, render
+    from live_attention.worker import InferenceWorker
+
+    rep.section("Renderer (1280x720 frame, ViT-B/16 maps)")
+    eng = AttentionEngine.wrap(torchvision.models.vit_b_16(), device="cpu")
+    w = InferenceWorker(eng, LatestSlot(), LatestSlot())
+    frame = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    res = w.process(Frame(frame, 0, time.monotonic_ns(), "bench"))
+    st = Status(model=eng.describe(), capture_fps=30.0, infer_fps=10.0, latency_ms=100.0)
+    hist = np.random.default_rng(2).random((100, 12))
+    ex = Extras(entropy_history=hist, entropy_times=np.linspace(0, 10, 100))
+    worst = 0.0
+    for mode in ("attention", "rollout", "heads", "entropy", "query"):
+        v = View(mode=mode, query_patch=90)
+        ms = _median_ms(lambda v=v: render(frame, res, v, st, ex), reps * 2)
+        worst = max(worst, ms)
+        rep.add(f"render.{mode}_ms", f"render 720p, mode {mode}", ms, "ms", f"<= {TARGET_RENDER_MS} ms",
+                ms <= TARGET_RENDER_MS)
+    rgb = render(frame, res, View(), st, ex)
+    rgba = np.zeros((720, 1280, 4), np.uint8)
+    buf = np.zeros((720, 1280, 4), np.float32)
+    import cv2
+
+    def to_texture():
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA, dst=rgba)
+        np.multiply(rgba, np.float32(1 / 255), out=buf, casting="unsafe")
+
+    rep.add("render.texture_copy_ms", "RGB -> float RGBA texture buffer, 720p", _median_ms(to_texture, reps * 2), "ms")
+
+
+def bench_pipeline(rep: Report, source: str, model: str, seconds: float, record: bool) -> dict[str, float]:
+    """The live pipeline on a video file: the GUI loop (real window when a display is there)."""
+    import os
+
+    from live_attention.app import LiveSession, view_from_config
+    from live_attention.capture import open_source
+    from live_attention.config import Config
+    from live_attention.engine import load_model
+    from live_attention.render import canvas_size, render
+
+    cfg = Config()
+    engine = load_model(model, weights="random" if model != "demo" else "imagenet", device="auto")
+    src = open_source(source, loop=True)
+    session = LiveSession(cfg, engine, src)
+    view = view_from_config(cfg)
+    window = None
+    if os.environ.get("DISPLAY"):
+        from live_attention.gui import Window
+
+        window = Window("live-attention bench", 1280, 800, vsync=False)
+    session.start()
+    tmp = None
+    if record:
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="la-bench-")
+        session.start_recording(tmp, lambda: view)
+    lat, loop_ms, render_ms = [], [], []
+    shown = None
+    frames = 0
+    t_end = time.monotonic() + seconds
+    t0 = time.monotonic()
+    # Let the model warm up before counting.
+    while session.worker.processed < 2 and time.monotonic() < t0 + 60:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    processed0 = session.worker.processed
+    t_end = t0 + seconds
+    rgb = None
+    while time.monotonic() < t_end:
+        t = time.perf_counter()
+        res = session.results.peek()
+        if res is not None and res is not shown:
+            shown = res
+            lat.append((time.monotonic_ns() - res.t_capture_ns) / 1e6)
+            r0 = time.perf_counter()
+            rgb = render(res.frame, res, view, session.status(), size=canvas_size(res.frame.shape))
+            render_ms.append((time.perf_counter() - r0) * 1000)
+            if window is not None:
+                window.show(rgb)
+            if session.recorder is not None:
+                session.recorder.submit(res, rgb, view)
+        if window is not None:
+            window.poll()
+            window.frame()
+        else:
+            time.sleep(1 / 60)  # a 60 Hz display's vsync
+        loop_ms.append((time.perf_counter() - t) * 1000)
+        frames += 1
+    elapsed = time.monotonic() - t0
+    infer_fps = (session.worker.processed - processed0) / elapsed
+    infer_ms = session.worker.infer_ms
+    rec_stats = None
+    if session.recorder is not None:
+        rec_stats = session.recorder
+    session.stop()
+    if window is not None:
+        window.close()
+    out = {
+        "gui_fps": frames / elapsed,
+        "infer_fps": infer_fps,
+        "infer_ms": 1000.0 / infer_fps if infer_fps else float("nan"),
+        "latency_median_ms": statistics.median(lat) if lat else float("nan"),
+        "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan"),
+        "loop_max_ms": max(loop_ms) if loop_ms else float("nan"),
+        "render_ms": statistics.median(render_ms) if render_ms else float("nan"),
+        "window": window is not None,
+        "last_infer_ms": infer_ms,
+        "recorded_dropped": getattr(rec_stats, "dropped", 0) if rec_stats else 0,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="live-attention bench", description=__doc__)
+    p.add_argument("--model", default="vit_b_16", help="torchvision ViT to time (default vit_b_16)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--source", default=None, help="video for the pipeline figures (default: shared tour.mp4)")
+    p.add_argument("--seconds", type=float, default=20.0, help="pipeline run length")
+    p.add_argument("--skip", action="append", default=[], choices=("engine", "demo", "flow", "render", "pipeline", "record"))
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    rep = Report()
+    print(f"live-attention bench: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, python {platform.python_version()}")
+    if "engine" not in args.skip:
+        bench_engine(rep, args.model, args.device, args.reps, flow="flow" not in args.skip)
+    if "demo" not in args.skip:
+        bench_engine(rep, "demo", args.device, args.reps, flow=False)
+    if "render" not in args.skip:
+        bench_render(rep, args.reps)
+    if "pipeline" not in args.skip:
+        src = args.source or _default_clip()
+        if src is None:
+            print("\n(pipeline skipped: no --source and shared/media/tour.mp4 not found)")
+        else:
+            rep.section(f"Live pipeline on {Path(src).name} with {args.model} (random weights), {args.seconds:.0f} s"
+                        + ("" if _has_display() else " - no display: texture loop without a window"))
+            a = bench_pipeline(rep, src, args.model, args.seconds, record=False)
+            rep.add("pipeline.gui_fps", "GUI loop fps", a["gui_fps"], "fps", f">= {TARGET_GUI_FPS}",
+                    a["gui_fps"] >= TARGET_GUI_FPS)
+            rep.add("pipeline.infer_fps", "inference fps", a["infer_fps"], "fps")
+            ratio = a["latency_median_ms"] / a["infer_ms"]
+            rep.add("pipeline.latency_median_ms", "capture-to-display latency, median", a["latency_median_ms"], "ms",
+                    f"<= {TARGET_LATENCY_RATIO}x inference step ({a['infer_ms']:.0f} ms)", ratio <= TARGET_LATENCY_RATIO)
+            rep.add("pipeline.latency_p95_ms", "capture-to-display latency, p95", a["latency_p95_ms"], "ms")
+            rep.add("pipeline.loop_max_ms", "longest GUI loop iteration (never waits on inference)", a["loop_max_ms"], "ms")
+            if "record" not in args.skip:
+                b = bench_pipeline(rep, src, args.model, args.seconds, record=True)
+                cost = 1.0 - b["infer_fps"] / a["infer_fps"]
+                rep.add("record.gui_fps", "GUI loop fps while recording", b["gui_fps"], "fps")
+                rep.add("record.infer_fps", "inference fps while recording", b["infer_fps"], "fps")
+                rep.add("record.infer_cost", "recording cost in inference fps", cost * 100, "%", "<= 10 %", cost <= 0.10)
+                rep.add("record.dropped", "frames the recorder dropped", str(b["recorded_dropped"]))
+    if "record" not in args.skip:
+        try:
+            from live_attention.record import bench_recording
+        except ImportError:
+            bench_recording = None
+        if bench_recording is not None:
+            rep.section("Recording")
+            for k, v in bench_recording().items():
+                rep.add(f"record.{k}", k.replace("_", " "), float(v) if isinstance(v, int | float) else str(v))
+    rep.add("peak_rss_mb", "peak process memory (RSS)", _peak_rss_mb(), "MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep.data, indent=2, default=str))
+    fails = [r for r in rep.rows if r[2].startswith("FAIL")]
+    print(f"\n{len(fails)} target(s) missed" if fails else "\nall targets met")
+    return 0
+
+
+def _has_display() -> bool:
+    import os
+
+    return bool(os.environ.get("DISPLAY"))
+
+
+def _default_clip() -> str | None:
+    here = Path(__file__).resolve().parents[2] / "shared" / "media" / "tour.mp4"
+    for p in (here, Path.cwd().parent / "shared" / "media" / "tour.mp4"):
+        if p.exists():
+            return str(p)
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
