@@ -223,7 +223,7 @@ class LiveSession:
         self.worker = InferenceWorker(
             engine, self.frames, self.results, stop_event=self.stop_event,
             settings=MapSettings(fusion=cfg.view.fusion, residual=cfg.view.residual,
-                                 discard_ratio=cfg.view.discard_ratio),
+                                 discard_ratio=cfg.view.discard_ratio, entropy_layer=cfg.view.layer),
         )
         self.recorder = None  # set by start_recording
         self.latency_ms: float | None = None

@@ -222,6 +222,8 @@ def run_window(
                             flow_job = None
                 if ctl.view.fusion != before.fusion:
                     session.worker.update_settings(fusion=ctl.view.fusion)
+                if ctl.view.layer != before.layer:
+                    session.worker.update_settings(entropy_layer=ctl.view.layer)
                 if out.flow and frozen_result is not None and (
                     flow_job is None or flow_job.result is not frozen_result
                 ):
@@ -259,6 +261,7 @@ def run_window(
             win.clicks.clear()
             if ctl.view.animating and now - last_anim >= 1.0 / cfg.view.animate_fps:
                 ctl.step_animation()
+                session.worker.update_settings(entropy_layer=ctl.view.layer)
                 last_anim = now
                 dirty = True
 

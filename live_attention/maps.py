@@ -147,6 +147,31 @@ def rollout(
     return torch.stack(outs, dim=-3) if cumulative else r
 
 
+def rollout_cls_cumulative(
+    attn: Tensor,
+    head_fusion: str = "mean",
+    residual: float = 0.5,
+    discard_ratio: float = 0.0,
+    num_prefix: int = 1,
+) -> Tensor:
+    """The class token's rollout row after every layer, patches only: ``[..., L, H, N, N]`` -> ``[..., L, P]``.
+
+    Equal to ``rollout_cls(rollout(..., cumulative=True))`` but computed from the top down as
+    vector-matrix products (``e0ᵀ A_l A_(l-1) … A_1``), about L²/2 · N² work instead of L · N³: what the
+    live worker needs every frame.
+    """
+    a = mixed_layers(attn, head_fusion, residual, discard_ratio, num_prefix)  # [..., L, N, N]
+    num_layers = a.shape[-3]
+    v = a[..., :, 0:1, :]  # [..., L, 1, N]: row 0 of each A_l
+    rows = [v[..., 0:1, :, :]]
+    # After step s, v[..., l] holds e0ᵀ A_l … A_(l-s); layer l is complete after step l.
+    for s_ in range(1, num_layers):
+        v = v[..., 1:, :, :] @ a[..., : num_layers - s_, :, :]
+        rows.append(v[..., 0:1, :, :])
+    out = torch.cat(rows, dim=-3)[..., 0, :]  # [..., L, N]
+    return out[..., num_prefix:]
+
+
 def rollout_cls(r: Tensor, num_prefix: int = 1) -> Tensor:
     """The class token's row of a rollout matrix, patches only: ``[..., N, N]`` -> ``[..., P]``."""
     return r[..., 0, num_prefix:]
@@ -159,7 +184,8 @@ def row_entropy(attn: Tensor) -> Tensor:
     """
     a = attn.float()
     n = a.shape[-1]
-    h = -(a * a.clamp_min(_EPS).log()).sum(-1)
+    # xlogy(0, 0) = 0 and one fused pass; clamp first so fp16/bf16 zeros never give NaN.
+    h = torch.special.xlogy(a, a.clamp_min(_EPS)).sum(-1).neg_()
     return (h / math.log(n)).clamp_(0.0, 1.0)
 
 

@@ -149,7 +149,9 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
         fusion = result.settings.fusion
         return result.rollout[layer], f"layers 1-{layer + 1}, heads fused ({fusion})"
     if view.mode == "entropy":
-        pe = result.patch_entropy[layer]
+        pe = result.patch_entropy_for(layer)
+        if pe is None:
+            return None, f"{lname}: per-patch entropy not recorded for this layer"
         m = pe[head] if head >= 0 else pe.mean(axis=0)
         return m, f"{lname}, {hname if head >= 0 else 'heads averaged'}"
     if view.mode == "query":

@@ -80,7 +80,8 @@ def render_file(
     worker = InferenceWorker(
         engine, LatestSlot(), LatestSlot(),
         settings=MapSettings(fusion=cfg.view.fusion, residual=cfg.view.residual,
-                             discard_ratio=cfg.view.discard_ratio, query_patch=view.query_patch),
+                             discard_ratio=cfg.view.discard_ratio, query_patch=view.query_patch,
+                             entropy_layer=cfg.view.layer),
         keep_attn=view.mode in ("flow", "query"),
     )
     status = Status(model=engine.describe(), untrained=engine.untrained, source=src.name)

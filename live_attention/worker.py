@@ -35,6 +35,7 @@ class MapSettings:
     residual: float = 0.5
     discard_ratio: float = 0.0
     query_patch: int | None = None
+    entropy_layer: int = -1  # the layer whose per-patch entropy map is computed (-1: the last)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +43,8 @@ class Result:
     """Everything the renderer needs for one frame, on the CPU (except ``attn``).
 
     Shapes: ``cls`` [L, H, P]; ``rollout`` [L, P] (cumulative, CLS row); ``entropy`` [L, H] (CLS row);
-    ``patch_entropy`` [L, H, P]; ``query`` [L, H, P] or None.
+    ``patch_entropy`` [H, P] for layer ``patch_entropy_layer`` (every patch's own row; one layer per
+    frame keeps the maps within budget); ``query`` [L, H, P] or None.
     """
 
     seq: int
@@ -56,6 +58,7 @@ class Result:
     rollout: np.ndarray
     entropy: np.ndarray
     patch_entropy: np.ndarray
+    patch_entropy_layer: int
     query: np.ndarray | None
     query_patch: int | None
     topk: list[tuple[str, float]]
@@ -70,6 +73,15 @@ class Result:
     @property
     def num_heads(self) -> int:
         return int(self.cls.shape[1])
+
+    def patch_entropy_for(self, layer: int) -> np.ndarray | None:
+        """Per-patch entropy [H, P] of ``layer``: computed by the worker, or from the kept attention."""
+        if layer == self.patch_entropy_layer:
+            return self.patch_entropy
+        if self.attn is None:
+            return None
+        num_prefix = self.attn.shape[-1] - self.cls.shape[-1]
+        return maps.patch_entropy(self.attn[layer : layer + 1], num_prefix)[0].cpu().numpy()
 
     def query_for(self, patch: int) -> np.ndarray:
         """Attention of ``patch`` to every patch [L, H, P], from the kept attention."""
@@ -88,12 +100,10 @@ def compute_maps(
     np_ = engine.num_prefix
     a = attn[0]
     cls = maps.cls_attention(a, np_)  # [L, H, P]
-    roll = maps.rollout_cls(
-        maps.rollout(a, settings.fusion, settings.residual, settings.discard_ratio, True, np_), np_
-    )  # [L, P]
-    ent_rows = maps.row_entropy(a)  # [L, H, N]: every row's entropy, once
-    ent = ent_rows[..., 0]
-    pent = ent_rows[..., np_:]
+    roll = maps.rollout_cls_cumulative(a, settings.fusion, settings.residual, settings.discard_ratio, np_)  # [L, P]
+    ent = maps.entropy(a, "cls")  # [L, H]
+    layer = settings.entropy_layer % engine.num_layers
+    pent = maps.patch_entropy(a[layer : layer + 1], np_)[0]  # [H, P]
     parts = [cls, roll, ent, pent]
     q = settings.query_patch
     if q is not None and 0 <= q < engine.num_patches:
@@ -182,6 +192,7 @@ class InferenceWorker(threading.Thread):
             rollout=m["rollout"],
             entropy=m["entropy"],
             patch_entropy=m["patch_entropy"],
+            patch_entropy_layer=settings.entropy_layer % self.engine.num_layers,
             query=m["query"],
             query_patch=settings.query_patch if m["query"] is not None else None,
             topk=top,

@@ -167,3 +167,12 @@ def test_maps_on_engine_output_per_frame_shapes():
     assert maps.cls_attention(out.attn).shape == (1, 3, 2, 16)
     assert maps.rollout(out.attn, cumulative=True).shape == (1, 3, 17, 17)
     assert maps.entropy(out.attn).shape == (1, 3, 2)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_cls_rollout_cumulative_equals_full_rollout(fusion):
+    a = rand_attn(2, 5, 3, 9, 9, seed=7)
+    full = maps.rollout_cls(maps.rollout(a, fusion, 0.4, 0.2, cumulative=True))
+    fast = maps.rollout_cls_cumulative(a, fusion, 0.4, 0.2)
+    assert fast.shape == (2, 5, 8)
+    assert torch.allclose(fast, full, atol=1e-6)
