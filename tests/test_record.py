@@ -1,0 +1,407 @@
+"""Recording, replay and export: crash safety, fidelity, timestamps, failures, the replay window."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from live_attention.capture import Frame, LatestSlot
+from live_attention.config import Config, RecordConfig
+from live_attention.engine import AttentionEngine
+from live_attention.errors import UserError
+from live_attention.record import MANIFEST, Recorder, bench_recording, new_session_dir
+from live_attention.render import View, render
+from live_attention.replay import Player, Session, export_video, heads_grid, layers_frames, write_gif
+from live_attention.worker import InferenceWorker
+from tests.conftest import MEDIA, tiny_vit
+
+HERE = Path(__file__).resolve().parent
+
+
+def _engine() -> AttentionEngine:
+    return AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32", name="tiny", weights_label="random",
+                                untrained=True)
+
+
+def _frames(n: int, w: int = 320, h: int = 240) -> list[np.ndarray]:
+    """Frames cut from the shared tour video when present, else a moving synthetic pattern."""
+    out = []
+    tour = MEDIA / "tour.mp4"
+    if tour.exists():
+        import av
+
+        with av.open(str(tour)) as c:
+            for f in c.decode(video=0):
+                import cv2
+
+                out.append(cv2.resize(f.to_ndarray(format="bgr24"), (w, h), interpolation=cv2.INTER_AREA))
+                if len(out) == n:
+                    break
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    while len(out) < n:
+        out.append(np.roll(base, 5 * len(out), axis=1))
+    return out
+
+
+def _cfg(queue_size: int = 1000) -> Config:
+    return replace(Config(), record=RecordConfig(queue_size=queue_size))
+
+
+def _record(base: Path, engine: AttentionEngine, frames: list[np.ndarray], view: View | None = None,
+            step_ns: list[int] | None = None):
+    """Record ``frames`` through worker + renderer + recorder; return (recorder, results)."""
+    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    rec = Recorder.create(base, engine, _cfg())
+    rec.start()
+    view = view or View()
+    t = time.monotonic_ns()
+    results = []
+    for i, img in enumerate(frames):
+        t += step_ns[i] if step_ns else 33_366_667 + (i % 3) * 1_000_000  # variable frame rate
+        res = worker.process(Frame(image=img, seq=i, t_capture_ns=t, source="test"))
+        rgb = render(img, res, view)
+        assert rec.submit(res, rgb, view)
+        results.append(res)
+    rec.stop()
+    return rec, results
+
+
+def _ffprobe_times(path: Path) -> list[float]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+         "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=60,
+    )
+    return [float(x.split(",")[0]) for x in out.stdout.split() if x.strip() and x.strip() != "N/A"]
+
+
+def _ffprobe_count(path: Path) -> int:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=60,
+    )
+    return int(out.stdout.strip().split(",")[0])
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_roundtrip_same_maps_and_manifest(tmp_path):
+    engine = _engine()
+    frames = _frames(12)
+    view = View(mode="rollout", layer=1, head=0)
+    rec, results = _record(tmp_path, engine, frames, view)
+    assert rec.error is None and rec.dropped == 0
+    s = Session(rec.path)
+    assert len(s) == len(results)
+    man = json.loads((rec.path / MANIFEST).read_text())
+    assert man["layers"] == 3 and man["heads"] == 2 and man["grid"] == [4, 4]
+    assert man["frame_size"] == [320, 240] and man["model"]["categories"] == 10
+    assert man["software"]["torch"] and man["config"]["record"]["queue_size"] == 1000
+    assert man["end"]["frames"] == len(results)
+    for i in (0, 5, len(results) - 1):
+        r = results[i]
+        got = s.result(i)
+        assert np.array_equal(got.frame, r.frame)  # FFV1: lossless
+        for name in ("cls", "rollout", "entropy", "patch_entropy"):
+            np.testing.assert_allclose(getattr(got, name), getattr(r, name), rtol=2e-3, atol=2e-3)
+        assert [n for n, _ in got.topk] == [n for n, _ in r.topk]
+        assert got.seq == r.seq and got.t_capture_ns == r.t_capture_ns and got.box == r.box
+        assert s.view(i) == view
+    for i in (7, 2, 11, 0, 3):  # random access: seeks back and forth in raw.mkv
+        assert np.array_equal(s.raw.get(i), results[i].frame), i
+    s.close()
+
+
+def test_export_frame_count_and_timestamps(tmp_path):
+    engine = _engine()
+    steps = [30_000_000, 45_000_000, 33_000_000, 70_000_000, 33_000_000, 20_000_000, 33_000_000, 33_000_000,
+             50_000_000, 33_000_000]
+    rec, _ = _record(tmp_path / "rec", engine, _frames(len(steps)), step_ns=steps)
+    s = Session(rec.path)
+    rec_times = [p / 1000 for p in s.pts_ms]
+    # The overlay as recorded has the capture timestamps.
+    assert _ffprobe_count(rec.path / "overlay.mp4") == len(steps)
+    np.testing.assert_allclose(_ffprobe_times(rec.path / "overlay.mp4"), rec_times, atol=0.002)
+    out = tmp_path / "out.mp4"
+    export_video(s, out, {"mode": "entropy", "layer": 0, "head": 1})
+    assert _ffprobe_count(out) == len(steps)
+    np.testing.assert_allclose(_ffprobe_times(out), rec_times, atol=0.002)
+    # Query needs the model: recomputed from the lossless raw frame.
+    out2 = tmp_path / "q.mp4"
+    export_video(s, out2, {"mode": "query"}, engine=engine)
+    assert _ffprobe_count(out2) == len(steps)
+    s.close()
+
+
+def test_export_grid_and_layers_gif(tmp_path):
+    rec, _ = _record(tmp_path, _engine(), _frames(3))
+    s = Session(rec.path)
+    img = heads_grid(s, 1)
+    assert img.ndim == 3 and img.shape[0] > 3 * 96 and img.shape[1] > 2 * 96
+    frames = layers_frames(s, 1, View())
+    assert len(frames) == 3
+    gif = write_gif(frames, tmp_path / "l.gif")
+    assert _ffprobe_count(gif) == 3
+    s.close()
+
+
+def test_cli_export(tmp_path):
+    rec, _ = _record(tmp_path, _engine(), _frames(4))
+    from live_attention.cli import main
+
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "g.png"), "--frame", "2", "--grid"]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 1000
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "a.mp4"), "--mode", "rollout", "--layer", "2"]) == 0
+    assert _ffprobe_count(tmp_path / "a.mp4") == 4
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "a.mp4")]) == 2  # never overwrite
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "b.mp4"), "--layer", "9"]) == 2
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from dataclasses import replace
+    import numpy as np
+    from conftest import tiny_vit
+    from live_attention.capture import Frame, LatestSlot
+    from live_attention.config import Config, RecordConfig
+    from live_attention.engine import AttentionEngine
+    from live_attention.record import Recorder
+    from live_attention.render import View, render
+    from live_attention.worker import InferenceWorker
+
+    engine = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32", name="tiny")
+    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    rec = Recorder.create({base!r}, engine, replace(Config(), record=RecordConfig(queue_size=1000)))
+    print(rec.path, flush=True)
+    rec.start()
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    i = 0
+    t0 = time.monotonic_ns()
+    while True:
+        img = np.roll(base, 4 * i, axis=1)
+        res = worker.process(Frame(image=img, seq=i, t_capture_ns=time.monotonic_ns(), source="child"))
+        rec.submit(res, render(img, res, View()), View())
+        print(i, (res.t_capture_ns - t0) / 1e9, rec.written, flush=True)
+        i += 1
+        time.sleep(0.04)
+""")
+
+
+def test_sigkill_mid_recording(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(HERE), base=str(tmp_path / "rec")))
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        path = Path(p.stdout.readline().strip())
+        last_t = 0.0
+        while True:
+            line = p.stdout.readline()
+            assert line, "the child stopped early"
+            _, t, _ = line.split()
+            last_t = float(t)
+            if last_t >= 4.0:
+                break
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.kill()
+        p.wait(10)
+    times = _ffprobe_times(path / "overlay.mp4")
+    assert times and times[-1] >= last_t - 1.5, (times[-1:], last_t)
+    s = Session(path)  # replay's loader opens it
+    data_end = float(s.pts_ms[-1]) / 1000
+    assert data_end >= last_t - 1.5, (data_end, last_t)
+    raw_n = s.raw.count()
+    assert raw_n >= 1 and float(s.pts_ms[min(raw_n, len(s)) - 1]) / 1000 >= last_t - 1.5
+    assert s.result(0).cls.shape == (3, 2, 16)
+    s.close()
+
+
+def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
+    from live_attention import record
+
+    engine = _engine()
+    calls = {"n": 0}
+    orig = record.ChunkWriter.write_chunk
+
+    def failing(self, path, arrays):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        orig(self, path, arrays)
+
+    monkeypatch.setattr(record.ChunkWriter, "write_chunk", failing)
+    monkeypatch.setattr(record, "CHUNK_FRAMES", 4)
+    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    rec = Recorder.create(tmp_path, engine, _cfg())
+    rec.start()
+    t = time.monotonic_ns()
+    for i, img in enumerate(_frames(20)):
+        t += 33_000_000
+        res = worker.process(Frame(image=img, seq=i, t_capture_ns=t, source="test"))
+        rec.submit(res, render(img, res, View()), View())  # never raises
+        time.sleep(0.005)
+    rec.join(10)
+    rec.stop()  # no raise
+    assert rec.error and "disk full" in rec.error and "\n" not in rec.error
+    assert "REC" in rec.hud_text()
+    assert not rec.submit(res, render(img, res, View()), View())
+    s = Session(rec.path)
+    assert 1 <= len(s) <= 4 and s.result(len(s) - 1).cls.shape == (3, 2, 16)  # the first chunk
+    assert _ffprobe_count(rec.path / "overlay.mp4") >= len(s)
+    assert json.loads((rec.path / MANIFEST).read_text())["end"]["error"] == rec.error
+    s.close()
+
+
+def test_unwritable_and_existing_session(tmp_path):
+    engine = _engine()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot"):
+        Recorder.create(blocker / "sub", engine, _cfg())
+    rec, _ = _record(tmp_path / "rec", engine, _frames(2))
+    with pytest.raises(UserError, match="existing recording session"):
+        Recorder.create(rec.path, engine, _cfg())
+    # The same second twice: a new name, never the same folder.
+    from datetime import datetime
+
+    now = datetime(2026, 1, 2, 3, 4, 5)
+    a, b = new_session_dir(tmp_path / "s", now), new_session_dir(tmp_path / "s", now)
+    assert a != b and a.name == "session-20260102-030405" and b.name == "session-20260102-030405-1"
+
+
+def test_live_session_recording_and_failure_in_status(tmp_path):
+    """LiveSession.status shows REC and the recorder's one-line error; the app goes on."""
+    from live_attention.app import LiveSession
+    from live_attention.capture import open_source
+
+    engine = _engine()
+    cfg = replace(_cfg(), source=replace(Config().source, source="demo"))
+    source = open_source("demo", width=320, height=240, fps=30)
+    session = LiveSession(cfg, engine, source)
+    session.start()
+    try:
+        path = session.start_recording(tmp_path, lambda: View())
+        for _ in range(20):
+            res = session.results.get(timeout=1.0)
+            if res is not None:
+                session.recorder.submit(res, render(res.frame, res, View()), View())
+        st = session.status()
+        assert st.recording and st.recording.startswith("REC ") and "dropped" in st.recording
+        session.recorder.error = "recording stopped: disk full"
+        assert session.status().error == "recording stopped: disk full"
+        session.recorder.error = None
+        assert session.stop_recording() == path
+    finally:
+        session.stop()
+    assert len(Session(path)) >= 1
+
+
+def test_queue_full_drops_and_counts(tmp_path):
+    engine = _engine()
+    rec = Recorder.create(tmp_path, engine, _cfg(queue_size=2))  # not started: the queue fills
+    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    img = _frames(1)[0]
+    res = worker.process(Frame(image=img, seq=0, t_capture_ns=time.monotonic_ns(), source="t"))
+    rgb = render(img, res, View())
+    t = time.perf_counter()
+    ok = [rec.submit(res, rgb, View()) for _ in range(10)]
+    assert time.perf_counter() - t < 0.05
+    assert ok.count(True) == 2 and rec.dropped == 8 and "dropped 8" in rec.hud_text()
+    rec.stop()
+
+
+def test_player_keys():
+    p = Player(np.array([0, 33, 70, 100, 140]), playing=False)
+    p.press(".")
+    p.press(".")
+    assert p.index == 2
+    p.press(",")
+    assert p.index == 1
+    p.press("end")
+    assert p.index == 4
+    p.press("home")
+    assert p.index == 0
+    p.press("]")
+    p.press("]")
+    assert p.speed == 4.0
+    for _ in range(5):
+        p.press("[")
+    assert p.speed == 0.25
+    p.press("p")
+    assert p.playing
+
+
+def test_bench_recording(tmp_path):
+    r = bench_recording(frames=6, width=320, height=240, tmp_dir=tmp_path)
+    assert r["overlay_ms_per_frame"] > 0 and r["raw_ffv1_bytes_per_s"] > 0
+    L, H, P = 12, 12, 196
+    assert r["attention_bytes_per_frame"] <= 200_000
+    assert r["attention_bytes_per_frame"] >= L * H * P * 2  # cls in fp16
+
+
+@pytest.mark.gui
+def test_replay_window_steps(tmp_path):
+    """Under Xvfb: replay opens, `.` steps one frame forward."""
+    for tool in ("Xvfb", "xdotool"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    from live_attention.engine import load_model
+
+    engine = load_model("vit_b_32", weights="random", device="cpu", precision="fp32")
+    rec, _ = _record(tmp_path, engine, _frames(5))
+    display = None
+    xvfb = None
+    for n in range(97, 140):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            display = f":{n}"
+            xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            if xvfb.poll() is None:
+                break
+    assert xvfb is not None and xvfb.poll() is None
+    env = {**os.environ, "DISPLAY": display}
+    state = tmp_path / "state.json"
+    app = subprocess.Popen([sys.executable, "-m", "live_attention", "replay", str(rec.path), "--paused",
+                            "--no-model", "--max-seconds", "40", "--state-file", str(state)], env=env)
+
+    def index() -> int | None:
+        try:
+            return json.loads(state.read_text())["frame_index"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    try:
+        deadline = time.monotonic() + 30
+        while index() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert index() == 0
+        for _ in range(10):
+            subprocess.run(["xdotool", "search", "--name", "live-attention", "windowfocus", "--sync", "key",
+                            "period"], env=env, timeout=10, capture_output=True)
+            t = time.monotonic()
+            while index() == 0 and time.monotonic() - t < 2:
+                time.sleep(0.1)
+            if index() != 0:
+                break
+        assert index() == 1
+    finally:
+        app.terminate()
+        app.wait(10)
+        xvfb.terminate()
+        xvfb.wait(10)
