@@ -135,41 +135,14 @@ def _flush_each_packet(container: Any) -> None:
     container.flags |= av.container.Flags.flush_packets.value
 
 
-class OverlayWriter:
-    """The overlay through :class:`~live_attention.video.H264Writer`, with an IDR frame (and so a new
-    MP4 fragment) at least every ``key_ms`` of media time, whatever the recorded frame rate."""
+def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = 500):
+    """The overlay video: H.264 with a keyframe (so a new MP4 fragment) at least every ``key_ms`` of
+    media time whatever the recorded frame rate, every packet flushed to the OS."""
+    from live_attention.video import H264Writer
 
-    def __init__(self, path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = 500) -> None:
-        from live_attention.video import H264Writer
-
-        # gop in frames is a fallback only: keyframes are forced by time below.
-        self.writer = H264Writer(path, width, height, fps=30.0, crf=crf, preset=preset, gop=600)
-        _flush_each_packet(self.writer._container)
-        self.key_ms = key_ms
-        self._last_key = -(10**9)
-
-    def write(self, rgb: np.ndarray, pts_ms: int) -> None:
-        import av
-        from av.video.frame import PictureType
-
-        w = self.writer
-        if rgb.shape[0] != w.height or rgb.shape[1] != w.width:
-            from live_attention.video import _fit
-
-            rgb = _fit(rgb, w.width, w.height)
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame.pts = int(pts_ms)
-        frame.time_base = TIME_BASE
-        if pts_ms - self._last_key >= self.key_ms:
-            frame.pict_type = PictureType.I
-            self._last_key = pts_ms
-        for packet in w._stream.encode(frame):
-            w._container.mux(packet)
-        w._last_pts = int(pts_ms)
-        w.frames += 1
-
-    def close(self) -> None:
-        self.writer.close()
+    # gop in frames is a fallback only: keyframes are forced by time.
+    return H264Writer(path, width, height, fps=30.0, crf=crf, preset=preset, gop=600, key_ms=key_ms,
+                      flush_packets=True)
 
 
 class ChunkWriter:
@@ -452,7 +425,7 @@ class Recorder(threading.Thread):
     def _open_writers(self, result: Any, rgb: np.ndarray) -> None:
         fh, fw = result.frame.shape[:2]
         rec = self.cfg.record
-        self._overlay = OverlayWriter(self.path / OVERLAY, rgb.shape[1], rgb.shape[0], rec.crf, rec.preset)
+        self._overlay = overlay_writer(self.path / OVERLAY, rgb.shape[1], rgb.shape[0], rec.crf, rec.preset)
         self._raw = RawWriter(self.path / RAW, fw, fh, rec.raw_codec)
         self._t0_ns = result.t_capture_ns
         self.manifest["frame_size"] = [fw, fh]
@@ -470,7 +443,7 @@ class Recorder(threading.Thread):
         self._last_pts = pts
         if view is None:
             view = self.view_fn() if self.view_fn else View()
-        self._overlay.write(rgb, pts)
+        self._overlay.write(rgb, pts / 1000.0)
         self._raw.write(result.frame, pts)
         self.chunks.append(frame_row(result, view, pts, self._t0_ns))
         self.written += 1
@@ -559,9 +532,9 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
     with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
         dd = Path(d)
         t = time.perf_counter()
-        w = OverlayWriter(dd / "o.mp4", width, height, crf=23, preset="veryfast")
+        w = overlay_writer(dd / "o.mp4", width, height, crf=23, preset="veryfast")
         for i, im in enumerate(imgs):
-            w.write(im, round(i * 1000 / 30))
+            w.write(im, round(i * 1000 / 30) / 1000.0)
         w.close()
         out["overlay_ms_per_frame"] = (time.perf_counter() - t) * 1000 / frames
         out["overlay_bytes_per_s"] = (dd / "o.mp4").stat().st_size / (frames / 30)

@@ -36,6 +36,10 @@ class H264Writer:
         fps: nominal rate, used for frames written without a timestamp.
         crf, preset: libx264 quality and speed.
         gop: keyframe interval in frames; each keyframe starts a new fragment.
+        key_ms: also force a keyframe (a new fragment) at least every ``key_ms`` of media time, so a
+            crash loses at most that much whatever the frame rate (None: by ``gop`` only).
+        flush_packets: hand every muxed packet to the OS at once (else a kill loses the last 32 KB
+            I/O buffer: seconds of a small or static video).
     """
 
     def __init__(
@@ -48,6 +52,8 @@ class H264Writer:
         preset: str = "veryfast",
         gop: int | None = None,
         overwrite: bool = False,
+        key_ms: int | None = None,
+        flush_packets: bool = False,
     ) -> None:
         import av
 
@@ -58,11 +64,15 @@ class H264Writer:
         self.fps = float(fps) if fps and fps > 0 else 30.0
         self.frames = 0
         self._last_pts = -1
+        self.key_ms = key_ms
+        self._last_key = -(10**9)
         options = {"movflags": FRAG_FLAGS} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         try:
             self._container = av.open(str(self.path), mode="w", options=options)
         except (OSError, av.error.FFmpegError) as exc:
             raise UserError(f"cannot write {self.path}: {exc} (check the folder exists and is writable)") from exc
+        if flush_packets:
+            self._container.flags |= av.container.Flags.flush_packets.value
         stream = self._container.add_stream("libx264", rate=Fraction(round(self.fps * 1000), 1000))
         stream.width, stream.height = self.width, self.height
         stream.pix_fmt = "yuv420p"
@@ -77,6 +87,7 @@ class H264Writer:
     def write(self, rgb: np.ndarray, pts_s: float | None = None) -> None:
         """Encode one RGB frame at ``pts_s`` seconds (default: frame index / fps)."""
         import av
+        from av.video.frame import PictureType
 
         if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
             rgb = _fit(rgb, self.width, self.height)
@@ -87,6 +98,9 @@ class H264Writer:
             pts = self._last_pts + 1
         frame.pts = pts
         frame.time_base = TIME_BASE
+        if self.key_ms is not None and pts - self._last_key >= self.key_ms:
+            frame.pict_type = PictureType.I
+            self._last_key = pts
         self._last_pts = pts
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
