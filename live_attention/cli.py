@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from live_attention.config import COLORMAPS, FUSIONS, MODES, Config, load_config
 from live_attention.errors import UserError
