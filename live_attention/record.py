@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import numpy as np
 from live_attention.config import Config
 from live_attention.errors import UserError
 from live_attention.render import View
+from live_attention.video import TIME_BASE, StreamWriter
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ OVERLAY = "overlay.mp4"
 RAW = "raw.mkv"
 ATTN_DIR = "attention"
 FORMAT_VERSION = 1
-TIME_BASE = Fraction(1, 1000)
 CHUNK_FRAMES = 30  # a chunk is flushed after this many frames ...
 CHUNK_SECONDS = 1.0  # ... or this long after its first frame, whichever comes first
 _SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
@@ -61,7 +60,7 @@ _SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
 # --------------------------------------------------------------------------------------------------
 
 
-class RawWriter:
+class RawWriter(StreamWriter):
     """Camera frames (BGR uint8) into Matroska with explicit ms timestamps.
 
     ``ffv1``: lossless (bgr0, every frame a keyframe, slice CRCs). ``mjpeg``: q2, 4:4:4, near-lossless
@@ -77,7 +76,7 @@ class RawWriter:
         # A cluster (and so what survives a crash) closes at least every second.
         self._container = av.open(str(self.path), mode="w",
                                   options={"cluster_time_limit": "1000", "cluster_size_limit": "8000000"})
-        _flush_each_packet(self._container)
+        self._container.flags |= av.container.Flags.flush_packets.value  # see H264Writer
         if codec == "ffv1":
             stream = self._container.add_stream("ffv1", rate=30)
             stream.pix_fmt = "bgr0"
@@ -110,29 +109,7 @@ class RawWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr[..., :3]), format="bgr24")
         frame.pts = int(pts_ms)
         frame.time_base = TIME_BASE
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._container is None:
-            return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()
-            self._container = None
-
-
-def _flush_each_packet(container: Any) -> None:
-    """Hand every muxed packet (a whole MP4 fragment, a Matroska cluster) to the OS at once.
-
-    Without it the last 32 KB AVIO buffer is lost on a kill: seconds of a small or static video.
-    """
-    import av
-
-    container.flags |= av.container.Flags.flush_packets.value
+        self._encode(frame)
 
 
 def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = 500):

@@ -27,7 +27,38 @@ TIME_BASE = Fraction(1, 1000)
 FRAG_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 
-class H264Writer:
+class StreamWriter:
+    """One PyAV output stream: encode, mux, flush on close; a context manager. Subclasses open
+    ``self._container`` and ``self._stream``."""
+
+    _container = None
+    _stream = None
+    frames = 0
+
+    def _encode(self, frame) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class H264Writer(StreamWriter):
     """Write RGB uint8 frames to an H.264 MP4 (or MKV) with explicit timestamps.
 
     Args:
@@ -102,26 +133,7 @@ class H264Writer:
             frame.pict_type = PictureType.I
             self._last_key = pts
         self._last_pts = pts
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._container is None:
-            return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-        finally:
-            self._container.close()
-            self._container = None
-
-    def __enter__(self) -> H264Writer:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
+        self._encode(frame)
 
 
 def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
