@@ -48,6 +48,8 @@ class Window:
         dpg.create_viewport(title=title, width=width, height=height, vsync=vsync)
         self.keys: list[str] = []
         self.clicks: list[tuple[float, float]] = []
+        self.seeks: list[int] = []  # timeline slider moves (replay)
+        self._timeline = False
         self._tex = None
         self._tex_size = (0, 0)
         self._img_rect = (0.0, 0.0, 1.0, 1.0)  # x, y, w, h of the image in the viewport
@@ -79,6 +81,17 @@ class Window:
             dpg.add_mouse_click_handler(button=dpg.mvMouseButton_Left, callback=self._on_click)
         dpg.setup_dearpygui()
         dpg.show_viewport()
+
+    def add_timeline(self, total: int) -> None:
+        """A timeline slider under the image (replay): moves land in :attr:`seeks`."""
+        self.dpg.add_slider_int(tag="timeline", parent="main", min_value=0, max_value=max(0, total - 1),
+                                default_value=0, format="frame %d", clamped=True,
+                                callback=lambda _s, value, _u: self.seeks.append(int(value)))
+        self._timeline = True
+
+    def set_timeline(self, index: int) -> None:
+        if self._timeline:
+            self.dpg.set_value("timeline", int(index))
 
     def _on_click(self, *_args) -> None:
         mx, my = self.dpg.get_mouse_pos(local=False)
@@ -121,6 +134,10 @@ class Window:
         if not dpg.does_item_exist("image"):
             return
         vw, vh = dpg.get_viewport_client_width(), dpg.get_viewport_client_height()
+        if self._timeline:
+            bar = 30
+            dpg.configure_item("timeline", width=max(50, vw - 20), pos=(10, vh - bar + 4))
+            vh -= bar
         tw, th = self._tex_size
         s = min(vw / tw, vh / th) if tw and th else 1.0
         w, h = max(1, int(tw * s)), max(1, int(th * s))

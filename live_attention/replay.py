@@ -516,6 +516,7 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
 
     m = session.manifest
     win = Window(f"{TITLE} replay", width, height, vsync=True)
+    win.add_timeline(len(session))
     ctl = Controller(m["layers"], m["heads"], replace(session.view(0), frozen=False, animating=False))
     player = Player(session.pts_ms, playing=not paused)
     recompute = Recompute(session, engine, m.get("config", {}).get("view", {}).get("residual", 0.5))
@@ -561,6 +562,10 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
                         ctl.select_patch(patch)
                         dirty = True
             win.clicks.clear()
+            for index in win.seeks:
+                player.seek(index)
+                dirty = True
+            win.seeks.clear()
             if player.tick():
                 dirty = True
             if player.index != shown_index:
@@ -607,8 +612,8 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
                                 flow=flow, flow_seq=shown.seq if flow is not None else None)
                 rgb = render(shown.frame, shown, replace(view, frozen=False), status, extras,
                              size=canvas_size(shown.frame.shape))
-                _timeline(rgb, shown_index, len(session))
                 win.show(rgb)
+                win.set_timeline(shown_index)
                 states.write(view, status, {"frame_index": shown_index, "seq": shown.seq,
                                             "playing": player.playing, "speed": player.speed})
                 dirty = False
@@ -620,14 +625,6 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
         if flow_job is not None:
             flow_job.cancel.set()
         win.close()
-
-
-def _timeline(img: np.ndarray, index: int, total: int) -> None:
-    """A thin progress bar along the bottom edge (the timeline; keys move it)."""
-    h, w = img.shape[:2]
-    x = int(w * (index + 1) / max(1, total))
-    cv2.rectangle(img, (0, h - 5), (w, h), (60, 60, 60), -1)
-    cv2.rectangle(img, (0, h - 5), (x, h), (255, 214, 10), -1)
 
 
 # --------------------------------------------------------------------------------------------------

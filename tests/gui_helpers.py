@@ -45,8 +45,9 @@ class XServer:
 class App:
     """The real app in a child process, driven by keys, observed by screenshots and its state file."""
 
-    def __init__(self, x: XServer, args: list[str], tmp: Path) -> None:
+    def __init__(self, x: XServer, args: list[str], tmp: Path, title: str = "live-attention") -> None:
         self.x = x
+        self.title = f"^{title}$"
         self.tmp = tmp
         self.state_file = tmp / "state.json"
         self.log = open(tmp / "app.log", "w")
@@ -76,14 +77,14 @@ class App:
 
     def key(self, *keys: str) -> None:
         subprocess.run(
-            ["xdotool", "search", "--sync", "--name", "^live-attention$", "windowfocus", "--sync", "key",
+            ["xdotool", "search", "--sync", "--name", self.title, "windowfocus", "--sync", "key",
              "--delay", "80", *keys],
             env=self.x.env, check=True, timeout=20, capture_output=True,
         )
 
     def click(self, fx: float, fy: float) -> None:
         """Click at a fraction of the window."""
-        wid = subprocess.run(["xdotool", "search", "--name", "^live-attention$"], env=self.x.env,
+        wid = subprocess.run(["xdotool", "search", "--name", self.title], env=self.x.env,
                              capture_output=True, text=True, check=True).stdout.split()[0]
         geo = subprocess.run(["xdotool", "getwindowgeometry", "--shell", wid], env=self.x.env,
                              capture_output=True, text=True, check=True).stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -355,53 +354,34 @@ def test_bench_recording(tmp_path):
 
 
 @pytest.mark.gui
-def test_replay_window_steps(tmp_path):
-    """Under Xvfb: replay opens, `.` steps one frame forward."""
-    for tool in ("Xvfb", "xdotool"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
+@pytest.mark.timeout(240)
+def test_replay_window_steps_and_seeks(tmp_path):
+    """Under Xvfb: replay opens paused, `.`/`,` step, End jumps, the timeline slider seeks, Q quits."""
     from live_attention.engine import load_model
+    from tests.gui_helpers import App, XServer
 
     engine = load_model("vit_b_32", weights="random", device="cpu", precision="fp32")
-    rec, _ = _record(tmp_path, engine, _frames(5))
-    display = None
-    xvfb = None
-    for n in range(97, 140):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            display = f":{n}"
-            xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
-            if xvfb.poll() is None:
-                break
-    assert xvfb is not None and xvfb.poll() is None
-    env = {**os.environ, "DISPLAY": display}
-    state = tmp_path / "state.json"
-    app = subprocess.Popen([sys.executable, "-m", "live_attention", "replay", str(rec.path), "--paused",
-                            "--no-model", "--max-seconds", "40", "--state-file", str(state)], env=env)
-
-    def index() -> int | None:
-        try:
-            return json.loads(state.read_text())["frame_index"]
-        except (OSError, ValueError, KeyError):
-            return None
-
+    rec, _ = _record(tmp_path, engine, _frames(8))
+    x = XServer()
+    app = App(x, ["replay", str(rec.path), "--paused", "--no-model"], tmp_path, title="live-attention replay")
     try:
-        deadline = time.monotonic() + 30
-        while index() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert index() == 0
-        for _ in range(10):
-            subprocess.run(["xdotool", "search", "--name", "live-attention", "windowfocus", "--sync", "key",
-                            "period"], env=env, timeout=10, capture_output=True)
-            t = time.monotonic()
-            while index() == 0 and time.monotonic() - t < 2:
-                time.sleep(0.1)
-            if index() != 0:
-                break
-        assert index() == 1
+        app.wait(lambda s: s.get("frame_index") == 0, 60, "first frame")
+        app.key("period")
+        app.wait(lambda s: s["frame_index"] == 1, 20, "step forward")
+        app.key("period", "period", "comma")
+        app.wait(lambda s: s["frame_index"] == 2, 20, "step back")
+        app.key("End")
+        app.wait(lambda s: s["frame_index"] == 7, 20, "end")
+        app.key("Home")
+        app.wait(lambda s: s["frame_index"] == 0, 20, "start")
+        app.click(0.5, 0.985)  # the timeline slider along the bottom
+        app.wait(lambda s: 2 <= s["frame_index"] <= 5, 20, "seek by slider")
+        app.key("bracketright")
+        app.wait(lambda s: s["speed"] == 2.0, 20, "speed x2")
+        app.key("p")
+        app.wait(lambda s: s["playing"], 20, "play")
+        app.key("q")
+        assert app.close(15) == 0
     finally:
-        app.terminate()
-        app.wait(10)
-        xvfb.terminate()
-        xvfb.wait(10)
+        app.close(1)
+        x.stop()
