@@ -244,10 +244,15 @@ def attention_flow(
     discard_ratio: float = 0.0,
     num_prefix: int = 1,
     scale: int | None = None,
+    progress=None,
+    cancel=None,
 ) -> Tensor:
     """Attention flow (Abnar & Zuidema 2020): max-flow from each input patch to the top class token.
 
-    ``[..., L, H, N, N]`` -> ``[..., P]``, raw max-flow values. See :mod:`live_attention.flow`.
+    ``[..., L, H, N, N]`` -> ``[..., P]``, raw max-flow values (display with :func:`normalize_map`).
+    The capacities are the :func:`mixed_layers` matrices, as in rollout. Exact to the capacity scaling
+    (SciPy's Dinic on integer capacities); ``progress(done, total)`` and ``cancel`` (an Event) are
+    optional. See :mod:`live_attention.flow`.
     """
     from live_attention.flow import attention_flow as _flow
 
@@ -258,4 +263,6 @@ def attention_flow(
         discard_ratio=discard_ratio,
         num_prefix=num_prefix,
         scale=scale,
+        progress=progress,
+        cancel=cancel,
     )
