@@ -101,10 +101,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if p not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     if p != "auto":
-        if p == "fp16" and device.type == "cpu":
-            # fp16 matmuls on CPU are emulated and very slow; allowed, but only when asked.
-            return p
-        return p
+        return p  # as asked (fp16 on a CPU is emulated and slow, but allowed)
     if device.type in ("cuda", "mps"):
         return "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
