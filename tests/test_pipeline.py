@@ -1,0 +1,115 @@
+"""Capture thread + inference worker + status, with fake cameras and a tiny ViT: what the HUD shows."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from live_attention.app import LiveSession
+from live_attention.capture import CaptureState
+from live_attention.config import Config
+from live_attention.engine import AttentionEngine
+from live_attention.render import View, render
+from tests.conftest import tiny_vit
+from tests.test_capture import BlockingSource, FakeCamera, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class SlowEngine(AttentionEngine):
+    """A tiny ViT whose forward pass takes ``delay`` seconds: inference slower than the camera."""
+
+    delay = 0.0
+    fail_after: int | None = None
+    calls = 0
+
+    def run(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("simulated CUDA error")
+        time.sleep(self.delay)
+        return super().run(images)
+
+
+def engine(delay=0.0, fail_after=None) -> SlowEngine:
+    e = SlowEngine(tiny_vit(), device="cpu", precision="fp32")
+    e.delay, e.fail_after = delay, fail_after
+    return e
+
+
+def test_fast_camera_slow_model_latest_wins_and_latency_stays_bounded():
+    cam = FakeCamera([10_000], period=0.005)  # ~200 fps camera
+    s = LiveSession(Config(), engine(delay=0.05), cam)  # ~20 fps model
+    s.start()
+    try:
+        lat = []
+        seen = []
+        t_end = time.monotonic() + 1.5
+        while time.monotonic() < t_end:
+            r = s.results.get(timeout=0.5)
+            if r is not None:
+                s.note_displayed(r)
+                seen.append(r.seq)
+                lat.append((time.monotonic_ns() - r.t_capture_ns) / 1e6)
+        st = s.status()
+        assert st.dropped > 20, "frames the model could not take are dropped, not queued"
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert np.median(lat) < 200, "latest-frame-wins keeps the latency near one inference step"
+        assert st.capture_fps > st.infer_fps > 0
+    finally:
+        s.stop()
+
+
+def test_slow_camera_every_frame_inferred():
+    cam = FakeCamera([12], period=0.06)
+    s = LiveSession(Config(), engine(), cam)
+    s.start()
+    try:
+        assert wait_until(lambda: s.worker.processed >= 12, 10)
+        assert s.frames.overwritten == 0 and s.status().dropped == 0
+    finally:
+        s.stop()
+
+
+def test_camera_drop_shows_no_signal_then_resumes():
+    cam = FakeCamera([5, "drop", 200], open_failures=2, period=0.01)
+    s = LiveSession(Config(), engine(), cam)
+    s.capture.backoff = (0.05, 0.1)
+    s.start()
+    try:
+        assert wait_until(lambda: s.capture.state == CaptureState.RECONNECTING, 5)
+        st = s.status()
+        assert st.capture_state == "reconnecting"
+        img = render(None, None, View(), st)  # what the window shows meanwhile
+        assert img.mean() < 40  # a dark "NO SIGNAL" screen, not a fake camera frame
+        assert wait_until(lambda: s.capture.state == CaptureState.RUNNING and s.worker.processed > 6, 5)
+    finally:
+        s.stop()
+
+
+def test_worker_crash_is_shown_and_the_session_survives():
+    cam = FakeCamera([10_000], period=0.01)
+    s = LiveSession(Config(), engine(fail_after=3), cam)
+    s.start()
+    try:
+        assert wait_until(lambda: s.worker.error is not None, 5)
+        st = s.status()
+        assert "inference stopped" in st.error and "simulated CUDA error" in st.error
+        assert s.capture.is_alive(), "capture goes on; the window stays up"
+        assert s.results.peek() is not None  # the last good result is still there to show
+    finally:
+        s.stop()
+
+
+def test_stop_is_prompt_while_read_blocks():
+    src = BlockingSource()
+    s = LiveSession(Config(), engine(), src)
+    s.start()
+    assert src.in_read.wait(2)
+    t = time.monotonic()
+    s.stop()
+    assert time.monotonic() - t <= 1.5
+    assert not src.released_while_reading
+    src.unblock.set()
