@@ -1,0 +1,167 @@
+"""The ``demo`` model: a small torchvision ``VisionTransformer`` trained on :mod:`live_attention.synthetic`.
+
+It needs no download: its checkpoint ships in the package (``assets/demo_vit.pt``, made by
+``python -m live_attention.train_demo``). A checkpoint is a dict readable with ``weights_only=True``::
+
+    {"state_dict": {name: tensor}, "config": {architecture ints, training notes},
+     "classes": [str], "mean": [3 floats], "std": [3 floats]}
+
+Weights may be stored in fp16 to keep the file small; loading copies them into the fp32 module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.models.vision_transformer import VisionTransformer
+
+from live_attention.engine import AttentionEngine, Preprocess, apply_state_dict, file_sha256
+from live_attention.errors import WeightsError
+from live_attention.synthetic import CLASS_NAMES
+
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_vit.pt"
+WEIGHTS_LABEL = "synthetic-shapes (toy)"
+ARCH_KEYS = ("image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", "num_classes")
+DEFAULT_CONFIG: dict[str, int] = {
+    "image_size": 64,
+    "patch_size": 8,
+    "num_layers": 4,
+    "num_heads": 4,
+    "hidden_dim": 64,
+    "mlp_dim": 192,
+    "num_classes": len(CLASS_NAMES),
+}
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.25, 0.25, 0.25)
+_SHIPPED = ("imagenet", "default", "demo")
+
+
+def _check_config(config: Any, source: str) -> dict[str, int]:
+    if not isinstance(config, dict):
+        raise WeightsError(f"{source} has no model config: it is not a demo-model checkpoint")
+    arch: dict[str, int] = {}
+    for key in ARCH_KEYS:
+        v = config.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise WeightsError(f"{source}: config {key!r} must be a positive int, got {v!r}")
+        arch[key] = v
+    if arch["image_size"] % arch["patch_size"]:
+        raise WeightsError(f"{source}: image_size {arch['image_size']} is not a multiple of patch_size")
+    if arch["hidden_dim"] % arch["num_heads"]:
+        raise WeightsError(f"{source}: hidden_dim {arch['hidden_dim']} is not a multiple of num_heads")
+    return arch
+
+
+def build_demo_module(config: dict[str, Any] | None = None) -> VisionTransformer:
+    """A randomly initialised torchvision ``VisionTransformer`` with the architecture in ``config``."""
+    arch = _check_config(DEFAULT_CONFIG if config is None else config, "demo config")
+    return VisionTransformer(
+        image_size=arch["image_size"],
+        patch_size=arch["patch_size"],
+        num_layers=arch["num_layers"],
+        num_heads=arch["num_heads"],
+        hidden_dim=arch["hidden_dim"],
+        mlp_dim=arch["mlp_dim"],
+        num_classes=arch["num_classes"],
+    )
+
+
+def _triple(v: Any, key: str, source: str) -> tuple[float, float, float]:
+    if (
+        not isinstance(v, (list, tuple))
+        or len(v) != 3
+        or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    ):
+        raise WeightsError(f"{source}: {key!r} must be a list of 3 numbers, got {v!r}")
+    out = tuple(float(x) for x in v)
+    if key == "std" and min(out) <= 0:
+        raise WeightsError(f"{source}: 'std' must be positive, got {v!r}")
+    return out  # type: ignore[return-value]
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a demo checkpoint (``weights_only=True``); any problem is a one-line WeightsError.
+
+    Returns ``{"state_dict", "config" (architecture ints), "classes", "mean", "std"}``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise WeightsError(f"demo weights file not found: {p}")
+    if p.is_dir():
+        raise WeightsError(f"demo weights path is a folder, not a file: {p}")
+    source = f"demo weights {p}"
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unsafe-global errors alike
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"cannot read {source}: {first[:160]}") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise WeightsError(f"{source} holds no 'state_dict': it is not a demo-model checkpoint")
+    state = obj["state_dict"]
+    if not state or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsError(f"{source}: 'state_dict' is not a dict of tensors")
+    arch = _check_config(obj.get("config"), source)
+    classes = obj.get("classes", list(CLASS_NAMES))
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise WeightsError(f"{source}: 'classes' must be a list of names")
+    if len(classes) != arch["num_classes"]:
+        raise WeightsError(f"{source}: {len(classes)} class names for {arch['num_classes']} classes")
+    return {
+        "state_dict": state,
+        "config": arch,
+        "classes": list(classes),
+        "mean": _triple(obj.get("mean", DEFAULT_MEAN), "mean", source),
+        "std": _triple(obj.get("std", DEFAULT_STD), "std", source),
+    }
+
+
+def build_demo_engine(
+    weights: str | os.PathLike[str] = "imagenet",
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+) -> AttentionEngine:
+    """The demo model in an :class:`AttentionEngine`.
+
+    ``weights``: ``imagenet``, ``default`` or ``demo`` (all mean the shipped, self-trained checkpoint),
+    ``random`` (untrained, flagged), or a path to a checkpoint written by ``train_demo``.
+    """
+    w = os.fspath(weights) if isinstance(weights, os.PathLike) else str(weights).strip()
+    sha: str | None = None
+    if w.lower() == "random":
+        module = build_demo_module(DEFAULT_CONFIG)
+        classes: list[str] = list(CLASS_NAMES)
+        mean, std = DEFAULT_MEAN, DEFAULT_STD
+        label, untrained = "random", True
+    else:
+        if w.lower() in _SHIPPED:
+            path = DEMO_CHECKPOINT
+            if not path.exists():
+                raise WeightsError(
+                    f"the demo model's checkpoint is missing ({path}): run `python -m live_attention.train_demo`"
+                )
+            label = WEIGHTS_LABEL
+        else:
+            path = Path(w).expanduser()
+            label = path.name
+        ck = read_checkpoint(path)
+        module = build_demo_module(ck["config"])
+        apply_state_dict(module, ck["state_dict"], name="demo", source=f"in {path}")
+        module.float()
+        classes, mean, std = ck["classes"], ck["mean"], ck["std"]
+        untrained = False
+        sha = file_sha256(path)
+    size = int(module.image_size)
+    return AttentionEngine(
+        module,
+        device=device,
+        precision=precision,
+        preprocess=Preprocess(crop_size=size, resize_size=size, mean=mean, std=std),
+        categories=classes,
+        name="demo",
+        weights_label=label,
+        weights_sha256=sha,
+        untrained=untrained,
+    )

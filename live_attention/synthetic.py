@@ -1,0 +1,408 @@
+"""Synthetic scenes for the demo model: one target shape among look-alike distractors on a busy background.
+
+Pure numpy and OpenCV. The task, at the model's input size (64 px by default):
+
+* **Classes** (:data:`CLASS_NAMES`) are shapes: circle, square, triangle, cross, drawn nearly upright.
+* **The target** is the one object drawn in the *target style*: a bright, fully saturated fill of a random
+  hue **and** a thick white outline. Exactly one per training image; its shape is the label.
+* **Distractors** (2 to 4) are the same four shapes, at the same sizes, in one of two decoy styles: *hollow*
+  (a white/light-grey outline around the background, no fill) or *dull* (a dim, desaturated fill, no
+  outline). Neither the outline alone nor a fill alone marks the target, and every shape occurs among the
+  distractors, so the model has to find the target before it can name it.
+* **Background**: low-frequency colour blobs (moderately saturated, so never as vivid as a target), a few
+  faint lines and pixel noise over everything, objects included.
+
+Images are rendered at 2× and downsampled with area averaging (anti-aliased edges). The target's box is the
+tight box of the output pixels its mask touches, ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive.
+
+:class:`DemoScene` animates the same world at camera size for the live ``demo`` source: a drifting background,
+1-2 targets circling the centre on a wobbling orbit (half a turn apart, so they never overlap) whose class
+changes every few seconds, and distractors on slow Lissajous paths, all inside the central square that the
+model's centre crop sees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+NUM_CLASSES = len(CLASS_NAMES)
+MODEL_SIZE = 64  # the demo model's input size, in pixels; object sizes below are in these units
+
+# Object circumradius range in model pixels: target boxes of 13-25 px, about 1.6-3 patches of 8 px.
+TARGET_RADIUS = (8.0, 11.5)
+DISTRACTOR_RADIUS = (6.5, 11.0)
+MAX_TILT = math.radians(8)  # shapes are drawn upright (or flipped/transposed by augmentation), tilted a little
+_SUPERSAMPLE = 2
+_SHIFT = 4  # fixed-point bits for OpenCV's sub-pixel drawing
+Box = tuple[int, int, int, int]
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------------
+
+
+def shape_polygon(label: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
+    """Vertices (float, K×2) of shape ``label`` with circumradius ``r`` centred on (cx, cy), rotated."""
+    name = CLASS_NAMES[label]
+    if name == "circle":
+        a = np.linspace(0.0, 2 * math.pi, 40, endpoint=False)
+        rad = np.full_like(a, r * 0.9)  # a circle fills its radius; shrink so areas stay comparable
+    elif name == "square":
+        a = np.arange(4) * (math.pi / 2) + math.pi / 4
+        rad = np.full(4, r * 0.95)
+    elif name == "triangle":
+        a = np.arange(3) * (2 * math.pi / 3) - math.pi / 2
+        rad = np.full(3, r * 1.05)
+        cy = cy + 0.2 * r  # centre the triangle's box, not its circumcentre
+    elif name == "cross":
+        w = 0.36
+        pts = np.array(
+            [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
+             (-w, -w)], dtype=np.float64,
+        ) * (r * 0.8)
+        c, s = math.cos(theta), math.sin(theta)
+        rot = pts @ np.array([[c, s], [-s, c]])
+        return rot + np.array([cx, cy])
+    else:  # pragma: no cover - CLASS_NAMES and this function change together
+        raise ValueError(f"unknown shape {name!r}")
+    a = a + theta
+    return np.stack([cx + rad * np.cos(a), cy + rad * np.sin(a)], axis=1)
+
+
+def _fixed(pts: np.ndarray) -> np.ndarray:
+    return np.round(pts * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+
+
+def _draw_shape(
+    img: np.ndarray,
+    poly: np.ndarray,
+    fill: tuple[int, int, int] | None,
+    outline: tuple[int, int, int] | None,
+    thickness: int,
+    mask: np.ndarray | None = None,
+) -> None:
+    """Fill and/or outline ``poly`` on ``img`` (and, when given, on the uint8 ``mask`` with 255)."""
+    p = _fixed(poly)
+    if fill is not None:
+        cv2.fillPoly(img, [p], fill, lineType=cv2.LINE_AA, shift=_SHIFT)
+        if mask is not None:
+            cv2.fillPoly(mask, [p], 255, lineType=cv2.LINE_8, shift=_SHIFT)
+    if outline is not None and thickness > 0:
+        cv2.polylines(img, [p], True, outline, thickness=thickness, lineType=cv2.LINE_AA, shift=_SHIFT)
+        if mask is not None:
+            cv2.polylines(mask, [p], True, 255, thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)
+
+
+def _hsv_to_bgr(h: float, s: float, v: float) -> tuple[int, int, int]:
+    px = np.array([[[int(h) % 180, int(np.clip(s, 0, 255)), int(np.clip(v, 0, 255))]]], dtype=np.uint8)
+    b, g, r = cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0]
+    return int(b), int(g), int(r)
+
+
+def target_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A bright, fully saturated fill of random hue (BGR)."""
+    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(225, 255), rng.uniform(215, 255))
+
+
+def _dull_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(0, 90), rng.uniform(55, 150))
+
+
+def _outline_grey(rng: np.random.Generator) -> tuple[int, int, int]:
+    g = int(rng.uniform(200, 255))
+    return (g, g, g)
+
+
+# --------------------------------------------------------------------------------------------------
+# Background
+# --------------------------------------------------------------------------------------------------
+
+
+def background(rng: np.random.Generator, height: int, width: int, scale: float = 1.0) -> np.ndarray:
+    """A textured float32 BGR background: low-frequency colour blobs and faint lines (no noise).
+
+    ``scale`` is output pixels per model pixel; line widths follow it.
+    """
+    gh, gw = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+    base = rng.uniform(40, 200, size=3)
+    grid = base + rng.normal(0, 45, size=(gh, gw, 3))
+    grey = grid.mean(-1, keepdims=True)
+    grid = grey + rng.uniform(0.3, 0.7) * (grid - grey)  # keep blobs well below a target's saturation
+    # The colour field is smooth: build it on a coarse grid, then resize once.
+    ch = 16
+    cw = max(4, int(round(ch * width / height)))
+    field = cv2.resize(grid.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
+    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32) + 0.5
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(0, cw), rng.uniform(0, ch)
+        sig = rng.uniform(0.12, 0.3) * min(ch, cw)
+        amp = rng.normal(0, 40, size=3).astype(np.float32)
+        g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sig * sig))
+        field += g[..., None] * amp
+    img = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
+    # faint lines
+    for _ in range(int(rng.integers(2, 6))):
+        p0 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
+        p1 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
+        layer = np.zeros((height, width), np.uint8)
+        t = max(1, int(round(rng.uniform(0.6, 1.6) * scale)))
+        cv2.line(layer, _pt(p0), _pt(p1), 255, thickness=t, lineType=cv2.LINE_AA, shift=_SHIFT)
+        alpha = rng.uniform(0.15, 0.4) * layer.astype(np.float32)[..., None] / 255.0
+        col = rng.uniform(0, 255) if rng.random() < 0.5 else rng.uniform(0, 255, size=3)
+        img = img * (1 - alpha) + alpha * np.asarray(col, np.float32)
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+def _pt(p: tuple[float, float]) -> tuple[int, int]:
+    return int(round(p[0] * (1 << _SHIFT))), int(round(p[1] * (1 << _SHIFT)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Still scenes
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Obj:
+    label: int
+    cx: float
+    cy: float
+    r: float
+    theta: float
+
+
+def _place(rng: np.random.Generator, size: float, r: float, others: list[_Obj], gap: float) -> _Obj | None:
+    margin = r * 1.15 + 1.0
+    for _ in range(40):
+        cx, cy = rng.uniform(margin, size - margin, size=2)
+        if all(math.hypot(cx - o.cx, cy - o.cy) > (r + o.r) * 1.1 + gap for o in others):
+            return _Obj(0, float(cx), float(cy), r, 0.0)
+    return None
+
+
+def make_scene(rng: np.random.Generator, size: int = MODEL_SIZE) -> tuple[np.ndarray, int, Box]:
+    """One scene: (BGR uint8 ``size``×``size``×3 image, target label, target box ``(x0, y0, x1, y1)``).
+
+    Object sizes scale with ``size / MODEL_SIZE``.
+    """
+    ss = _SUPERSAMPLE
+    k = size / MODEL_SIZE  # output pixels per model pixel
+    big = size * ss
+    img = background(rng, big, big, scale=k * ss)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    label = int(rng.integers(NUM_CLASSES))
+    tr = rng.uniform(*TARGET_RADIUS) * k * ss
+    target = _place(rng, big, tr, [], 0.0)
+    assert target is not None
+    target = _Obj(label, target.cx, target.cy, tr, float(rng.uniform(-MAX_TILT, MAX_TILT)))
+    placed = [target]
+    for _ in range(int(rng.integers(2, 5))):
+        dr = rng.uniform(*DISTRACTOR_RADIUS) * k * ss
+        o = _place(rng, big, dr, placed, gap=1.0 * k * ss)
+        if o is None:
+            continue
+        o = _Obj(int(rng.integers(NUM_CLASSES)), o.cx, o.cy, dr, float(rng.uniform(-MAX_TILT, MAX_TILT)))
+        placed.append(o)
+        poly = shape_polygon(o.label, o.cx, o.cy, o.r, o.theta)
+        th = max(1, int(round(o.r * rng.uniform(0.14, 0.22))))
+        if rng.random() < 0.5:  # hollow: outline only
+            _draw_shape(img, poly, None, _outline_grey(rng), th)
+        else:  # dull fill, no outline
+            _draw_shape(img, poly, _dull_colour(rng), None, 0)
+    mask = np.zeros((big, big), np.uint8)
+    poly = shape_polygon(label, target.cx, target.cy, target.r, target.theta)
+    th = max(1, int(round(target.r * rng.uniform(0.14, 0.22))))
+    _draw_shape(img, poly, target_colour(rng), _outline_grey(rng), th, mask=mask)
+    out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if ss != 1 else img
+    noise = rng.normal(0, rng.uniform(4, 12), size=out.shape)
+    out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    return out, label, _mask_box(mask, ss)
+
+
+def _mask_box(mask: np.ndarray, ss: int) -> Box:
+    ys, xs = np.nonzero(mask)
+    return (int(xs.min()) // ss, int(ys.min()) // ss, -(-(int(xs.max()) + 1) // ss), -(-(int(ys.max()) + 1) // ss))
+
+
+def make_dataset(n: int, size: int = MODEL_SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` scenes, deterministic per ``seed``: images uint8 [n, size, size, 3] (BGR), labels int64 [n],
+    boxes int64 [n, 4] (x0, y0, x1, y1; x1/y1 exclusive)."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = np.empty(n, np.int64)
+    boxes = np.empty((n, 4), np.int64)
+    for i in range(n):
+        images[i], labels[i], boxes[i] = make_scene(rng, size)
+    return images, labels, boxes
+
+
+# --------------------------------------------------------------------------------------------------
+# Animated scene
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoTarget:
+    """A target as drawn at time ``t``: class, box (x0, y0, x1, y1; x1/y1 exclusive) and fill colour (BGR)."""
+
+    label: int
+    box: Box
+    fill: tuple[int, int, int]
+
+
+class DemoScene:
+    """Moving synthetic objects for the live ``demo`` source; ``frame(t)`` is a pure function of ``t``.
+
+    Everything moves inside the central ``min(width, height)`` square, the part a centre crop keeps, at a
+    size that matches the training scenes once that square is resized to :data:`MODEL_SIZE`. Target 0 is
+    always visible; with ``num_targets=2`` a second target joins on every other class period.
+    """
+
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 480,
+        seed: int = 0,
+        num_targets: int = 2,
+        num_distractors: int = 3,
+        period: float = 4.0,
+    ) -> None:
+        if width < 32 or height < 32:
+            raise ValueError(f"demo scene too small: {width}×{height}")
+        if num_targets not in (1, 2):
+            raise ValueError("num_targets must be 1 or 2")
+        self.width, self.height, self.seed = int(width), int(height), int(seed)
+        self.period = float(period)
+        self.side = min(self.width, self.height)
+        self.k = self.side / MODEL_SIZE  # frame pixels per model pixel
+        self.x_off = (self.width - self.side) / 2.0
+        self.y_off = (self.height - self.side) / 2.0
+        rng = np.random.default_rng(self.seed)
+        pad = int(round(0.15 * max(self.width, self.height)))
+        self._pad = pad
+        bg = background(rng, self.height + 2 * pad, self.width + 2 * pad, scale=self.k)
+        # static grain at model resolution, so it survives the model's antialiased downscale
+        gh, gw = math.ceil(bg.shape[0] / self.k), math.ceil(bg.shape[1] / self.k)
+        grain = rng.normal(0, 6, size=(gh, gw, 3)).astype(np.float32)
+        grain = cv2.resize(grain, (bg.shape[1], bg.shape[0]), interpolation=cv2.INTER_NEAREST)
+        self._bg = np.clip(bg + grain, 0, 255).astype(np.float32)
+        self._bg_phase = rng.uniform(0, 2 * math.pi, size=2)
+        # Targets share one orbit around the centre, half a turn apart, so two never overlap.
+        self._orbit = dict(
+            w=rng.uniform(0.04, 0.06) * rng.choice([-1.0, 1.0]),  # mean turns per second
+            wa=rng.uniform(0.6, 1.0),  # angular wobble, radians
+            wf=rng.uniform(0.05, 0.08),
+            rf=rng.uniform(0.09, 0.13),  # radius oscillation, Hz
+            p=rng.uniform(0, 2 * math.pi, size=3),
+        )
+        self._targets = []
+        first_label = int(rng.integers(NUM_CLASSES))
+        for i in range(num_targets):
+            self._targets.append(
+                dict(
+                    r=rng.uniform(9.5, 11.0) * self.k,
+                    wobble=rng.uniform(0.1, 0.25),
+                    label0=first_label + 2 * i,  # two targets never share a class
+                    hue0=rng.uniform(0, 180),
+                )
+            )
+        self._distractors = []
+        for _ in range(num_distractors):
+            self._distractors.append(
+                dict(
+                    label=int(rng.integers(NUM_CLASSES)),
+                    r=rng.uniform(*DISTRACTOR_RADIUS) * self.k,
+                    fx=rng.uniform(0.04, 0.1),
+                    fy=rng.uniform(0.04, 0.1),
+                    px=rng.uniform(0, 2 * math.pi),
+                    py=rng.uniform(0, 2 * math.pi),
+                    wobble=rng.uniform(0.05, 0.2),
+                    theta=rng.uniform(0, 2 * math.pi),
+                    hollow=bool(rng.random() < 0.5),
+                    colour=_outline_grey(rng),
+                    dull=_dull_colour(rng),
+                    thick=max(1, int(round(0.2 * 8.0 * self.k))),
+                )
+            )
+
+    # ---------------------------------------------------------------------------------------------
+    def _pos(self, d: dict, r: float, t: float) -> tuple[float, float]:
+        margin = r * 1.15 + 0.02 * self.side
+        half = self.side / 2.0 - margin
+        cx = self.x_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fx"] * t + d["px"])
+        cy = self.y_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fy"] * t + d["py"])
+        return cx, cy
+
+    def _orbit_pos(self, i: int, r: float, t: float) -> tuple[float, float]:
+        o = self._orbit
+        margin = r * 1.15 + 0.02 * self.side
+        r_max = self.side / 2.0 - margin  # the whole shape stays inside the central square
+        r_min = min(r_max, 1.25 * r)  # two targets half a turn apart stay clear of each other
+        rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o["rf"] * t + o["p"][0]))
+        phi = 2 * math.pi * o["w"] * t + o["wa"] * math.sin(2 * math.pi * o["wf"] * t + o["p"][1]) + o["p"][2]
+        phi += math.pi * i
+        cx = self.x_off + self.side / 2.0 + rho * math.cos(phi)
+        cy = self.y_off + self.side / 2.0 + rho * math.sin(phi)
+        return cx, cy
+
+    def _visible(self, i: int, t: float) -> bool:
+        return i == 0 or int(math.floor(t / self.period)) % 2 == 1
+
+    def targets(self, t: float) -> list[DemoTarget]:
+        """The visible targets at time ``t``, in drawing order."""
+        return [tgt for _poly, _th, tgt in self._target_geometry(t)]
+
+    def target_boxes(self, t: float) -> list[tuple[int, Box]]:
+        """Ground truth at time ``t``: ``[(label, (x0, y0, x1, y1)), ...]`` in frame pixels."""
+        return [(tg.label, tg.box) for tg in self.targets(t)]
+
+    def _target_geometry(self, t: float) -> list[tuple[np.ndarray, int, DemoTarget]]:
+        out = []
+        cycle = int(math.floor(t / self.period))
+        for i, d in enumerate(self._targets):
+            if not self._visible(i, t):
+                continue
+            label = (d["label0"] + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, d["r"], t)
+            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
+            th = max(1, int(round(0.18 * d["r"])))
+            fill = _hsv_to_bgr(d["hue0"] + 37 * cycle, 255, 245)
+            mask = np.zeros((self.height, self.width), np.uint8)
+            pts = _fixed(poly)
+            cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=_SHIFT)
+            cv2.polylines(mask, [pts], True, 255, thickness=th, lineType=cv2.LINE_8, shift=_SHIFT)
+            out.append((poly, th, DemoTarget(label, _mask_box(mask, 1), fill)))
+        return out
+
+    # ---------------------------------------------------------------------------------------------
+    def frame(self, t: float) -> np.ndarray:
+        """The scene at time ``t`` seconds: BGR uint8 ``height``×``width``×3."""
+        t = float(t)
+        pad = self._pad
+        dx = pad * 0.8 * math.sin(2 * math.pi * 0.03 * t + self._bg_phase[0])
+        dy = pad * 0.8 * math.sin(2 * math.pi * 0.023 * t + self._bg_phase[1])
+        m = np.float32([[1, 0, -pad - dx], [0, 1, -pad - dy]])
+        img = cv2.warpAffine(self._bg, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT)
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        for d in self._distractors:
+            cx, cy = self._pos(d, d["r"], t)
+            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
+            if d["hollow"]:
+                _draw_shape(img, poly, None, d["colour"], d["thick"])
+            else:
+                _draw_shape(img, poly, d["dull"], None, 0)
+        for poly, th, tg in self._target_geometry(t):
+            _draw_shape(img, poly, tg.fill, (245, 245, 245), th)
+        # temporal grain at model resolution
+        rng = np.random.default_rng([self.seed, int(round(t * 1000.0)) & 0x7FFFFFFF])
+        gh, gw = math.ceil(self.height / self.k), math.ceil(self.width / self.k)
+        grain = rng.normal(0, 5, size=(gh, gw, 3)).astype(np.float32)
+        grain = cv2.resize(grain, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
+        return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
