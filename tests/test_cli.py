@@ -1,0 +1,70 @@
+"""The command line as a user meets it: headless live runs, recording from the CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from live_attention.cli import main
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, media):
+    out = tmp_path_factory.mktemp("clip") / "tour1.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", "1", "-i", str(media / "tour.mp4"), "-an",
+                    str(out)], check=True)
+    return out
+
+
+def test_headless_records_a_session_that_exports(clip, tmp_path):
+    sessions = tmp_path / "sessions"
+    env = {**os.environ, "LIVE_ATTENTION_OFFLINE": "1"}
+    env.pop("DISPLAY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "live_attention", "--headless", "--source", str(clip), "--model", "demo",
+         "--record", str(sessions), "--max-seconds", "20"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "recording saved in" in proc.stderr
+    (session,) = sessions.iterdir()
+    manifest = json.loads((session / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "demo"
+    n = manifest["end"]["frames"]
+    assert n > 3
+    out = tmp_path / "export.mp4"
+    assert main(["export", str(session), "-o", str(out), "--mode", "rollout"]) == 0
+    frames = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames", "-of", "csv=p=0", str(out)], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert int(frames) == n
+
+
+def test_no_display_is_a_one_line_error(clip, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["--source", str(clip), "--model", "demo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no display" in err and "--headless" in err and len(err.splitlines()) == 1
+
+
+def test_bad_flag_values(capsys):
+    assert main(["--source", "demo", "--layer", "0"]) == 2
+    assert "count from 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--mode", "zoom"])
+
+
+def test_bench_runs_and_prints_figures(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--skip", "engine", "--skip", "pipeline", "--skip", "record", "--reps", "2",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "engine.run / plain forward, fp32" in text and "render 720p, mode heads" in text
+    data = json.loads(out.read_text())
+    assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0

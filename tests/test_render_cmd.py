@@ -1,0 +1,100 @@
+"""``live-attention render``: one output frame per input frame, clear errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from live_attention.cli import main
+
+
+def ffprobe_frames(path) -> int:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+         "stream=nb_read_frames,codec_name", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    codec, n = out.split(",")
+    assert codec == "h264"
+    return int(n)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, media):
+    out = tmp_path_factory.mktemp("clip") / "tour12.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", "2", "-i", str(media / "tour.mp4"),
+                    "-frames:v", "12", "-an", str(out)], check=True)
+    return out
+
+
+def test_render_video_has_one_frame_per_input_frame(clip, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = main(["render", str(clip), "-o", str(out), "--model", "demo", "--mode", "rollout", "--layer", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert ffprobe_frames(clip) == 12
+    assert ffprobe_frames(out) == 12
+    err = capsys.readouterr().err
+    assert "12/12" in err and "wrote" in err
+    # Timestamps follow the input (30 fps).
+    from live_attention.video import probe_frames
+
+    t = probe_frames(out)
+    assert t[0] == pytest.approx(0.0, abs=1e-3) and t[-1] == pytest.approx(11 / 30, abs=0.01)
+
+
+@pytest.mark.parametrize("mode", ["attention", "heads", "entropy", "query", "flow"])
+def test_render_image_modes(media, tmp_path, mode):
+    out = tmp_path / f"{mode}.png"
+    assert main(["render", str(media / "chelsea.jpg"), "-o", str(out), "--model", "demo", "--mode", mode]) == 0
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] == 720
+
+
+def test_modes_give_different_pictures(media, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    main(["render", str(media / "coffee.jpg"), "-o", str(a), "--model", "demo", "--mode", "attention", "--layer", "1"])
+    main(["render", str(media / "coffee.jpg"), "-o", str(b), "--model", "demo", "--mode", "rollout"])
+    assert np.abs(cv2.imread(str(a)).astype(int) - cv2.imread(str(b)).astype(int)).mean() > 1.0
+
+
+def run_err(args, capsys) -> str:
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_render_errors(clip, media, tmp_path, capsys):
+    assert "input not found" in run_err(["render", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")], capsys)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    assert "cannot" in run_err(["render", str(bad), "-o", str(tmp_path / "o.mp4"), "--model", "demo"], capsys)
+    exists = tmp_path / "exists.mp4"
+    exists.write_bytes(b"keep me")
+    assert "already exists" in run_err(["render", str(clip), "-o", str(exists), "--model", "demo"], capsys)
+    assert exists.read_bytes() == b"keep me"
+    assert ".mp4" in run_err(["render", str(clip), "-o", str(tmp_path / "o.png"), "--model", "demo"], capsys)
+    assert "does not exist" in run_err(["render", str(clip), "-o", str(tmp_path / "no" / "o.mp4")], capsys)
+    assert "--layer 99" in run_err(["render", str(media / "rocket.jpg"), "-o", str(tmp_path / "r.png"),
+                                    "--model", "demo", "--layer", "99"], capsys)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[view]\nmode = 'zoom'\n")
+    assert "view.mode" in run_err(["render", str(clip), "-o", str(tmp_path / "o.mp4"), "--config", str(cfg)], capsys)
+
+
+def test_overwrite_when_asked(media, tmp_path):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"old")
+    assert main(["render", str(media / "rocket.jpg"), "-o", str(out), "--model", "demo", "--overwrite"]) == 0
+    assert cv2.imread(str(out)) is not None
+
+
+def test_live_errors_are_one_line(tmp_path, capsys):
+    assert "not found" in run_err(["--source", str(tmp_path / "missing.mp4")], capsys)
+    assert "camera" in run_err(["--source", "97"], capsys)
+    err = run_err(["--source", "demo", "--model", "vit_b_16", "--weights", "imagenet"], capsys)
+    assert "not cached" in err and "--weights PATH" in err
