@@ -534,7 +534,8 @@ class DemoSource:
     """Moving coloured objects on a textured background (``live_attention.synthetic.DemoScene``).
 
     Not live: it never disconnects, and the capture thread paces it at ``fps``. Frames are rendered
-    at t = seconds since ``open``.
+    at t = seconds since ``open``, reported as ``pts_s`` (the scene's own clock, so ground truth
+    positions can be looked up for any frame).
     """
 
     is_live = False
@@ -545,10 +546,19 @@ class DemoSource:
         self._fps = float(fps)
         self._scene: _Scene | None = None
         self._t0_ns = 0
+        self._t: float | None = None
 
     @property
     def fps(self) -> float:
         return self._fps
+
+    @property
+    def pts_s(self) -> float | None:
+        return self._t
+
+    @property
+    def scene(self) -> _Scene | None:
+        return self._scene
 
     def open(self) -> None:
         if self._scene is not None:
@@ -565,7 +575,8 @@ class DemoSource:
     def read(self) -> np.ndarray | None:
         if self._scene is None:
             return None
-        return _as_bgr(self._scene.frame((time.monotonic_ns() - self._t0_ns) / 1e9))
+        self._t = (time.monotonic_ns() - self._t0_ns) / 1e9
+        return _as_bgr(self._scene.frame(self._t))
 
     def release(self) -> None:
         self._scene = None

@@ -64,6 +64,7 @@ class Result:
     topk: list[tuple[str, float]]
     infer_ms: float
     settings: MapSettings
+    pts_s: float | None = None  # media time of the frame (files, demo), None for cameras
     attn: Tensor | None = field(default=None, repr=False)  # [L, H, N, N] on the engine's device
 
     @property
@@ -198,6 +199,7 @@ class InferenceWorker(threading.Thread):
             topk=top,
             infer_ms=dt,
             settings=settings,
+            pts_s=frame.pts_s,
             attn=out.attn[0] if self.keep_attn else None,
         )
 

@@ -113,3 +113,41 @@ def test_stop_is_prompt_while_read_blocks():
     assert time.monotonic() - t <= 1.5
     assert not src.released_while_reading
     src.unblock.set()
+
+
+def test_demo_source_rollout_hotspot_follows_the_moving_object():
+    """The live pipeline on --source demo with the demo model: the rollout hotspot sits on a target
+    in most frames, and moves with it."""
+    from live_attention.capture import open_source
+    from live_attention.engine import load_model
+
+    src = open_source("demo")
+    eng = load_model("demo", device="cpu", precision="fp32")
+    s = LiveSession(Config(), eng, src)
+    s.start()
+    scene = src.scene  # the same scene object the capture thread draws
+    results = []
+    try:
+        t_end = time.monotonic() + 4.0
+        while time.monotonic() < t_end:
+            r = s.results.get(timeout=0.5)
+            if r is not None:
+                results.append(r)
+    finally:
+        s.stop()
+    assert len(results) >= 10
+    hits, spots = 0, []
+    for r in results:
+        patch = int(r.rollout[-1].argmax())
+        gh, gw = r.grid
+        row, col = divmod(patch, gw)
+        x0, y0, x1, y1 = r.box
+        cx = x0 + (col + 0.5) * (x1 - x0) / gw
+        cy = y0 + (row + 0.5) * (y1 - y0) / gh
+        spots.append((cx, cy))
+        half = (x1 - x0) / gw / 2  # the patch cell may overlap the box by half a patch
+        boxes = [b for _, b in scene.target_boxes(r.pts_s)]
+        hits += any(bx0 - half <= cx <= bx1 + half and by0 - half <= cy <= by1 + half for bx0, by0, bx1, by1 in boxes)
+    assert hits / len(results) >= 0.8, f"hotspot on a target in {hits}/{len(results)} frames"
+    spread = np.ptp(np.array(spots), axis=0).max()
+    assert spread > 20, "the hotspot moves with the object"
