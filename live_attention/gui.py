@@ -19,6 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# torchvision's models pull in torch._dynamo and Triton. Importing Triton after Dear PyGui has made
+# its GL context segfaults (seen under Mesa/Xvfb), and models may load after the window opens
+# (bench, replay): import them first.
+import torchvision.models  # noqa: F401
+
 from live_attention.app import (
     Controller,
     EntropyHistory,

@@ -80,7 +80,7 @@ class RawWriter(StreamWriter):
         if codec == "ffv1":
             stream = self._container.add_stream("ffv1", rate=30)
             stream.pix_fmt = "bgr0"
-            stream.options = {"g": "1", "level": "3", "slices": "4", "slicecrc": "1", "threads": "2"}
+            stream.options = {"g": "1", "level": "3", "slices": "4", "slicecrc": "1", "threads": "1"}
         elif codec == "mjpeg":
             stream = self._container.add_stream("mjpeg", rate=30)
             stream.pix_fmt = "yuvj444p"
@@ -110,6 +110,19 @@ class RawWriter(StreamWriter):
         frame.pts = int(pts_ms)
         frame.time_base = TIME_BASE
         self._encode(frame)
+
+
+def _lower_thread_priority(nice: int = 10) -> None:
+    """Let the model win the CPU: the encoder thread runs at a lower priority (Linux: per thread).
+
+    The bounded queue absorbs the lag; frames are dropped (and counted) only when it fills.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):
+        logger.debug("could not lower the recorder's priority", exc_info=True)
 
 
 def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = 500):
@@ -385,6 +398,7 @@ class Recorder(threading.Thread):
 
     # Recorder thread ----------------------------------------------------------------------------
     def run(self) -> None:
+        _lower_thread_priority()
         try:
             while True:
                 try:

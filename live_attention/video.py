@@ -111,8 +111,10 @@ class H264Writer(StreamWriter):
         stream.codec_context.time_base = TIME_BASE
         g = gop or max(1, int(round(self.fps)))  # a keyframe (and a fragment) about every second
         stream.codec_context.gop_size = g
+        # One encoder thread: the model already keeps every core busy, and oversubscribed cores cost
+        # it more than the encoder gains.
         stream.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency", "g": str(g),
-                          "keyint_min": str(g)}
+                          "keyint_min": str(g), "threads": "1"}
         self._stream = stream
 
     def write(self, rgb: np.ndarray, pts_s: float | None = None) -> None:
