@@ -394,7 +394,9 @@ def _entropy_panels(img, result, view, extras, scale):
     L, H = result.entropy.shape
     cell = int(min(22 * scale, (h * 0.42) / L))
     pw, ph = H * cell, L * cell
-    x0 = w - pw - int(30 * scale)
+    title_w = _text_w("CLS entropy: layer x head", 0.5 * scale)
+    # The grid sits right; the panel is at least as wide as its title.
+    x0 = min(w - pw - int(30 * scale), w - int(16 * scale) - title_w + int(50 * scale))
     y0 = int(195 * scale)
     _panel(img, x0 - int(60 * scale), y0 - int(40 * scale), w - int(10 * scale), y0 + ph + int(38 * scale), 0.7)
     _text(img, "CLS entropy: layer x head", (x0 - int(50 * scale), y0 - int(14 * scale)), 0.5 * scale, WHITE)
