@@ -75,6 +75,9 @@ class Window:
             dpg.mvKey_Comma: ",", dpg.mvKey_Period: ".", dpg.mvKey_Home: "home", dpg.mvKey_End: "end",
             dpg.mvKey_Return: "enter",
         }
+        # dpg's mvKey_Plus is 61 (an old ASCII code) and matches no key in Dear PyGui 2; the "=/+" key
+        # is ImGuiKey_Equal, which comes right before ImGuiKey_LeftBracket (mvKey_Open_Brace).
+        keymap[dpg.mvKey_Open_Brace - 1] = "+"
         for ch in "0123456789":
             keymap[getattr(dpg, f"mvKey_{ch}")] = ch
         for ch in "AFHMQSCRP[]":

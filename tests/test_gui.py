@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 
 import pytest
 
@@ -101,3 +103,53 @@ def test_screenshot_key_writes_png(xserver, clip, tmp_path):
         assert app.close(15) == 0
     finally:
         app.close(1)
+
+
+def test_window_on_demo_source_keys_and_recording(xserver, tmp_path):
+    """--source demo with the demo model: mode cycling, animation, opacity, colormap, fused heads,
+    and R to record a session that decodes."""
+    app = App(xserver, ["--source", "demo"], tmp_path)
+    try:
+        s = app.wait(lambda s: s.get("seq") is not None, 60, "first result")
+        assert s["status"]["model"].startswith("demo [synthetic-shapes (toy)]")
+        assert not s["status"]["untrained"]
+        assert s["view"]["layer"] == 3  # the demo model has 4 layers: the last is shown first
+
+        app.key("m")
+        app.wait(lambda s: s["view"]["mode"] == "rollout", 20, "M cycles to rollout")
+        app.key("Right", "Right")
+        app.wait(lambda s: s["view"]["head"] == 1, 20, "head 2")
+        app.key("BackSpace")
+        app.wait(lambda s: s["view"]["head"] == -1, 20, "fused again")
+        app.key("plus")
+        app.wait(lambda s: s["view"]["opacity"] == 0.65, 20, "opacity up")
+        app.key("minus", "minus")
+        app.wait(lambda s: s["view"]["opacity"] == 0.45, 20, "opacity down")
+        app.key("c")
+        app.wait(lambda s: s["view"]["colormap"] == "jet", 20, "colormap")
+
+        app.key("a")
+        app.wait(lambda s: s["view"]["animating"], 20, "animating")
+        layers = set()
+        app.wait(lambda s: layers.add(s["view"]["layer"]) or len(layers) >= 3, 30, "animation through layers")
+        app.key("a")
+        app.wait(lambda s: not s["view"]["animating"], 20, "animation off")
+
+        app.key("r")
+        s = app.wait(lambda s: s.get("recording"), 30, "recording")
+        assert "REC" in (s["status"]["recording"] or "")
+        session = s["recording"]
+        time.sleep(2.5)
+        app.key("r")
+        app.wait(lambda s: not s.get("recording"), 30, "recording stopped")
+        app.key("Escape")
+        assert app.close(15) == 0
+    finally:
+        app.close(1)
+    folder = tmp_path / session  # relative to the app's working folder, unless absolute
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["end"]["frames"] >= 3
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_frames", "-of", "csv=p=0", str(folder / "overlay.mp4")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert int(out) == manifest["end"]["frames"]
