@@ -470,6 +470,8 @@ def _hud(img, result, view, status, scale):
     if status.source:
         lines.append((f"source {status.source}", GREY))
     flags = []
+    if status.capture_state == "ended":
+        flags.append("END OF INPUT")
     if view.frozen:
         flags.append("FROZEN")
     if view.animating:
