@@ -533,9 +533,9 @@ class ImageSource:
 class DemoSource:
     """Moving coloured objects on a textured background (``live_attention.synthetic.DemoScene``).
 
-    Not live: it never disconnects, and the capture thread paces it at ``fps``. Frames are rendered
-    at t = seconds since ``open``, reported as ``pts_s`` (the scene's own clock, so ground truth
-    positions can be looked up for any frame).
+    Not live: it never disconnects, and the capture thread paces it at ``fps``. Frame n shows the
+    scene at t = n / fps, reported as ``pts_s``: the scene's own clock, which paces it like a video
+    file and lets tests look up where the objects were in any frame.
     """
 
     is_live = False
@@ -545,7 +545,7 @@ class DemoSource:
         self.width, self.height, self.seed = int(width), int(height), int(seed)
         self._fps = float(fps)
         self._scene: _Scene | None = None
-        self._t0_ns = 0
+        self._n = 0
         self._t: float | None = None
 
     @property
@@ -570,12 +570,13 @@ class DemoSource:
                 f"the demo scene is unavailable ({exc}): reinstall live-attention, or use a video file"
             ) from exc
         self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed)
-        self._t0_ns = time.monotonic_ns()
+        self._n = 0
 
     def read(self) -> np.ndarray | None:
         if self._scene is None:
             return None
-        self._t = (time.monotonic_ns() - self._t0_ns) / 1e9
+        self._t = self._n / self._fps
+        self._n += 1
         return _as_bgr(self._scene.frame(self._t))
 
     def release(self) -> None:

@@ -207,7 +207,7 @@ def run_headless(session, record_dir: str | None = None, max_seconds: float | No
                 top = res.topk[0][0] if res is not None and res.topk else "-"
                 print(f"[{now - t0:6.1f}s] {st.capture_state} capture {st.capture_fps or 0:.1f} fps, "
                       f"model {st.infer_fps or 0:.1f} fps, latency {st.latency_ms or 0:.0f} ms, "
-                      f"dropped {st.dropped}, top-1 {top}" + (f", {st.recording}" if st.recording else ""),
+                      f"dropped {st.dropped}, top-1 {top}" + (f" [{st.recording.replace('dropped', 'recorder dropped')}]" if st.recording else ""),
                       file=sys.stderr)
                 if st.error:
                     print(f"live-attention: {st.error}", file=sys.stderr)

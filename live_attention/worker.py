@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -155,11 +156,18 @@ class InferenceWorker(threading.Thread):
         self.keep_attn = keep_attn
         self._lock = threading.Lock()
         self.error: str | None = None
-        self.fps = 0.0
         self.infer_ms = 0.0
         self.processed = 0
-        self._last_done: float | None = None
+        self._done_times: deque[float] = deque(maxlen=30)
         self.paused = threading.Event()  # set: leave frames alone (frozen view)
+
+    @property
+    def fps(self) -> float:
+        """Results per second over the last (up to 30) frames; 0.0 before two results."""
+        t = list(self._done_times)
+        if len(t) < 2 or t[-1] <= t[0]:
+            return 0.0
+        return (len(t) - 1) / (t[-1] - t[0])
 
     # Settings are swapped whole (immutable), so a reader never sees half an update.
     @property
@@ -214,11 +222,7 @@ class InferenceWorker(threading.Thread):
                 if frame is None:
                     continue
                 result = self.process(frame)
-                now = time.perf_counter()
-                if self._last_done is not None:
-                    inst = 1.0 / max(1e-6, now - self._last_done)
-                    self.fps = inst if self.fps == 0.0 else 0.8 * self.fps + 0.2 * inst
-                self._last_done = now
+                self._done_times.append(time.perf_counter())
                 self.infer_ms = result.infer_ms
                 self.processed += 1
                 self.results.put(result)
