@@ -91,15 +91,16 @@ class Window:
         dpg.show_viewport()
 
     def add_timeline(self, total: int) -> None:
-        """A timeline slider under the image (replay): moves land in :attr:`seeks`."""
-        self.dpg.add_slider_int(tag="timeline", parent="main", min_value=0, max_value=max(0, total - 1),
-                                default_value=0, format="frame %d", clamped=True,
-                                callback=lambda _s, value, _u: self.seeks.append(int(value)))
+        """A timeline slider under the image (replay), numbered from 1 like the HUD; moves land in
+        :attr:`seeks` as 0-based indices."""
+        self.dpg.add_slider_int(tag="timeline", parent="main", min_value=1, max_value=max(1, total),
+                                default_value=1, format=f"frame %d of {total}", clamped=True,
+                                callback=lambda _s, value, _u: self.seeks.append(int(value) - 1))
         self._timeline = True
 
     def set_timeline(self, index: int) -> None:
         if self._timeline:
-            self.dpg.set_value("timeline", int(index))
+            self.dpg.set_value("timeline", int(index) + 1)
 
     def _on_click(self, *_args) -> None:
         mx, my = self.dpg.get_mouse_pos(local=False)

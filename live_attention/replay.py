@@ -654,7 +654,7 @@ def build_export_parser() -> argparse.ArgumentParser:
                                 description="Render a recorded session again, or one frame's heads grid / layers GIF.")
     p.add_argument("session", help="a session folder")
     p.add_argument("-o", "--output", required=True, help=".mp4 (video), .png (--grid), .gif (--layers-gif)")
-    p.add_argument("--frame", type=int, default=0, help="frame index for --grid and --layers-gif (0-based)")
+    p.add_argument("--frame", type=int, default=1, help="frame number for --grid and --layers-gif (from 1, as the replay HUD counts)")
     p.add_argument("--grid", action="store_true", help="write the layers x heads attention grid of --frame")
     p.add_argument("--layers-gif", action="store_true", help="write --frame's attention through the layers")
     p.add_argument("--overwrite", action="store_true")
@@ -692,16 +692,24 @@ def main(cmd: str, argv: list[str]) -> int:
             raise UserError(f"{out} already exists: choose another name or pass --overwrite")
         if not out.parent.exists():
             raise UserError(f"output folder {out.parent} does not exist: create it first")
+        if args.grid and args.layers_gif:
+            raise UserError("--grid and --layers-gif write different files: pick one")
         if args.grid or args.layers_gif:
-            if not 0 <= args.frame < len(session):
-                raise UserError(f"--frame {args.frame}: this session has frames 0..{len(session) - 1}")
+            if not 1 <= args.frame <= len(session):
+                raise UserError(f"--frame {args.frame}: this session has frames 1..{len(session)}")
+            index = args.frame - 1
+            suffix = out.suffix.lower()
+            allowed = (".png", ".jpg", ".jpeg") if args.grid else (".gif", ".mp4", ".mkv")
+            if suffix not in allowed:
+                what = "--grid writes an image" if args.grid else "--layers-gif writes an animation"
+                raise UserError(f"output {out.name}: {what}, use {' or '.join(allowed)}")
             if args.grid:
-                img = heads_grid(session, args.frame, overrides.get("colormap", "inferno"))
+                img = heads_grid(session, index, overrides.get("colormap", "inferno"))
                 if not cv2.imwrite(str(out), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                     raise UserError(f"cannot write {out}: use .png or .jpg in a writable folder")
             else:
-                view = replace(session.view(args.frame), **{"mode": "attention", **overrides})
-                frames = layers_frames(session, args.frame, view)
+                view = replace(session.view(index), **{"mode": "attention", **overrides})
+                frames = layers_frames(session, index, view)
                 if out.suffix.lower() == ".gif":
                     write_gif(frames, out)
                 else:

@@ -167,6 +167,12 @@ def test_cli_export(tmp_path):
     assert _ffprobe_count(tmp_path / "a.mp4") == 4
     assert main(["export", str(rec.path), "-o", str(tmp_path / "a.mp4")]) == 2  # never overwrite
     assert main(["export", str(rec.path), "-o", str(tmp_path / "b.mp4"), "--layer", "9"]) == 2
+    # Wrong extensions and frame numbers are one-line errors, not tracebacks.
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "g.mp4"), "--frame", "2", "--grid"]) == 2
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "l.png"), "--frame", "2", "--layers-gif"]) == 2
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "g2.png"), "--frame", "0", "--grid"]) == 2
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "g2.png"), "--frame", "5", "--grid"]) == 2
+    assert main(["export", str(rec.path), "-o", str(tmp_path / "l.gif"), "--frame", "4", "--layers-gif"]) == 0
 
 
 CHILD = textwrap.dedent("""
