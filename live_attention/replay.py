@@ -228,6 +228,12 @@ class Session:
             settings=self.settings(i),
         )
 
+    def status(self) -> Status:
+        """The HUD's fixed part for this session: model, weights, UNTRAINED flag, source."""
+        m = self.manifest["model"]
+        return Status(model=f"{m['name']} [{m['weights_label']}] replay", untrained=bool(m.get("untrained")),
+                      source=self.path.name)
+
     def close(self) -> None:
         if self._raw is not None:
             self._raw.close()
@@ -344,8 +350,7 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
     cfg_rec = session.manifest.get("config", {}).get("record", {})
     recompute = Recompute(session, engine, session.manifest.get("config", {}).get("view", {}).get("residual", 0.5))
     history = EntropyHistory(session.manifest.get("config", {}).get("view", {}).get("entropy_seconds", 10.0))
-    status = Status(model=f"{session.manifest['model']['name']} [{session.manifest['model']['weights_label']}] replay",
-                    untrained=bool(session.manifest["model"].get("untrained")), source=session.path.name)
+    status = session.status()
     n = len(session)
     writer = None
     try:
@@ -395,7 +400,11 @@ def heads_grid(session: Session, index: int, colormap: str = "inferno", opacity:
     res = session.result(index)
     L, H = res.num_layers, res.num_heads
     left, top, gap = 70, 60, 4
-    w = left + H * (tile + gap) + gap
+    title = f"CLS attention of frame {index + 1}: rows = layers, columns = heads"
+    if session.status().untrained:
+        title += " - UNTRAINED MODEL (random weights): these maps mean nothing"
+    title_w = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0]
+    w = max(left + H * (tile + gap) + gap, title_w + 20)
     h = top + L * (tile + gap) + gap
     img = np.full((h, w, 3), 18, np.uint8)
     base = cv2.resize(res.model_rgb, (tile, tile), interpolation=cv2.INTER_AREA)
@@ -408,8 +417,7 @@ def heads_grid(session: Session, index: int, colormap: str = "inferno", opacity:
             img[y : y + tile, x : x + tile] = cv2.addWeighted(base, 1 - opacity, heat, opacity, 0.0)
     for hd in range(H):
         _label(img, f"H{hd + 1}", (left + hd * (tile + gap) + tile // 2 - 12, top - 10), 0.55)
-    _label(img, f"CLS attention of frame {index} (seq {res.seq}): rows = layers, columns = heads",
-           (10, 24), 0.6)
+    _label(img, title, (10, 24), 0.6)
     return img
 
 
@@ -417,7 +425,7 @@ def layers_frames(session: Session, index: int, view: View) -> list[np.ndarray]:
     """One rendered RGB image per layer of frame ``index`` (the view's mode, head and fusion)."""
     res = session.result(index)
     frame = res.frame
-    return [render(frame, res, replace(view, layer=li, frozen=False, show_help=False), Status(),
+    return [render(frame, res, replace(view, layer=li, frozen=False, show_help=False), session.status(),
                    size=canvas_size(frame.shape)) for li in range(res.num_layers)]
 
 
@@ -524,8 +532,7 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
     states = StateWriter(state_file)
     flow_job: FlowJob | None = None
     message, message_until = None, 0.0
-    status0 = Status(model=f"{m['model']['name']} [{m['model']['weights_label']}] replay",
-                     untrained=bool(m["model"].get("untrained")), source=session.path.name)
+    status0 = session.status()
     shown_index = -1
     res: Result | None = None
     rgb = None
