@@ -165,6 +165,18 @@ class Window:
             self.dpg.destroy_context()
 
 
+def describe_change(before: View, after: View) -> str | None:
+    """A short HUD note for changes that are otherwise hard to see (opacity, colormap, fusion)."""
+    if after.opacity != before.opacity:
+        return f"opacity {after.opacity:.1f}"
+    if after.colormap != before.colormap:
+        return f"colormap {after.colormap}"
+    if after.fusion != before.fusion:
+        note = " (shown when all heads are fused, and in rollout)" if after.head >= 0 and after.mode != "rollout" else ""
+        return f"head fusion {after.fusion}{note}"
+    return None
+
+
 def save_screenshot(rgb: np.ndarray, directory: str | Path) -> Path:
     path = unique_path(directory, datetime.now().strftime("live-attention-%Y%m%d-%H%M%S"), ".png")
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
@@ -246,6 +258,9 @@ def run_window(
                         if flow_job is not None:
                             flow_job.cancel.set()
                             flow_job = None
+                feedback = describe_change(before, ctl.view)
+                if feedback:
+                    message, message_until = feedback, now + 2
                 if ctl.view.fusion != before.fusion:
                     session.worker.update_settings(fusion=ctl.view.fusion)
                 if ctl.view.layer != before.layer:
@@ -283,7 +298,9 @@ def run_window(
                     if patch is not None:
                         ctl.select_patch(patch)
                         session.worker.update_settings(query_patch=patch)
-                        dirty = True
+                    else:
+                        message, message_until = "click inside the square the model sees", now + 2
+                    dirty = True
             win.clicks.clear()
             if ctl.view.animating and now - last_anim >= 1.0 / cfg.view.animate_fps:
                 ctl.step_animation()

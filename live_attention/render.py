@@ -160,12 +160,23 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
         q = result.query_for(view.query_patch)[layer]
         m = q[head] if head >= 0 else _fuse(q, view.fusion)
         r, c = divmod(view.query_patch, result.grid[1])
-        return m, f"patch ({r},{c}), {lname}, {hname}"
+        return m, f"patch row {r + 1}, col {c + 1}, {lname}, {hname}"
     if view.mode == "flow":
         if extras is None or extras.flow is None or extras.flow_seq != result.seq:
             return None, "freeze (Space) and press 6 to compute flow"
         return extras.flow, "all layers, heads fused (mean)"
     raise ValueError(view.mode)
+
+
+def heads_label(view: View, result) -> str:
+    """How the heads enter what is shown, per mode (rollout and flow always fuse them)."""
+    if view.mode == "rollout":
+        return f"heads {result.settings.fusion}"
+    if view.mode == "flow":
+        return "heads mean"
+    if view.head >= 0:
+        return f"head {view.head + 1}"
+    return "heads averaged" if view.mode == "entropy" else f"heads {view.fusion}"
 
 
 def normalize(m: np.ndarray) -> np.ndarray:
@@ -292,8 +303,9 @@ def render(
             if view.mode == "query" and view.query_patch is not None:
                 _mark_patch(img, box, result.grid, view.query_patch)
             if view.mode == "entropy":
-                _entropy_panels(img, result, view, extras, scale)
-            _caption(img, view, caption, scale, flow_progress=status.flow_progress)
+                _entropy_panels(img, result, view, extras, scale, box)
+            if view.show_hud:
+                _caption(img, view, caption, scale, flow_progress=status.flow_progress)
     _hud(img, result, view, status, scale)
     if view.show_help:
         _help(img, scale)
@@ -301,12 +313,15 @@ def render(
 
 
 def _dim_outside(img, box):
+    """Dim what the model does not see (outside its centre crop) and outline what it does."""
     x0, y0, x1, y1 = box
     h, w = img.shape[:2]
     for sl in (np.s_[:y0, :], np.s_[y1:, :], np.s_[y0:y1, :x0], np.s_[y0:y1, x1:]):
         roi = img[sl]
         if roi.size:
             cv2.convertScaleAbs(roi, dst=roi, alpha=0.35)
+    if (x0, y0, x1, y1) != (0, 0, w, h):
+        cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), (110, 110, 110), 1)
 
 
 def _overlay(img, box, values01, grid, view):
@@ -342,6 +357,10 @@ def _caption(img, view, caption, scale, flow_progress=None):
     low, high = ("focused", "spread") if view.mode == "entropy" else ("low", "high")
     _colorbar(img, bx, h - int(52 * scale), bw, bh, view.colormap, low, high, scale)
     left = bx + bw + int(30 * scale)
+    avail = w - left - int(20 * scale)
+    if tw > avail:  # a narrow canvas: shrink the caption to fit beside the legend
+        s1, s2 = s1 * avail / tw, s2 * avail / tw
+        tw = max(_text_w(title, s1, 2), _text_w(line2, s2))
     x = max(left, (w - tw) // 2)
     y = h - int(62 * scale)
     _panel(img, x - int(14 * scale), y - int(34 * scale), x + tw + int(14 * scale), h - int(8 * scale))
@@ -389,10 +408,15 @@ def _draw_heads(img, result, view, scale):
     _text(img, title, ((w - _text_w(title, 0.75 * scale, 2)) // 2, gy0 - int(14 * scale)), 0.75 * scale, WHITE, 2)
 
 
-def _entropy_panels(img, result, view, extras, scale):
+def _entropy_panels(img, result, view, extras, scale, box):
     h, w = img.shape[:2]
     L, H = result.entropy.shape
-    cell = int(min(22 * scale, (h * 0.42) / L))
+    # Fit the layer x head grid into the margin right of the picture the model saw when there is one.
+    margin = w - box[2] - int(90 * scale)
+    cell = min(22 * scale, (h * 0.42) / L)
+    if margin >= 8 * scale * H:
+        cell = min(cell, margin / H)
+    cell = int(max(6, cell))
     pw, ph = H * cell, L * cell
     title_w = _text_w("CLS entropy: layer x head", 0.5 * scale)
     # The grid sits right; the panel is at least as wide as its title.
@@ -417,12 +441,12 @@ def _entropy_panels(img, result, view, extras, scale):
     _text(img, f"{H}", (x0 + pw - cell, y0 + ph + int(18 * scale)), 0.42 * scale, GREY)
     # Per-layer curve over the last seconds.
     hist, times = extras.entropy_history, extras.entropy_times
+    if hist is None or times is None or len(hist) < 2:
+        return  # a still image or the first frame: no curve yet
     cx0, cy0 = x0 - int(60 * scale), y0 + ph + int(48 * scale)
     cw, chh = w - int(10 * scale) - cx0, int(130 * scale)
     _panel(img, cx0, cy0, cx0 + cw, cy0 + chh, 0.7)
     _text(img, f"entropy per layer, last {extras.entropy_seconds:.0f} s", (cx0 + int(8 * scale), cy0 + int(18 * scale)), 0.45 * scale, WHITE)
-    if hist is None or times is None or len(hist) < 2:
-        return
     t_end = times[-1]
     keep = times >= t_end - extras.entropy_seconds
     hist, times = hist[keep], times[keep]
@@ -452,8 +476,7 @@ def _hud(img, result, view, status, scale):
     mode_line = f"mode {MODES.index(view.mode) + 1} {view.mode}"
     if result is not None:
         layer = view.resolved_layer(result.num_layers)
-        head = f"head {view.head + 1}" if view.head >= 0 else f"heads {view.fusion}"
-        mode_line += f" | layer {layer + 1}/{result.num_layers} | {head}"
+        mode_line += f" | layer {layer + 1}/{result.num_layers} | {heads_label(view, result)}"
     lines.append((mode_line, YELLOW))
     perf = []
     if status.capture_fps is not None:
@@ -484,23 +507,28 @@ def _hud(img, result, view, status, scale):
         _text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
     y_next = lh * len(lines) + int(12 * scale)
 
-    # Top-5 labels, top right.
+    # Top-5 labels, top right; stacked under the HUD where the canvas is too narrow for both.
+    top5 = None
     if result is not None and result.topk:
         s5 = 0.55 * scale
         bar_w = int(120 * scale)
         names = [f"{name[:22]}" for name, _ in result.topk]
         tw5 = max(_text_w(n, s5) for n in names) + bar_w + int(80 * scale)
-        x0 = w - tw5
-        _panel(img, x0, 0, w, lh * (len(names) + 1) + int(10 * scale))
-        _text(img, "model's guess", (x0 + int(10 * scale), int(20 * scale)), s5, GREY)
+        x0, y0 = w - tw5, 0
+        if x0 < tw + int(10 * scale):
+            x0, y0 = 0, y_next + int(6 * scale)
+        top5 = (x0, y0, x0 + tw5, y0 + lh * (len(names) + 1) + int(10 * scale))
+        _panel(img, *top5)
+        _text(img, "model's guess", (x0 + int(10 * scale), y0 + int(20 * scale)), s5, GREY)
         for i, ((_, p), n) in enumerate(zip(result.topk, names, strict=True)):
-            y = int(20 * scale) + (i + 1) * lh
+            y = y0 + int(20 * scale) + (i + 1) * lh
             bx = x0 + int(10 * scale)
-            cv2.rectangle(img, (bx, y - int(12 * scale)), (bx + int(bar_w * p), y + int(2 * scale)), GREEN if i == 0 else (70, 130, 80), -1)
+            cv2.rectangle(img, (bx, y - int(12 * scale)), (bx + int(bar_w * p), y + int(2 * scale)),
+                          GREEN if i == 0 else (70, 130, 80), -1)
             _text(img, f"{p * 100:3.0f}%", (bx + bar_w + int(6 * scale), y), s5, WHITE)
             _text(img, n, (bx + bar_w + int(60 * scale), y), s5, WHITE if i == 0 else GREY)
 
-    # Banners: untrained, recording, messages, errors.
+    # Banners: untrained, recording, messages, errors; below whatever they would cover.
     banners = []
     if status.untrained:
         banners.append(("UNTRAINED MODEL (random weights): these maps mean nothing", RED))
@@ -511,13 +539,22 @@ def _hud(img, result, view, status, scale):
     if status.message:
         banners.append((status.message, CYAN))
     y = y_next + int(8 * scale)
+    bh = int(34 * scale)
     for text, color in banners:
-        sb = 0.6 * scale
-        tw = _text_w(text, sb, 2) + int(24 * scale)
-        cv2.rectangle(img, (0, y), (tw, y + int(34 * scale)), (0, 0, 0), -1)
-        cv2.rectangle(img, (0, y), (int(8 * scale), y + int(34 * scale)), color, -1)
+        sb = _fit(text, 0.6 * scale, 2, w - int(30 * scale))
+        bw = _text_w(text, sb, 2) + int(24 * scale)
+        if top5 is not None and top5[0] < bw and y < top5[3] and y + bh > top5[1]:
+            y = top5[3] + int(8 * scale)
+        cv2.rectangle(img, (0, y), (bw, y + bh), (0, 0, 0), -1)
+        cv2.rectangle(img, (0, y), (int(8 * scale), y + bh), color, -1)
         _text(img, text, (int(16 * scale), y + int(24 * scale)), sb, color if color != RED else (255, 90, 90), 2)
-        y += int(40 * scale)
+        y += bh + int(6 * scale)
+
+
+def _fit(text: str, scale: float, thick: int, max_w: int) -> float:
+    """The font scale (at most ``scale``) at which ``text`` fits in ``max_w`` pixels."""
+    tw = _text_w(text, scale, thick)
+    return scale if tw <= max_w else scale * max_w / tw
 
 
 def _no_signal(img, status, scale):

@@ -520,7 +520,7 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
                height: int = 800) -> int:
     """The replay window (main thread). Same keys as live, plus P , . Home End [ ]."""
     from live_attention.app import Controller, EntropyHistory, FlowJob, patch_at
-    from live_attention.gui import TITLE, StateWriter, Window, save_screenshot
+    from live_attention.gui import TITLE, StateWriter, Window, describe_change, save_screenshot
 
     m = session.manifest
     win = Window(f"{TITLE} replay", width, height, vsync=True)
@@ -549,9 +549,13 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
                     continue
                 if key == "r":
                     continue  # no recording while replaying
+                before = ctl.view
                 out = ctl.press(key)
                 if out.quit:
                     return 0
+                feedback = describe_change(before, ctl.view)
+                if feedback:
+                    message, message_until = feedback, now + 2
                 if out.flow:
                     player.playing = False
                 if out.screenshot and rgb is not None:
