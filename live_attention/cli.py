@@ -267,17 +267,34 @@ def cmd_render(argv: list[str]) -> int:
     cfg = load_config(args.config, _overrides(args))
     from live_attention.render_cmd import render_file
 
-    out = render_file(args.input, args.output, cfg, overwrite=args.overwrite, hud=not args.no_hud,
-                      progress_factory=Progress)
-    print(f"live-attention: wrote {out}", file=sys.stderr)
+    out, frames, expected = render_file(args.input, args.output, cfg, overwrite=args.overwrite,
+                                        hud=not args.no_hud, progress_factory=Progress)
+    if expected and frames < expected:
+        print(f"live-attention: warning: {args.input} ended after {frames} of the {expected} frames it "
+              "announces (a truncated or damaged file?)", file=sys.stderr)
+    print(f"live-attention: wrote {out} ({frames} frames)", file=sys.stderr)
     return 0
 
 
 # --------------------------------------------------------------------------------------------------
 
 
+def _quiet_libraries(argv: list[str]) -> None:
+    """OpenCV and its FFmpeg print warnings ("can't open camera by index", "moov atom not found")
+    before our one-line errors say the same thing better. Quiet them unless -v; a user's own
+    settings win. Must run before cv2 is first imported."""
+    if "-v" in argv or "--verbose" in argv:
+        return
+    import os
+
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries(argv)
     cmd = argv[0] if argv and argv[0] in COMMANDS else None
     try:
         if cmd == "render":

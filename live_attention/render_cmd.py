@@ -54,7 +54,9 @@ def render_file(
     overwrite: bool = False,
     hud: bool = True,
     progress_factory=None,
-) -> Path:
+) -> tuple[Path, int, int | None]:
+    """Render ``input_path`` into ``output_path``. Returns the output, the frames written and the
+    frames the input announced (None when it did not say)."""
     src = Path(input_path).expanduser()
     out = Path(output_path).expanduser()
     if not src.exists():
@@ -104,7 +106,7 @@ def render_file(
                 w.write(rgb, 0.0)
         elif not cv2.imwrite(str(out), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise UserError(f"cannot write {out}: check the folder is writable and has space")
-        return out
+        return out, 1, 1
 
     cap = cv2.VideoCapture(str(src))
     if not cap.isOpened():
@@ -147,4 +149,4 @@ def render_file(
         cap.release()
         if progress:
             progress.close()
-    return out
+    return out, n, total

@@ -98,3 +98,14 @@ def test_live_errors_are_one_line(tmp_path, capsys):
     assert "camera" in run_err(["--source", "97"], capsys)
     err = run_err(["--source", "demo", "--model", "vit_b_16", "--weights", "imagenet"], capsys)
     assert "not cached" in err and "--weights PATH" in err
+
+
+def test_truncated_input_is_rendered_with_a_warning(media, tmp_path, capsys):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes((media / "tour.mp4").read_bytes()[:120_000])
+    out = tmp_path / "o.mp4"
+    assert main(["render", str(cut), "-o", str(out), "--model", "demo"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "of the 300 frames" in err
+    n = ffprobe_frames(out)
+    assert 0 < n < 300 and f"({n} frames)" in err
