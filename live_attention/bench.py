@@ -274,13 +274,20 @@ def bench_pipeline(rep: Report, source: str, model: str, seconds: float, record:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="live-attention bench", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="live-attention bench",
+        description="Speed and memory figures, measured in one run on this machine, with PASS/FAIL against "
+        "the targets: the engine against the stock torchvision forward, per-frame maps, attention flow, "
+        "the renderer, the live pipeline on a video (GUI fps, inference fps, latency) and recording.",
+    )
     p.add_argument("--model", default="vit_b_16", help="torchvision ViT to time (default vit_b_16)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--source", default=None, help="video for the pipeline figures (default: shared tour.mp4)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--reps", type=int, default=10, help="timed repetitions per figure (medians)")
+    p.add_argument("--source", default=None,
+                   help="video for the pipeline figures (default: the project's test clip, ../shared/media/tour.mp4)")
     p.add_argument("--seconds", type=float, default=20.0, help="pipeline run length")
-    p.add_argument("--skip", action="append", default=[], choices=("engine", "demo", "flow", "render", "pipeline", "record"))
+    p.add_argument("--skip", action="append", default=[], choices=("engine", "demo", "flow", "render", "pipeline", "record"),
+                   help="leave a part out; repeat for several (--skip pipeline --skip record)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     torch.set_grad_enabled(False)

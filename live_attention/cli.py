@@ -31,12 +31,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _view_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("view")
-    g.add_argument("--mode", choices=MODES)
+    g.add_argument("--mode", choices=MODES, help="what to show (default attention)")
     g.add_argument("--layer", type=int, help="1-based layer; default: the last")
     g.add_argument("--head", type=int, help="1-based head; 0 or default: heads fused")
-    g.add_argument("--fusion", choices=FUSIONS)
-    g.add_argument("--opacity", type=float)
-    g.add_argument("--colormap", choices=COLORMAPS)
+    g.add_argument("--fusion", choices=FUSIONS, help="how heads are fused (default mean)")
+    g.add_argument("--opacity", type=float, help="overlay opacity, 0..1 (default 0.55)")
+    g.add_argument("--colormap", choices=COLORMAPS, help="default inferno")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="record the session into a new folder under DIR")
     p.add_argument("--max-seconds", type=float, help="stop after this many seconds")
     p.add_argument("--state-file", help=argparse.SUPPRESS)  # JSON of the shown state, for automation
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (and library warnings) to stderr")
     _model_args(p)
     _view_args(p)
     return p
@@ -64,7 +64,7 @@ def build_render_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .mp4 (video) or .png (image)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (and library warnings) to stderr")
     _model_args(p)
     _view_args(p)
     return p

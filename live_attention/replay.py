@@ -649,12 +649,12 @@ def build_replay_parser() -> argparse.ArgumentParser:
                                 "P/Space play-pause, , and . step, Home/End, [ and ] speed.")
     p.add_argument("session", help="a session folder (session-YYYYmmdd-HHMMSS)")
     p.add_argument("--weights", help="weights for recomputing query rows and flow (default: the manifest's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="for recomputed maps: auto, cpu, cuda, mps")
     p.add_argument("--no-model", action="store_true", help="do not load the model (recorded maps only)")
     p.add_argument("--paused", action="store_true", help="start paused on the first frame")
     p.add_argument("--max-seconds", type=float, help=argparse.SUPPRESS)
     p.add_argument("--state-file", help=argparse.SUPPRESS)
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     return p
 
 
@@ -668,11 +668,11 @@ def build_export_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, default=1, help="frame number for --grid and --layers-gif (from 1, as the replay HUD counts)")
     p.add_argument("--grid", action="store_true", help="write the layers x heads attention grid of --frame")
     p.add_argument("--layers-gif", action="store_true", help="write --frame's attention through the layers")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-hud", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
     p.add_argument("--weights", help="weights for recomputing query rows and flow (default: the manifest's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--device", default="auto", help="for recomputed maps: auto, cpu, cuda, mps")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     _view_args(p)
     return p
 
