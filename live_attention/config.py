@@ -186,7 +186,10 @@ def merge(base: Config, overrides: dict[str, dict[str, Any]], origin: str = "con
             full = f"{sec_name}.{key}"
             if key not in known:
                 raise ConfigError(f"unknown config key {full} in {origin}: [{sec_name}] takes {', '.join(known)}")
-            changes[key] = _coerce(full, value, known[key])
+            try:
+                changes[key] = _coerce(full, value, known[key])
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (in {origin})") from None
         sections[sec_name] = replace(current, **changes)
     return replace(base, **sections)
 

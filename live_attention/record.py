@@ -245,7 +245,7 @@ def new_session_dir(base_dir: str | os.PathLike[str], now: datetime | None = Non
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the recording folder {base}: {exc.strerror or exc}") from exc
+        raise UserError(f"cannot create the recording folder {base}: {exc.strerror or exc} (pass --record a writable folder)") from exc
     stem = (now or datetime.now()).strftime("session-%Y%m%d-%H%M%S")
     for i in range(1000):
         p = base / (stem if i == 0 else f"{stem}-{i}")
