@@ -189,7 +189,7 @@ def merge(base: Config, overrides: dict[str, dict[str, Any]], origin: str = "con
             try:
                 changes[key] = _coerce(full, value, known[key])
             except ConfigError as exc:
-                raise ConfigError(f"{exc} (in {origin})") from None
+                raise ConfigError(f"{exc} (from {origin})") from None
         sections[sec_name] = replace(current, **changes)
     return replace(base, **sections)
 
@@ -207,5 +207,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
         cfg = merge(cfg, data, origin=str(p))
     if overrides:
-        cfg = merge(cfg, {k: v for k, v in overrides.items() if v}, origin="command line")
+        cfg = merge(cfg, {k: v for k, v in overrides.items() if v}, origin="the command line")
     return cfg
