@@ -63,6 +63,7 @@ class WindowConfig:
     width: int = 1280
     height: int = 800
     vsync: bool = True
+    max_fps: float = 60.0
     screenshot_dir: str = "screenshots"
     show_help: bool = False
 
@@ -114,6 +115,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "view.entropy_seconds": (1, 600),
     "window.width": (320, 16384),
     "window.height": (240, 16384),
+    "window.max_fps": (0, 1000),
     "record.crf": (0, 51),
     "record.queue_size": (1, 10000),
 }

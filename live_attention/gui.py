@@ -44,10 +44,15 @@ TITLE = "live-attention"
 class Window:
     """One viewport with one image fed from a raw float32 RGBA texture; keys become names."""
 
-    def __init__(self, title: str = TITLE, width: int = 1280, height: int = 800, vsync: bool = True) -> None:
+    def __init__(self, title: str = TITLE, width: int = 1280, height: int = 800, vsync: bool = True,
+                 max_fps: float = 60.0) -> None:
         import dearpygui.dearpygui as dpg
 
         self.dpg = dpg
+        # Where vsync does not hold the loop (software GL, some drivers) a cap keeps the window from
+        # taking CPU time the model needs.
+        self._min_dt = 1.0 / max_fps if max_fps and max_fps > 0 else 0.0
+        self._last_frame = 0.0
         dpg.create_context()
         dpg.configure_app(manual_callback_management=True)
         dpg.create_viewport(title=title, width=width, height=height, vsync=vsync)
@@ -157,6 +162,11 @@ class Window:
     def frame(self) -> None:
         self.layout()
         self.dpg.render_dearpygui_frame()
+        if self._min_dt:
+            wait = self._last_frame + self._min_dt - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_frame = time.perf_counter()
 
     def close(self) -> None:
         try:
@@ -214,7 +224,7 @@ def run_window(
     """The live window's main loop. Returns an exit status."""
     cfg = session.cfg
     engine = session.engine
-    win = Window(TITLE, cfg.window.width, cfg.window.height, cfg.window.vsync)
+    win = Window(TITLE, cfg.window.width, cfg.window.height, cfg.window.vsync, cfg.window.max_fps)
     ctl = Controller(engine.num_layers, engine.num_heads, view_from_config(cfg))
     history = EntropyHistory(cfg.view.entropy_seconds)
     states = StateWriter(state_file)
