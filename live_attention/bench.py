@@ -29,19 +29,8 @@ TARGET_LATENCY_RATIO = 1.5
 TARGET_RENDER_MS = 8.0
 
 
-def _median_ms(fn: Callable[[], object], reps: int, warmup: int = 2, sync: Callable[[], None] | None = None) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append((time.perf_counter() - t) * 1000.0)
-    return statistics.median(times)
+def _median_ms(fn: Callable[[], object], reps: int, sync: Callable[[], None] | None = None) -> float:
+    return _interleaved({"fn": fn}, reps, sync)["fn"]
 
 
 def _interleaved(fns: dict[str, Callable[[], object]], reps: int, sync=None) -> dict[str, float]:

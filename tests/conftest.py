@@ -32,3 +32,13 @@ def media() -> Path:
     if not MEDIA.is_dir():
         pytest.fail(f"shared media not found at {MEDIA}: set LIVE_ATTENTION_MEDIA")
     return MEDIA
+
+
+def cut_clip(directory: Path, media_dir: Path, seconds: float, name: str) -> Path:
+    """The first ``seconds`` of the shared tour.mp4, re-encoded (exact frame count, no audio)."""
+    import subprocess
+
+    out = directory / name
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", str(seconds), "-i", str(media_dir / "tour.mp4"),
+                    "-an", str(out)], check=True)
+    return out

@@ -10,14 +10,12 @@ import sys
 import pytest
 
 from live_attention.cli import main
+from tests.conftest import cut_clip
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
-    out = tmp_path_factory.mktemp("clip") / "tour1.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", "1", "-i", str(media / "tour.mp4"), "-an",
-                    str(out)], check=True)
-    return out
+    return cut_clip(tmp_path_factory.mktemp("clip"), media, 1, "tour1.mp4")
 
 
 def test_headless_records_a_session_that_exports(clip, tmp_path):

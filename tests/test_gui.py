@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.conftest import cut_clip
 from tests.gui_helpers import App, XServer, center, differs
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(400)]
@@ -22,10 +23,7 @@ def xserver():
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
-    out = tmp_path_factory.mktemp("clip") / "tour2.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", "2", "-i", str(media / "tour.mp4"), "-an",
-                    str(out)], check=True)
-    return out
+    return cut_clip(tmp_path_factory.mktemp("clip"), media, 2, "tour2.mp4")
 
 
 def test_window_on_video_with_random_vit_b_16(xserver, clip, tmp_path):
