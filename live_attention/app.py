@@ -11,6 +11,7 @@ Threads:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -19,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from live_attention.capture import CaptureState, CaptureThread, Frame, FrameSource, LatestSlot
 from live_attention.config import COLORMAPS, FUSIONS, MODES, Config
@@ -229,7 +231,13 @@ class LiveSession:
         self.latency_ms: float | None = None
         self._started = False
 
-    def start(self) -> None:
+    def start(self, window: bool = False) -> None:
+        """Start capture and inference. With ``window``, the model leaves one core to the window
+        (``model.threads = 0``): on a small CPU an oversubscribed thread pool costs the model more
+        than the extra thread gains, and the window keeps its frame rate."""
+        if self.engine.device.type == "cpu":
+            n = self.cfg.model.threads or max(1, (os.cpu_count() or 1) - (1 if window else 0))
+            torch.set_num_threads(n)
         self.capture.start()
         self.worker.start()
         self._started = True

@@ -200,7 +200,7 @@ def bench_pipeline(rep: Report, source: str, model: str, seconds: float, record:
     src = open_source(source, loop=True)
     session = LiveSession(cfg, engine, src)
     view = view_from_config(cfg)
-    session.start()
+    session.start(window=window is not None)
     tmp = None
     if record:
         import tempfile

@@ -126,11 +126,18 @@ def cmd_live(argv: list[str]) -> int:
     cfg = load_config(args.config, _overrides(args))
     from live_attention.capture import open_source
 
-    # demo source without a model choice: use the demo model (no download, meaningful maps).
-    if cfg.source.source == "demo" and args.model is None and (args.config is None or cfg.model.name == "vit_b_16"):
+    if cfg.source.source.lower() == "demo":
         from dataclasses import replace
 
-        cfg = replace(cfg, model=replace(cfg.model, name="demo"))
+        from live_attention.config import SourceConfig
+
+        # Without a model choice the demo runs the demo model (no download, meaningful maps).
+        if args.model is None and (args.config is None or cfg.model.name == "vit_b_16"):
+            cfg = replace(cfg, model=replace(cfg.model, name="demo"))
+        # A 4:3 scene at 960x720 unless a size was asked for: sharp in the window, cheaper to draw.
+        d = SourceConfig()
+        if (cfg.source.width, cfg.source.height) == (d.width, d.height):
+            cfg = replace(cfg, source=replace(cfg.source, width=960, height=720))
     source = open_source(
         cfg.source.source, loop=cfg.source.loop, width=cfg.source.width, height=cfg.source.height,
         fps=cfg.source.fps, slideshow_seconds=cfg.source.slideshow_seconds,

@@ -31,6 +31,7 @@ class ModelConfig:
     weights: str = "imagenet"
     device: str = "auto"
     precision: str = "auto"
+    threads: int = 0  # CPU threads for the model; 0: all cores headless, all but one with a window
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "record.raw_codec": ("ffv1", "mjpeg"),
 }
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "model.threads": (0, 1024),
     "source.width": (16, 8192),
     "source.height": (16, 8192),
     "source.fps": (0.1, 1000),

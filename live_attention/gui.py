@@ -240,7 +240,7 @@ def run_window(
     dirty = True
     new_result = False
     last_rgb = None
-    session.start()
+    session.start(window=True)
     if record_dir:
         try:
             path = session.start_recording(record_dir, lambda: ctl.view)
