@@ -569,7 +569,8 @@ class DemoSource:
             raise SourceError(
                 f"the demo scene is unavailable ({exc}): reinstall live-attention, or use a video file"
             ) from exc
-        self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed)
+        # One target at a time, as in training: the model names it and a room sees the two agree.
+        self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed, num_targets=1)
         self._n = 0
 
     def read(self) -> np.ndarray | None:

@@ -576,7 +576,7 @@ def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float] = []
 
     class StubScene:
-        def __init__(self, width: int, height: int, seed: int) -> None:
+        def __init__(self, width: int, height: int, seed: int, num_targets: int = 2) -> None:
             self.shape = (height, width, 3)
 
         def frame(self, t: float) -> np.ndarray:
