@@ -73,7 +73,7 @@ class WindowConfig:
 class RecordConfig:
     dir: str = "sessions"
     crf: int = 23
-    preset: str = "veryfast"
+    preset: str = "ultrafast"
     queue_size: int = 64
     raw_codec: str = "ffv1"
 

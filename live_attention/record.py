@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from live_attention.config import Config
+from live_attention.config import Config, RecordConfig
 from live_attention.errors import UserError
 from live_attention.render import View
 from live_attention.video import TIME_BASE, StreamWriter
@@ -523,7 +523,8 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
     with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
         dd = Path(d)
         t = time.perf_counter()
-        w = overlay_writer(dd / "o.mp4", width, height, crf=23, preset="veryfast")
+        rc = RecordConfig()
+        w = overlay_writer(dd / "o.mp4", width, height, crf=rc.crf, preset=rc.preset)
         for i, im in enumerate(imgs):
             w.write(im, round(i * 1000 / 30) / 1000.0)
         w.close()
