@@ -488,8 +488,10 @@ def _hud(img, result, view, status, scale):
     perf2 = []
     if status.latency_ms is not None:
         perf2.append(f"latency {status.latency_ms:4.0f} ms")
-    perf2.append(f"dropped {status.dropped}")
-    lines.append(("  ".join(perf2), GREY))
+    if status.capture_fps is not None:  # live figures only; offline renders process every frame
+        perf2.append(f"dropped {status.dropped}")
+    if perf2:
+        lines.append(("  ".join(perf2), GREY))
     if status.source:
         lines.append((f"source {status.source}", GREY))
     flags = []
