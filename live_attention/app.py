@@ -160,6 +160,12 @@ class EntropyHistory:
             return None, None
         return np.stack(self._v), np.asarray(self._t)
 
+    def extras(self, flow: np.ndarray | None = None, flow_seq: int | None = None) -> Extras:
+        """What the renderer needs beyond one result: this history, and a flow map if there is one."""
+        hist, times = self.arrays()
+        return Extras(entropy_history=hist, entropy_times=times, entropy_seconds=self.seconds, flow=flow,
+                      flow_seq=flow_seq if flow is not None else None)
+
 
 class FlowJob(threading.Thread):
     """Attention flow of one result on a background thread; ``progress`` in 0..1, ``flow`` when done."""
@@ -175,25 +181,13 @@ class FlowJob(threading.Thread):
         self.cancel = threading.Event()
 
     def run(self) -> None:
-        from live_attention.flow import FlowCancelled, attention_flow
+        from live_attention.flow import FlowCancelled
+
+        def progress(done: int, total: int) -> None:
+            self.progress = done / max(1, total)
 
         try:
-            if self.result.attn is None:
-                raise RuntimeError("this frame kept no attention")
-
-            def progress(done: int, total: int) -> None:
-                self.progress = done / max(1, total)
-
-            num_prefix = self.result.attn.shape[-1] - self.result.cls.shape[-1]
-            flow = attention_flow(
-                self.result.attn,
-                head_fusion=self.fusion,
-                residual=self.residual,
-                num_prefix=num_prefix,
-                progress=progress,
-                cancel=self.cancel,
-            )
-            self.flow = flow.cpu().numpy()
+            self.flow = self.result.flow(self.residual, self.fusion, progress=progress, cancel=self.cancel)
             self.progress = 1.0
         except FlowCancelled:
             logger.info("flow cancelled")
@@ -298,14 +292,6 @@ class LiveSession:
             error=err,
             flow_progress=flow_progress,
         )
-
-
-def make_extras(history: EntropyHistory, flow_job: FlowJob | None, seconds: float) -> Extras:
-    hist, times = history.arrays()
-    flow, seq = None, None
-    if flow_job is not None and flow_job.flow is not None:
-        flow, seq = flow_job.flow, flow_job.result.seq
-    return Extras(entropy_history=hist, entropy_times=times, entropy_seconds=seconds, flow=flow, flow_seq=seq)
 
 
 def unique_path(directory: str | Path, stem: str, suffix: str) -> Path:

@@ -70,8 +70,26 @@ def build_render_parser() -> argparse.ArgumentParser:
     return p
 
 
+def view_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The view flags (``_view_args``) that were given, in View terms: layer and head 0-based."""
+    o: dict[str, object] = {}
+    for key in ("mode", "fusion", "opacity", "colormap"):
+        val = getattr(args, key, None)
+        if val is not None:
+            o[key] = val
+    if getattr(args, "layer", None) is not None:
+        if args.layer < 1:
+            raise UserError(f"--layer {args.layer}: layers count from 1")
+        o["layer"] = args.layer - 1
+    if getattr(args, "head", None) is not None:
+        if args.head < 0:
+            raise UserError(f"--head {args.head}: heads count from 1 (0 = heads fused)")
+        o["head"] = args.head - 1
+    return o
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
-    o: dict[str, dict[str, object]] = {"model": {}, "source": {}, "view": {}}
+    o: dict[str, dict[str, object]] = {"model": {}, "source": {}, "view": view_overrides(args)}
     for key in ("model", "weights", "device", "precision"):
         val = getattr(args, key, None)
         if val is not None:
@@ -80,18 +98,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         o["source"]["source"] = args.source
     if getattr(args, "loop", False):
         o["source"]["loop"] = True
-    for key in ("mode", "fusion", "opacity", "colormap"):
-        val = getattr(args, key, None)
-        if val is not None:
-            o["view"][key] = val
-    if getattr(args, "layer", None) is not None:
-        if args.layer < 1:
-            raise UserError(f"--layer {args.layer}: layers count from 1")
-        o["view"]["layer"] = args.layer - 1
-    if getattr(args, "head", None) is not None:
-        if args.head < 0:
-            raise UserError(f"--head {args.head}: heads count from 1 (0 = heads fused)")
-        o["view"]["head"] = args.head - 1
     return o
 
 

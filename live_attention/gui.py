@@ -29,7 +29,6 @@ from live_attention.app import (
     EntropyHistory,
     FlowJob,
     LiveSession,
-    make_extras,
     patch_at,
     unique_path,
     view_from_config,
@@ -339,7 +338,8 @@ def run_window(
                 flow_job = None
             if dirty or now - last_render > 0.25:
                 status = session.status(message, flow_progress)
-                extras = make_extras(history, flow_job, cfg.view.entropy_seconds)
+                done = flow_job is not None and flow_job.flow is not None
+                extras = history.extras(flow_job.flow if done else None, flow_job.result.seq if done else None)
                 frame = res.frame if res is not None else None
                 if res is None and session.capture.state.name == "RUNNING":
                     latest_frame = session.frames.peek()

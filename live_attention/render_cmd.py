@@ -35,15 +35,8 @@ def _engine_for(cfg: Config):
 def frame_extras(result: Result, view: View, history: EntropyHistory, t: float, residual: float) -> Extras:
     """Entropy history (and, in flow mode, the flow map) for an offline render of one frame."""
     history.add(t, result)
-    hist, times = history.arrays()
-    flow = None
-    if view.mode == "flow" and result.attn is not None:
-        from live_attention.flow import attention_flow
-
-        num_prefix = result.attn.shape[-1] - result.cls.shape[-1]
-        flow = attention_flow(result.attn, residual=residual, num_prefix=num_prefix).cpu().numpy()
-    return Extras(entropy_history=hist, entropy_times=times, entropy_seconds=history.seconds,
-                  flow=flow, flow_seq=result.seq)
+    flow = result.flow(residual) if view.mode == "flow" and result.attn is not None else None
+    return history.extras(flow, result.seq)
 
 
 def render_file(

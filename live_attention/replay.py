@@ -27,9 +27,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from live_attention.config import RecordConfig
 from live_attention.errors import UserError
 from live_attention.record import ATTN_DIR, MANIFEST, RAW
-from live_attention.render import Extras, Status, View, canvas_size, render
+from live_attention.render import Status, View, canvas_size, render
 from live_attention.worker import MapSettings, Result
 
 logger = logging.getLogger(__name__)
@@ -300,33 +301,12 @@ class Recompute:
         return out
 
     def flow(self, res: Result) -> np.ndarray | None:
-        if res.attn is None:
-            return None
-        from live_attention.flow import attention_flow
-
-        num_prefix = res.attn.shape[-1] - res.cls.shape[-1]
-        return attention_flow(res.attn, residual=self.residual, num_prefix=num_prefix).cpu().numpy()
+        return res.flow(self.residual) if res.attn is not None else None
 
 
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
-
-
-def _view_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    o: dict[str, Any] = {}
-    for key in ("mode", "fusion", "opacity", "colormap"):
-        if getattr(args, key, None) is not None:
-            o[key] = getattr(args, key)
-    if getattr(args, "layer", None) is not None:
-        if args.layer < 1:
-            raise UserError(f"--layer {args.layer}: layers count from 1")
-        o["layer"] = args.layer - 1
-    if getattr(args, "head", None) is not None:
-        if args.head < 0:
-            raise UserError(f"--head {args.head}: heads count from 1 (0 = heads fused)")
-        o["head"] = args.head - 1
-    return o
 
 
 def _check_view(session: Session, o: dict[str, Any]) -> None:
@@ -368,14 +348,11 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
             res = recompute.result(i, rec, view)
             t = float(session.pts_ms[i]) / 1000.0
             history.add(t, res)
-            hist, times = history.arrays()
-            flow = recompute.flow(res) if view.mode == "flow" else None
-            extras = Extras(entropy_history=hist, entropy_times=times, entropy_seconds=history.seconds,
-                            flow=flow, flow_seq=res.seq)
+            extras = history.extras(recompute.flow(res) if view.mode == "flow" else None, res.seq)
             rgb = render(frame, res, view, status, extras, size=canvas_size(frame.shape))
             if writer is None:
-                writer = H264Writer(out, rgb.shape[1], rgb.shape[0], fps=30.0, crf=int(cfg_rec.get("crf", 23)),
-                                    preset=str(cfg_rec.get("preset", "veryfast")), overwrite=overwrite)
+                writer = H264Writer(out, rgb.shape[1], rgb.shape[0], fps=30.0, crf=int(cfg_rec.get("crf", RecordConfig.crf)),
+                                    preset=str(cfg_rec.get("preset", RecordConfig.preset)), overwrite=overwrite)
             writer.write(rgb, t)
             if progress is not None:
                 progress.update(i + 1)
@@ -617,10 +594,8 @@ def run_replay(session: Session, engine: Any = None, *, state_file: str | None =
                 pos = (f"{'PLAY' if player.playing else 'PAUSED'} {speed}  frame {shown_index + 1}/{len(session)}"
                        f"  {session.pts_ms[shown_index] / 1000:.2f} s")
                 status = replace(status0, message=message or pos, flow_progress=flow_progress)
-                hist, times = history.arrays()
-                flow = flow_job.flow if flow_job is not None and flow_job.flow is not None else None
-                extras = Extras(entropy_history=hist, entropy_times=times, entropy_seconds=history.seconds,
-                                flow=flow, flow_seq=shown.seq if flow is not None else None)
+                flow = flow_job.flow if flow_job is not None else None
+                extras = history.extras(flow, shown.seq)
                 rgb = render(shown.frame, shown, replace(view, frozen=False), status, extras,
                              size=canvas_size(shown.frame.shape))
                 win.show(rgb)
@@ -696,7 +671,9 @@ def main(cmd: str, argv: list[str]) -> int:
     _setup_logging(args.verbose)
     session = Session(args.session)
     try:
-        overrides = _view_overrides(args)
+        from live_attention.cli import view_overrides
+
+        overrides = view_overrides(args)
         _check_view(session, overrides)
         out = Path(args.output).expanduser()
         if out.exists() and not args.overwrite:

@@ -76,14 +76,25 @@ class Result:
     def num_heads(self) -> int:
         return int(self.cls.shape[1])
 
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the patches (the class token, and registers for some timm models)."""
+        return int(self.attn.shape[-1] - self.cls.shape[-1]) if self.attn is not None else 1
+
     def patch_entropy_for(self, layer: int) -> np.ndarray | None:
         """Per-patch entropy [H, P] of ``layer``: computed by the worker, or from the kept attention."""
         if layer == self.patch_entropy_layer:
             return self.patch_entropy
         if self.attn is None:
             return None
-        num_prefix = self.attn.shape[-1] - self.cls.shape[-1]
-        return maps.patch_entropy(self.attn[layer : layer + 1], num_prefix)[0].cpu().numpy()
+        return maps.patch_entropy(self.attn[layer : layer + 1], self.num_prefix)[0].cpu().numpy()
+
+    def flow(self, residual: float = 0.5, fusion: str = "mean", progress=None, cancel=None) -> np.ndarray:
+        """Attention flow [P] of this frame from the kept attention (slow: seconds for ViT-B/16)."""
+        if self.attn is None:
+            raise RuntimeError("this frame kept no attention to compute flow from")
+        return maps.attention_flow(self.attn, head_fusion=fusion, residual=residual, num_prefix=self.num_prefix,
+                                   progress=progress, cancel=cancel).cpu().numpy()
 
     def query_for(self, patch: int) -> np.ndarray:
         """Attention of ``patch`` to every patch [L, H, P], from the kept attention."""
@@ -91,8 +102,7 @@ class Result:
             return self.query
         if self.attn is None:
             raise RuntimeError("this result kept no attention to compute a query row from")
-        num_prefix = self.attn.shape[-1] - self.cls.shape[-1]
-        return maps.query_attention(self.attn, patch, num_prefix).cpu().numpy()
+        return maps.query_attention(self.attn, patch, self.num_prefix).cpu().numpy()
 
 
 def compute_maps(
