@@ -1,9 +1,39 @@
-"""live-attention: see, live, where a Vision Transformer looks."""
+"""live-attention: see, live, where a Vision Transformer looks.
+
+The Python API (``load_model``, ``AttentionEngine``, ``Keep``, ``RunOutput``, ``maps``, ``flow``) loads on
+first use, so that importing the package is cheap and sets nothing but the OpenMP wait policy.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+import os
+from typing import Any
 
-from live_attention.engine import AttentionEngine, RunOutput, load_model  # noqa: E402
+# torch's CPU threads (GNU OpenMP) spin while they wait for each other. When another process holds a
+# core (a browser, a video call) the spinning threads starve the one doing the work: the demo model
+# fell from 30 to 2.5 fps headless. A passive wait policy keeps it at 30 fps. libgomp reads this once,
+# when torch loads it, so it is set before torch is imported; a user's own value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__all__ = ["AttentionEngine", "RunOutput", "load_model", "__version__"]
+__version__ = "0.2.0"
+
+_API = {
+    "AttentionEngine": "live_attention.core.engine",
+    "Keep": "live_attention.core.engine",
+    "RunOutput": "live_attention.core.engine",
+    "load_model": "live_attention.core.models",
+    "maps": "live_attention.core.maps",
+    "flow": "live_attention.core.flow",
+}
+
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'live_attention' has no attribute {name!r}")
+    module = importlib.import_module(_API[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

@@ -7,6 +7,7 @@ a bad value raises :class:`ConfigError` with one line that names the key and wha
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODES = ("attention", "rollout", "heads", "entropy", "query", "flow")
+MODES = ("attention", "rollout", "heads", "entropy", "query", "flow", "relevance", "norms")
 FUSIONS = ("mean", "max", "min")
 COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -32,6 +33,8 @@ class ModelConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0  # CPU threads for the model; 0: all cores headless, all but one with a window
+    input_size: int = 0  # 0: the model's own input size
+    full_frame: bool = False  # the whole frame at its aspect ratio instead of a centre crop
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class ViewConfig:
     discard_ratio: float = 0.0
     animate_fps: float = 2.0
     entropy_seconds: float = 10.0
+    target: str = ""  # the class relevance explains: a label or an index; "" = each frame's top-1
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class RecordConfig:
     crf: int = 23
     preset: str = "ultrafast"
     queue_size: int = 64
+    max_lag_s: float = 0.4
     raw_codec: str = "ffv1"
 
 
@@ -103,6 +108,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "model.threads": (0, 1024),
+    "model.input_size": (0, 4096),
     "source.width": (16, 8192),
     "source.height": (16, 8192),
     "source.fps": (0.1, 1000),
@@ -120,6 +126,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "window.max_fps": (0, 1000),
     "record.crf": (0, 51),
     "record.queue_size": (1, 10000),
+    "record.max_lag_s": (0.05, 10),
 }
 
 _SECTION_TYPES = {
@@ -156,6 +163,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"config key {key} must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # NaN slips through every comparison below
+            raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
     elif kind is str:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # e.g. source = 0 for a camera index

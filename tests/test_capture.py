@@ -19,12 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from live_attention.capture import (
+from live_attention.datatypes import Frame
+from live_attention.errors import SourceError
+from live_attention.io.capture import (
     CameraSource,
     CaptureState,
     CaptureThread,
     DemoSource,
-    Frame,
     FrameSource,
     ImageSource,
     LatestSlot,
@@ -32,7 +33,6 @@ from live_attention.capture import (
     VideoFileSource,
     open_source,
 )
-from live_attention.errors import SourceError
 
 FAST = (0.01, 0.04)  # reconnect backoff for tests
 
@@ -82,6 +82,7 @@ class FakeCamera:
         self.thread: CaptureThread | None = None
         self.states_at_open: list[CaptureState] = []
         self._pending_failures = 0
+        self.sizes: list[tuple[int, int]] = []  # (h, w) of each frame in turn; then 4x4
 
     def open(self) -> None:
         if self.thread is not None:
@@ -120,7 +121,9 @@ class FakeCamera:
                 return None
             if step == "drop":
                 return None
-            image = np.full((4, 4, 3), len(self.produced) % 256, np.uint8)
+            n = len(self.produced)
+            h, w = self.sizes[n] if n < len(self.sizes) else (4, 4)
+            image = np.full((h, w, 3), n % 256, np.uint8)
             self.produced.append(image)
             return image
         finally:
@@ -534,8 +537,9 @@ def test_single_image_is_a_low_rate_still(media: Path) -> None:
     assert len(frames) >= 4 and th.state is CaptureState.STOPPED
     span = (frames[3].t_capture_ns - frames[0].t_capture_ns) / 1e9
     assert 0.2 <= span <= 0.6  # ~10 fps, not a busy loop
-    assert all(np.array_equal(f.image, frames[0].image) for f in frames)
-    assert frames[0].image is not frames[1].image  # each frame its own copy: safe to draw on
+    # One read-only picture for every frame: never copied ten times a second, preprocessed once.
+    assert all(f.image is frames[0].image and f.still for f in frames)
+    assert not frames[0].image.flags.writeable
 
 
 def test_folder_slideshow_cycles_and_skips_unreadable(
@@ -583,9 +587,9 @@ def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
             calls.append(t)
             return np.zeros(self.shape, np.uint8)
 
-    stub = types.ModuleType("live_attention.synthetic")
+    stub = types.ModuleType("live_attention.demo.synthetic")
     stub.DemoScene = StubScene  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "live_attention.synthetic", stub)
+    monkeypatch.setitem(sys.modules, "live_attention.demo.synthetic", stub)
     src = open_source("demo", width=32, height=24, fps=50)
     assert src.read().shape == (24, 32, 3)  # type: ignore[union-attr]
     time.sleep(0.02)
@@ -595,7 +599,6 @@ def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.timeout(3)
 def test_demo_source_real_scene() -> None:
-    pytest.importorskip("live_attention.synthetic")
     src = DemoSource(width=160, height=120, fps=30)
     slot: LatestSlot[Frame] = LatestSlot()
     th = CaptureThread(src, slot)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from live_attention.cli import main
+from live_attention.commands.cli import main
 from tests.conftest import cut_clip
 
 
@@ -51,11 +51,51 @@ def test_no_display_is_a_one_line_error(clip, capsys, monkeypatch):
     assert "no display" in err and "--headless" in err and len(err.splitlines()) == 1
 
 
+def one_line_error(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def test_bad_flag_values(capsys):
-    assert main(["--source", "demo", "--layer", "0"]) == 2
-    assert "count from 1" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--mode", "zoom"])
+    assert "count from 1" in one_line_error(["--source", "demo", "--layer", "0"], capsys)
+    err = one_line_error(["--mode", "zoom"], capsys)
+    assert "--mode" in err and "zoom" in err
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--opacity", "nan"], "--opacity"),
+    (["--opacity", "inf"], "--opacity"),
+    (["--max-seconds", "nan"], "--max-seconds"),
+    (["--max-seconds", "-1"], "--max-seconds"),
+    (["render", "x.mp4", "-o", "y.mp4", "--opacity", "nan"], "--opacity"),
+    (["replay", "s", "--max-seconds", "inf"], "--max-seconds"),
+])
+def test_nan_inf_and_negative_numbers_are_refused(args, what, capsys):
+    """NaN slips through every range check: --opacity nan used to black out the picture and
+    --max-seconds nan to run forever. Every float option refuses them in one line."""
+    err = one_line_error(["--source", "demo", *args] if args[0].startswith("--") else args, capsys)
+    assert what in err and ("finite" in err or "more than 0" in err)
+
+
+def test_nan_in_a_config_file_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[view]\nopacity = nan\n[source]\nfps = inf\n")
+    err = one_line_error(["--source", "demo", "--config", str(cfg), "--headless"], capsys)
+    assert "view.opacity must be a finite number" in err
+
+
+def test_stale_display_is_the_same_one_line_error(clip, capsys, monkeypatch):
+    """DISPLAY set to a server that does not exist used to abort with SIGABRT (a GLFW assertion)."""
+    monkeypatch.setenv("DISPLAY", ":97")  # nothing listens there
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    err = one_line_error(["--source", str(clip), "--model", "demo"], capsys)
+    assert "no display found" in err and ":97" in err and "--headless" in err
+    env = {**os.environ, "DISPLAY": ":97", "LIVE_ATTENTION_OFFLINE": "1"}  # the real process: no abort
+    proc = subprocess.run([sys.executable, "-m", "live_attention", "--source", str(clip), "--model", "demo"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "no display found" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bench_runs_and_prints_figures(capsys, tmp_path):

@@ -6,12 +6,9 @@ import torch
 import torchvision
 
 from live_attention import AttentionEngine, load_model
-from live_attention.engine import (
-    Preprocess,
-    cpu_has_native_bf16,
-    hub_checkpoint_path,
-    resolve_precision,
-)
+from live_attention.core.engine import cpu_has_native_bf16, resolve_precision
+from live_attention.core.models import hub_checkpoint_path
+from live_attention.core.preprocess import Preprocess
 from live_attention.errors import UserError, WeightsError
 from tests.conftest import tiny_vit
 
@@ -80,10 +77,12 @@ def test_auto_precision_follows_the_device():
 
 def test_run_rejects_bad_input():
     eng = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32")
-    with pytest.raises(ValueError, match=r"\[B, 3, S, S\]"):
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         eng.run(torch.zeros(3, 32, 32))
-    with pytest.raises(ValueError, match="32×32"):
-        eng.run(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="multiples of the patch size 8, got 36×32"):
+        eng.run(torch.zeros(1, 3, 36, 32))
+    out = eng.run(torch.zeros(1, 3, 64, 48))  # any multiple of the patch: position embeddings interpolated
+    assert out.grid == (8, 6) and out.attn.shape[-1] == 1 + 48
     with pytest.raises(TypeError, match="floating"):
         eng.run(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(TypeError, match="Tensor"):
@@ -91,7 +90,7 @@ def test_run_rejects_bad_input():
 
 
 def test_wrap_rejects_non_vit():
-    with pytest.raises(UserError, match="VisionTransformer"):
+    with pytest.raises(UserError, match="not a torchvision, timm or Hugging Face ViT"):
         AttentionEngine.wrap(torch.nn.Linear(3, 3), device="cpu")
 
 
@@ -102,14 +101,13 @@ def test_preprocess_equals_the_weights_transforms():
     eng = AttentionEngine.wrap(torchvision.models.vit_b_16(), device="cpu", precision="fp32", preprocess=spec)
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    x, view = eng.preprocess_with_view(bgr)
+    x, box = eng.preprocess_with_box(bgr)
     rgb = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)
     ref = tf(rgb).unsqueeze(0)
     assert x.shape == (1, 3, 224, 224)
     assert torch.allclose(x, ref, atol=1e-6)
-    assert view.rgb.shape == (224, 224, 3)
     # 480 -> 256 tall: the crop covers 420 of 480 rows, centred, and a centred 420-wide strip.
-    x0, y0, x1, y1 = view.box
+    x0, y0, x1, y1 = box
     assert abs((x1 - x0) - 420) <= 2 and abs((y1 - y0) - 420) <= 2
     assert abs((x0 + x1) / 2 - 320) <= 2 and abs((y0 + y1) / 2 - 240) <= 2
 

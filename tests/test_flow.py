@@ -9,7 +9,13 @@ import torch
 
 from live_attention import flow as flow_mod
 from live_attention import maps
-from live_attention.flow import DEFAULT_SCALE, FlowCancelled, attention_flow, default_scale
+from live_attention.core.flow import (
+    DEFAULT_SCALE,
+    FlowCancelled,
+    attention_flow,
+    attention_flow_mixed,
+    default_scale,
+)
 
 
 def rand_attn(*shape, seed=0, peak=3.0, dtype=torch.float32):
@@ -170,10 +176,13 @@ def test_dtypes_and_grad():
         assert torch.allclose(got, ref, atol=0.05)
 
 
-def test_maps_wrapper_delegates():
+def test_flow_from_mixed_or_fused_layers_equals_flow_from_attention():
+    """The live path keeps only head-fused layer matrices: flow from them is the same flow."""
     attn = rand_attn(3, 2, 8, 8, seed=11)
-    assert torch.equal(maps.attention_flow(attn, residual=0.3, scale=4096),
-                       attention_flow(attn, residual=0.3, scale=4096))
+    ref = attention_flow(attn, residual=0.3, scale=4096)
+    mixed = maps.mixed_layers(attn, "mean", 0.3)
+    assert torch.equal(attention_flow_mixed(mixed, scale=4096), ref)
+    assert torch.equal(attention_flow_mixed(maps.mix_fused(maps.fuse_heads(attn), 0.3), scale=4096), ref)
 
 
 def test_progress_and_cancel():

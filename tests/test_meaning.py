@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from live_attention import load_model, maps
-from live_attention.demo_model import DEMO_CHECKPOINT
+from live_attention.demo.model import DEMO_CHECKPOINT
+from live_attention.demo.synthetic import CLASS_NAMES, DemoScene, make_dataset
 from live_attention.errors import WeightsError
-from live_attention.synthetic import CLASS_NAMES, DemoScene, make_dataset
 
 HELD_OUT_SEED = 777_777  # training uses seed*1000 + 1 and its own held-out set seed*1000 + 500000
 N_HELD_OUT = 400
@@ -191,10 +191,10 @@ def test_plain_state_dict_without_config_is_weights_error(tmp_path, engine):
 
 
 def test_missing_shipped_checkpoint_says_how_to_train(tmp_path, monkeypatch):
-    import live_attention.demo_model as dm
+    import live_attention.demo.model as dm
 
     monkeypatch.setattr(dm, "DEMO_CHECKPOINT", tmp_path / "absent.pt")
-    with pytest.raises(WeightsError, match="live_attention.train_demo"):
+    with pytest.raises(WeightsError, match="live_attention.demo.train"):
         load_model("demo", device="cpu")
 
 

@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from live_attention.app import LiveSession
-from live_attention.capture import CaptureState
 from live_attention.config import Config
-from live_attention.engine import AttentionEngine
-from live_attention.render import View, render
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.render import render
+from live_attention.datatypes import View
+from live_attention.io.capture import CaptureState
+from live_attention.pipeline.live import LiveSession
 from tests.conftest import tiny_vit
 from tests.test_capture import BlockingSource, FakeCamera, wait_until
 
@@ -22,20 +23,20 @@ class SlowEngine(AttentionEngine):
     """A tiny ViT whose forward pass takes ``delay`` seconds: inference slower than the camera."""
 
     delay = 0.0
-    fail_after: int | None = None
+    failing: range = range(0)  # calls (1-based) that fail
     calls = 0
 
-    def run(self, images):
+    def run(self, images, keep=None):
         self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
+        if self.calls in self.failing:
             raise RuntimeError("simulated CUDA error")
         time.sleep(self.delay)
-        return super().run(images)
+        return super().run(images, keep)
 
 
-def engine(delay=0.0, fail_after=None) -> SlowEngine:
+def engine(delay=0.0, failing=range(0)) -> SlowEngine:
     e = SlowEngine(tiny_vit(), device="cpu", precision="fp32")
-    e.delay, e.fail_after = delay, fail_after
+    e.delay, e.failing = delay, failing
     return e
 
 
@@ -89,16 +90,36 @@ def test_camera_drop_shows_no_signal_then_resumes():
         s.stop()
 
 
-def test_worker_crash_is_shown_and_the_session_survives():
+def test_failing_frames_are_shown_skipped_and_the_worker_goes_on():
+    """Frames 4-9 fail in the model: the HUD says so, the last good result stays up, and once the
+    model works again new results come: one bad frame never stops the worker."""
     cam = FakeCamera([10_000], period=0.01)
-    s = LiveSession(Config(), engine(fail_after=3), cam)
+    s = LiveSession(Config(), engine(failing=range(4, 10)), cam)
     s.start()
     try:
-        assert wait_until(lambda: s.worker.error is not None, 5)
+        assert wait_until(lambda: s.worker.problem is not None, 5)
         st = s.status()
-        assert "inference stopped" in st.error and "simulated CUDA error" in st.error
+        assert "skipped a frame" in st.error and "simulated CUDA error" in st.error
         assert s.capture.is_alive(), "capture goes on; the window stays up"
         assert s.results.peek() is not None  # the last good result is still there to show
+        seq = s.results.peek().seq
+        assert wait_until(lambda: s.results.peek().seq > seq and s.worker.skipped == 6, 10), "inference resumes"
+    finally:
+        s.stop()
+
+
+def test_a_frame_too_small_to_resize_is_skipped_and_the_next_is_processed():
+    """A 1x1 picture (a broken camera mode, a 1x1 image in a slideshow) is skipped with a message;
+    the frames after it are processed."""
+    cam = FakeCamera([50], period=0.05)
+    cam.sizes = [(1, 1)] * 3 + [(48, 64)] * 47  # three 1x1 frames, then normal ones
+    s = LiveSession(Config(), engine(), cam)
+    s.start()
+    try:
+        assert wait_until(lambda: s.worker.skipped >= 1, 10)
+        assert "too small" in s.status().error  # shown while it is recent
+        assert wait_until(lambda: s.worker.processed >= 3, 10)
+        assert s.results.peek().frame.shape[:2] == (48, 64)
     finally:
         s.stop()
 
@@ -118,8 +139,8 @@ def test_stop_is_prompt_while_read_blocks():
 def test_demo_source_rollout_hotspot_follows_the_moving_object():
     """The live pipeline on --source demo with the demo model: the rollout hotspot sits on a target
     in most frames, and moves with it."""
-    from live_attention.capture import open_source
-    from live_attention.engine import load_model
+    from live_attention.core.models import load_model
+    from live_attention.io.capture import open_source
 
     src = open_source("demo")
     eng = load_model("demo", device="cpu", precision="fp32")

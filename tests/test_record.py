@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from live_attention.capture import Frame, LatestSlot
 from live_attention.config import Config, RecordConfig
-from live_attention.engine import AttentionEngine
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.frame_maps import process_frames
+from live_attention.core.render import render
+from live_attention.datatypes import Frame, MapSettings, View
 from live_attention.errors import UserError
-from live_attention.record import MANIFEST, Recorder, bench_recording, new_session_dir
-from live_attention.render import View, render
-from live_attention.replay import Player, Session, export_video, heads_grid, layers_frames, write_gif
-from live_attention.worker import InferenceWorker
+from live_attention.io.recorder import Recorder, bench_recording
+from live_attention.io.recording import MANIFEST, Session, new_session_dir
+from live_attention.io.video import write_gif
+from live_attention.pipeline.replay import Player, export_video, grid_picture, layers_frames
 from tests.conftest import MEDIA, tiny_vit
 
 HERE = Path(__file__).resolve().parent
@@ -61,8 +63,7 @@ def _cfg(queue_size: int = 1000) -> Config:
 
 def _record(base: Path, engine: AttentionEngine, frames: list[np.ndarray], view: View | None = None,
             step_ns: list[int] | None = None):
-    """Record ``frames`` through worker + renderer + recorder; return (recorder, results)."""
-    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    """Record ``frames`` through the maps + renderer + recorder; return (recorder, results)."""
     rec = Recorder.create(base, engine, _cfg())
     rec.start()
     view = view or View()
@@ -70,12 +71,16 @@ def _record(base: Path, engine: AttentionEngine, frames: list[np.ndarray], view:
     results = []
     for i, img in enumerate(frames):
         t += step_ns[i] if step_ns else 33_366_667 + (i % 3) * 1_000_000  # variable frame rate
-        res = worker.process(Frame(image=img, seq=i, t_capture_ns=t, source="test"))
+        res = process(engine, Frame(image=img, seq=i, t_capture_ns=t, source="test"))
         rgb = render(img, res, view)
         assert rec.submit(res, rgb, view)
         results.append(res)
     rec.stop()
     return rec, results
+
+
+def process(engine: AttentionEngine, frame: Frame, settings: MapSettings | None = None):
+    return process_frames(engine, [frame], settings or MapSettings())[0]
 
 
 def _ffprobe_times(path: Path) -> list[float]:
@@ -148,7 +153,7 @@ def test_export_frame_count_and_timestamps(tmp_path):
 def test_export_grid_and_layers_gif(tmp_path):
     rec, _ = _record(tmp_path, _engine(), _frames(3))
     s = Session(rec.path)
-    img = heads_grid(s, 1)
+    img = grid_picture(s, 1)
     assert img.ndim == 3 and img.shape[0] > 3 * 96 and img.shape[1] > 2 * 96
     frames = layers_frames(s, 1, View())
     assert len(frames) == 3
@@ -159,7 +164,7 @@ def test_export_grid_and_layers_gif(tmp_path):
 
 def test_cli_export(tmp_path):
     rec, _ = _record(tmp_path, _engine(), _frames(4))
-    from live_attention.cli import main
+    from live_attention.commands.cli import main
 
     assert main(["export", str(rec.path), "-o", str(tmp_path / "g.png"), "--frame", "2", "--grid"]) == 0
     assert (tmp_path / "g.png").stat().st_size > 1000
@@ -181,15 +186,14 @@ CHILD = textwrap.dedent("""
     from dataclasses import replace
     import numpy as np
     from conftest import tiny_vit
-    from live_attention.capture import Frame, LatestSlot
     from live_attention.config import Config, RecordConfig
-    from live_attention.engine import AttentionEngine
-    from live_attention.record import Recorder
-    from live_attention.render import View, render
-    from live_attention.worker import InferenceWorker
+    from live_attention.core.engine import AttentionEngine
+    from live_attention.core.frame_maps import process_frames
+    from live_attention.core.render import render
+    from live_attention.datatypes import Frame, MapSettings, View
+    from live_attention.io.recorder import Recorder
 
     engine = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32", name="tiny")
-    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
     rec = Recorder.create({base!r}, engine, replace(Config(), record=RecordConfig(queue_size=1000)))
     print(rec.path, flush=True)
     rec.start()
@@ -199,12 +203,14 @@ CHILD = textwrap.dedent("""
     t0 = time.monotonic_ns()
     while True:
         img = np.roll(base, 4 * i, axis=1)
-        res = worker.process(Frame(image=img, seq=i, t_capture_ns=time.monotonic_ns(), source="child"))
+        res = process_frames(engine, [Frame(image=img, seq=i, t_capture_ns=time.monotonic_ns(), source="child")],
+                             MapSettings())[0]
         rec.submit(res, render(img, res, View()), View())
         print(i, (res.t_capture_ns - t0) / 1e9, rec.written, flush=True)
         i += 1
         time.sleep(0.04)
 """)
+
 
 
 def test_sigkill_mid_recording(tmp_path):
@@ -237,27 +243,45 @@ def test_sigkill_mid_recording(tmp_path):
 
 
 def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
-    from live_attention import record
+    """The disk fills during the second chunk: one message, what was written stays readable, the
+    manifest is finalised (the recorder gives its reserve back for it), no .tmp is left, and a stale
+    .tmp never blocks reading."""
+    import logging
+
+    from live_attention.io import recorder, recording
 
     engine = _engine()
-    calls = {"n": 0}
-    orig = record.ChunkWriter.write_chunk
+    disk = {"chunks": 0, "full": False}
+    write_chunk = recording.ChunkWriter.write_chunk
+    write_json = recording.write_json_atomic
 
-    def failing(self, path, arrays):
-        calls["n"] += 1
-        if calls["n"] >= 2:
+    def chunk_on_a_filling_disk(self, path, arrays):
+        disk["chunks"] += 1
+        if disk["chunks"] >= 2:
+            disk["full"] = True
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        orig(self, path, arrays)
+        write_chunk(self, path, arrays)
 
-    monkeypatch.setattr(record.ChunkWriter, "write_chunk", failing)
-    monkeypatch.setattr(record, "CHUNK_FRAMES", 4)
-    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    def json_on_a_full_disk(path, data):
+        if disk["full"] and (path.parent / recorder.RESERVE).exists():
+            path.with_name(path.name + ".tmp").write_bytes(b"")  # what a full disk leaves: an empty tmp
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            finally:
+                path.with_name(path.name + ".tmp").unlink()  # as write_json_atomic does
+        write_json(path, data)
+
+    monkeypatch.setattr(recording.ChunkWriter, "write_chunk", chunk_on_a_filling_disk)
+    monkeypatch.setattr(recorder, "write_json_atomic", json_on_a_full_disk)
+    monkeypatch.setattr(recording, "CHUNK_FRAMES", 4)
+    caplog.set_level(logging.WARNING)
     rec = Recorder.create(tmp_path, engine, _cfg())
+    assert (rec.path / recorder.RESERVE).exists()
     rec.start()
     t = time.monotonic_ns()
     for i, img in enumerate(_frames(20)):
         t += 33_000_000
-        res = worker.process(Frame(image=img, seq=i, t_capture_ns=t, source="test"))
+        res = process(engine, Frame(image=img, seq=i, t_capture_ns=t, source="test"))
         rec.submit(res, render(img, res, View()), View())  # never raises
         time.sleep(0.005)
     rec.join(10)
@@ -265,10 +289,15 @@ def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
     assert rec.error and "disk full" in rec.error and "\n" not in rec.error
     assert "REC" in rec.hud_text()
     assert not rec.submit(res, render(img, res, View()), View())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "disk full" in errors[0].getMessage() and errors[0].exc_info is None
+    manifest = json.loads((rec.path / MANIFEST).read_text())
+    assert manifest["end"] is not None and manifest["end"]["error"] == rec.error
+    assert not list(rec.path.glob("*.tmp")) and not list((rec.path / "attention").glob("*.tmp"))
+    (rec.path / (MANIFEST + ".tmp")).write_bytes(b"")  # a crash's leftover: ignored by readers
     s = Session(rec.path)
     assert 1 <= len(s) <= 4 and s.result(len(s) - 1).cls.shape == (3, 2, 16)  # the first chunk
     assert _ffprobe_count(rec.path / "overlay.mp4") >= len(s)
-    assert json.loads((rec.path / MANIFEST).read_text())["end"]["error"] == rec.error
     s.close()
 
 
@@ -291,8 +320,8 @@ def test_unwritable_and_existing_session(tmp_path):
 
 def test_live_session_recording_and_failure_in_status(tmp_path):
     """LiveSession.status shows REC and the recorder's one-line error; the app goes on."""
-    from live_attention.app import LiveSession
-    from live_attention.capture import open_source
+    from live_attention.io.capture import open_source
+    from live_attention.pipeline.live import LiveSession
 
     engine = _engine()
     cfg = replace(_cfg(), source=replace(Config().source, source="demo"))
@@ -316,18 +345,27 @@ def test_live_session_recording_and_failure_in_status(tmp_path):
     assert len(Session(path)) >= 1
 
 
-def test_queue_full_drops_and_counts(tmp_path):
+def test_queue_is_bounded_by_count_and_by_capture_time(tmp_path):
+    """Not started, so nothing drains: the queue keeps the newest frames, never more than queue_size of
+    them nor more than max_lag_s of capture time; the rest are dropped, oldest first, and counted."""
     engine = _engine()
-    rec = Recorder.create(tmp_path, engine, _cfg(queue_size=2))  # not started: the queue fills
-    worker = InferenceWorker(engine, LatestSlot(), LatestSlot())
+    cfg = replace(Config(), record=RecordConfig(queue_size=2, max_lag_s=0.4))
+    rec = Recorder.create(tmp_path, engine, cfg)
     img = _frames(1)[0]
-    res = worker.process(Frame(image=img, seq=0, t_capture_ns=time.monotonic_ns(), source="t"))
+    t0 = time.monotonic_ns()
+    res = process(engine, Frame(image=img, seq=0, t_capture_ns=t0, source="t"))
     rgb = render(img, res, View())
     t = time.perf_counter()
-    ok = [rec.submit(res, rgb, View()) for _ in range(10)]
-    assert time.perf_counter() - t < 0.05
-    assert ok.count(True) == 2 and rec.dropped == 8 and "dropped 8" in rec.hud_text()
+    ok = [rec.submit(replace(res, seq=i, t_capture_ns=t0 + i), rgb, View()) for i in range(10)]
+    assert time.perf_counter() - t < 0.05  # never blocks
+    assert all(ok) and rec.queued == 2 and rec.dropped == 8 and "dropped 8" in rec.hud_text()
     rec.stop()
+
+    by_time = Recorder.create(tmp_path / "t", engine, replace(Config(), record=RecordConfig(queue_size=1000, max_lag_s=0.4)))
+    for i in range(30):  # 30 fps for a second: only the last 0.4 s stays queued
+        by_time.submit(replace(res, seq=i, t_capture_ns=t0 + i * 33_333_333), rgb, View())
+    assert by_time.queued == 13 and by_time.dropped == 17
+    by_time.stop()
 
 
 def test_player_keys():
@@ -363,7 +401,7 @@ def test_bench_recording(tmp_path):
 @pytest.mark.timeout(240)
 def test_replay_window_steps_and_seeks(tmp_path):
     """Under Xvfb: replay opens paused, `.`/`,` step, End jumps, the timeline slider seeks, Q quits."""
-    from live_attention.engine import load_model
+    from live_attention.core.models import load_model
     from tests.gui_helpers import App, XServer
 
     engine = load_model("vit_b_32", weights="random", device="cpu", precision="fp32")

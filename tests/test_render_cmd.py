@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from live_attention.cli import main
+from live_attention.commands.cli import main
 
 
 def ffprobe_frames(path) -> int:
@@ -39,7 +39,7 @@ def test_render_video_has_one_frame_per_input_frame(clip, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "12/12" in err and "wrote" in err
     # Timestamps follow the input (30 fps).
-    from live_attention.video import probe_frames
+    from live_attention.io.video import probe_frames
 
     t = probe_frames(out)
     assert t[0] == pytest.approx(0.0, abs=1e-3) and t[-1] == pytest.approx(11 / 30, abs=0.01)
@@ -96,7 +96,7 @@ def test_overwrite_when_asked(media, tmp_path):
 def test_live_errors_are_one_line(tmp_path, capsys):
     assert "not found" in run_err(["--source", str(tmp_path / "missing.mp4")], capsys)
     assert "camera" in run_err(["--source", "97"], capsys)
-    err = run_err(["--source", "demo", "--model", "vit_b_16", "--weights", "imagenet"], capsys)
+    err = run_err(["--source", "demo", "--model", "vit_b_16", "--weights", "imagenet", "--headless"], capsys)
     assert "not cached" in err and "--weights PATH" in err
 
 

@@ -7,18 +7,37 @@ them. Prints a table; ``--json`` also writes the figures.
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
+import os
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+import torchvision
+
+from live_attention.commands.args import Parser
+from live_attention.config import Config
+from live_attention.core.engine import AttentionEngine, cpu_has_native_bf16, resolve_device
+from live_attention.core.flow import attention_flow
+from live_attention.core.frame_maps import compute_maps, keep_for, process_frames
+from live_attention.core.models import load_model
+from live_attention.core.render import render
+from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
+from live_attention.io.capture import open_source
+from live_attention.io.recorder import bench_recording
+from live_attention.pipeline.controller import view_from_config
+from live_attention.pipeline.live import LiveSession
+from live_attention.pipeline.loop import FrameLoop, NullDisplay
+from live_attention.window import Window
 
 TARGET_RUN_RATIO = 1.10
 TARGET_AUTO_VS_FP32 = 0.5
@@ -73,17 +92,12 @@ class Report:
 
 
 def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> None:
-    import torchvision
-
-    from live_attention.engine import AttentionEngine, cpu_has_native_bf16, load_model, resolve_device
-    from live_attention.worker import MapSettings, compute_maps
-
     dev = resolve_device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     rep.section(f"Engine: {name} on {dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     if name == "demo":
         eng32 = load_model("demo", device=dev, precision="fp32")
-        module_factory = lambda: __import__("copy").deepcopy(eng32.module).float()  # noqa: E731
+        module_factory = lambda: copy.deepcopy(eng32.module).float()  # noqa: E731
     else:
         builder = getattr(torchvision.models, name)
         module_factory = builder
@@ -133,16 +147,15 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
     eng = AttentionEngine.wrap(module_factory(), device=dev, precision=auto)
     frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
     rep.add(f"{name}.preprocess_ms", "preprocess 1280x720 BGR frame", _median_ms(lambda: eng.preprocess(frame), reps), "ms")
-    out = eng.run(x)
     settings = MapSettings(query_patch=eng.num_patches // 2)
-    ms = _median_ms(lambda: compute_maps(eng, out.attn, out.logits, settings), reps * 2, sync=sync)
+    out = eng.run(x, keep_for(eng, settings))
+    ms = _median_ms(lambda: compute_maps(eng, out, settings), reps * 2, sync=sync)
     rep.add(f"{name}.maps_ms", "all per-frame maps (CLS, rollout, entropy, query, top-5)", ms, "ms",
             f"<= {TARGET_MAPS_MS} ms", ms <= TARGET_MAPS_MS if name != "demo" else None)
     if flow:
-        from live_attention.flow import attention_flow
-
+        attn = eng.run(x).attn
         t = time.perf_counter()
-        attention_flow(out.attn[0].cpu())
+        attention_flow(attn[0].cpu())
         fl = time.perf_counter() - t
         rep.add(f"{name}.flow_s", f"attention flow, all {eng.num_patches} patches", fl, "s",
                 "<= 3 s" if name == "vit_b_16" else "", fl <= 3.0 if name == "vit_b_16" else None)
@@ -152,18 +165,10 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
 
 
 def bench_render(rep: Report, reps: int) -> None:
-    import torchvision
-
-    from live_attention.capture import Frame, LatestSlot
-    from live_attention.engine import AttentionEngine
-    from live_attention.render import Extras, Status, View, render
-    from live_attention.worker import InferenceWorker
-
     rep.section("Renderer (1280x720 frame, ViT-B/16 maps)")
     eng = AttentionEngine.wrap(torchvision.models.vit_b_16(), device="cpu")
-    w = InferenceWorker(eng, LatestSlot(), LatestSlot())
     frame = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    res = w.process(Frame(frame, 0, time.monotonic_ns(), "bench"))
+    res = process_frames(eng, [Frame(frame, 0, time.monotonic_ns(), "bench")], MapSettings(query_patch=90))[0]
     st = Status(model=eng.describe(), capture_fps=30.0, infer_fps=10.0, latency_ms=100.0)
     hist = np.random.default_rng(2).random((100, 12))
     ex = Extras(entropy_history=hist, entropy_times=np.linspace(0, 10, 100))
@@ -177,7 +182,6 @@ def bench_render(rep: Report, reps: int) -> None:
     rgb = render(frame, res, View(), st, ex)
     rgba = np.zeros((720, 1280, 4), np.uint8)
     buf = np.zeros((720, 1280, 4), np.float32)
-    import cv2
 
     def to_texture():
         cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA, dst=rgba)
@@ -186,84 +190,49 @@ def bench_render(rep: Report, reps: int) -> None:
     rep.add("render.texture_copy_ms", "RGB -> float RGBA texture buffer, 720p", _median_ms(to_texture, reps * 2), "ms")
 
 
-def bench_pipeline(rep: Report, source: str, model: str, seconds: float, record: bool,
-                   window=None) -> dict[str, float]:
-    """The live pipeline on a video file: the GUI loop (in ``window`` when one is given)."""
-    from live_attention.app import LiveSession, view_from_config
-    from live_attention.capture import open_source
-    from live_attention.config import Config
-    from live_attention.engine import load_model
-    from live_attention.render import canvas_size, render
-
+def bench_pipeline(source: str, model: str, seconds: float, record: bool, window=None) -> dict[str, float]:
+    """The live pipeline on a video file through the one frame loop (in ``window`` when one is given,
+    else a 60 Hz display that draws nowhere)."""
     cfg = Config()
     engine = load_model(model, weights="random" if model != "demo" else "imagenet", device="auto")
-    src = open_source(source, loop=True)
-    session = LiveSession(cfg, engine, src)
-    view = view_from_config(cfg)
+    session = LiveSession(cfg, engine, open_source(source, loop=True))
+    display = window if window is not None else NullDisplay()
+    loop = FrameLoop(session, display, view_from_config(cfg))
     session.start(window=window is not None)
-    tmp = None
-    if record:
-        import tempfile
-
-        tmp = tempfile.mkdtemp(prefix="la-bench-")
-        session.start_recording(tmp, lambda: view)
-    lat, loop_ms, render_ms = [], [], []
-    shown = None
-    frames = 0
-    t_end = time.monotonic() + seconds
-    t0 = time.monotonic()
-    # Let the model warm up before counting.
-    while session.worker.processed < 2 and time.monotonic() < t0 + 60:
-        time.sleep(0.05)
-    t0 = time.monotonic()
-    processed0 = session.worker.processed
-    t_end = t0 + seconds
-    rgb = None
-    while time.monotonic() < t_end:
-        t = time.perf_counter()
-        res = session.results.peek()
-        if res is not None and res is not shown:
-            shown = res
-            lat.append((time.monotonic_ns() - res.t_capture_ns) / 1e6)
-            r0 = time.perf_counter()
-            rgb = render(res.frame, res, view, session.status(), size=canvas_size(res.frame.shape))
-            render_ms.append((time.perf_counter() - r0) * 1000)
-            if window is not None:
-                window.show(rgb)
-            if session.recorder is not None:
-                session.recorder.submit(res, rgb, view)
-        if window is not None:
-            window.poll()
-            window.frame()
-        else:
-            time.sleep(1 / 60)  # a 60 Hz display's vsync
-        loop_ms.append((time.perf_counter() - t) * 1000)
-        frames += 1
-    elapsed = time.monotonic() - t0
-    infer_fps = (session.worker.processed - processed0) / elapsed
-    infer_ms = session.worker.infer_ms
-    rec_stats = None
-    if session.recorder is not None:
-        rec_stats = session.recorder
-    session.stop()
-    out = {
-        "gui_fps": frames / elapsed,
+    try:
+        if record:
+            session.start_recording(tempfile.mkdtemp(prefix="la-bench-"), lambda: loop.view)
+        t0 = time.monotonic()
+        while session.worker.processed < 2 and time.monotonic() < t0 + 60:  # let the model warm up
+            loop.step()
+        stats = loop.stats
+        stats.iteration_ms.clear(), stats.latency_ms.clear(), stats.render_ms.clear()
+        t0, processed0, it0 = time.monotonic(), session.worker.processed, stats.iterations
+        while time.monotonic() < t0 + seconds:
+            loop.step()
+        elapsed = time.monotonic() - t0
+        infer_fps = (session.worker.processed - processed0) / elapsed
+        dropped = session.recorder.dropped if session.recorder is not None else 0
+    finally:
+        session.stop()
+        if window is None:
+            display.close()
+    lat, loop_ms = stats.latency_ms, stats.iteration_ms
+    return {
+        "gui_fps": (stats.iterations - it0) / elapsed,
         "infer_fps": infer_fps,
         "infer_ms": 1000.0 / infer_fps if infer_fps else float("nan"),
         "latency_median_ms": statistics.median(lat) if lat else float("nan"),
         "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan"),
         "loop_max_ms": max(loop_ms) if loop_ms else float("nan"),
         "loop_p99_ms": float(np.percentile(loop_ms, 99)) if loop_ms else float("nan"),
-        "render_ms": statistics.median(render_ms) if render_ms else float("nan"),
-        "window": window is not None,
-        "last_infer_ms": infer_ms,
-        "recorded_dropped": getattr(rec_stats, "dropped", 0) if rec_stats else 0,
+        "render_ms": statistics.median(stats.render_ms) if stats.render_ms else float("nan"),
+        "recorded_dropped": dropped,
     }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="live-attention bench",
         description="Speed and memory figures, measured in one run on this machine, with PASS/FAIL against "
         "the targets: the engine against the stock torchvision forward, per-frame maps, attention flow, "
@@ -299,11 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                         + ("" if _has_display() else " - no display: texture loop without a window"))
             window = None
             if _has_display():
-                from live_attention.gui import Window
-
                 # One window for both runs: Dear PyGui cannot make a second context in a process.
                 window = Window("live-attention bench", 1280, 800, vsync=False, max_fps=args.gui_fps)
-            a = bench_pipeline(rep, src, args.model, args.seconds, record=False, window=window)
+            a = bench_pipeline(src, args.model, args.seconds, record=False, window=window)
             rep.add("pipeline.gui_fps", "GUI loop fps", a["gui_fps"], "fps", f">= {TARGET_GUI_FPS}",
                     a["gui_fps"] >= TARGET_GUI_FPS)
             rep.add("pipeline.infer_fps", "inference fps", a["infer_fps"], "fps")
@@ -314,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             rep.add("pipeline.loop_p99_ms", "GUI loop iteration, p99 (it never waits on inference)", a["loop_p99_ms"], "ms")
             rep.add("pipeline.loop_max_ms", "GUI loop iteration, longest", a["loop_max_ms"], "ms")
             if "record" not in args.skip:
-                b = bench_pipeline(rep, src, args.model, args.seconds, record=True, window=window)
+                b = bench_pipeline(src, args.model, args.seconds, record=True, window=window)
                 cost = 1.0 - b["infer_fps"] / a["infer_fps"]
                 rep.add("record.gui_fps", "GUI loop fps while recording", b["gui_fps"], "fps")
                 rep.add("record.infer_fps", "inference fps while recording", b["infer_fps"], "fps")
@@ -323,14 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             if window is not None:
                 window.close()
     if "record" not in args.skip:
-        try:
-            from live_attention.record import bench_recording
-        except ImportError:
-            bench_recording = None
-        if bench_recording is not None:
-            rep.section("Recording")
-            for k, v in bench_recording().items():
-                rep.add(f"record.{k}", k.replace("_", " "), float(v) if isinstance(v, int | float) else str(v))
+        rep.section("Recording")
+        for k, v in bench_recording().items():
+            rep.add(f"record.{k}", k.replace("_", " "), float(v) if isinstance(v, int | float) else str(v))
     rep.add("peak_rss_mb", "peak process memory (RSS)", _peak_rss_mb(), "MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rep.data, indent=2, default=str))
@@ -340,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _has_display() -> bool:
-    import os
-
     return bool(os.environ.get("DISPLAY"))
 
 

@@ -5,7 +5,7 @@ Pure computation, no I/O: torch in, torch out, with SciPy's Dinic max-flow in be
 The network is a layered graph. Node ``(l, i)`` is token ``i`` after block ``l`` (``l = 0`` the input
 tokens, ``l = L`` the output of the last block); the edge ``(l-1, j) -> (l, i)`` has capacity
 ``A_l[i, j]``, where ``A_l`` are the mixed, renormalised layer matrices of
-:func:`live_attention.maps.mixed_layers`. The flow of patch ``p`` is the maximum flow from the input
+:func:`live_attention.core.maps.mixed_layers`. The flow of patch ``p`` is the maximum flow from the input
 node ``(0, num_prefix + p)`` to the class token at the top, ``(L, 0)``.
 
 Precision: SciPy's max-flow needs integer capacities, so every capacity ``c`` becomes
@@ -39,9 +39,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 from torch import Tensor
 
-from live_attention.maps import _check_attn, mixed_layers
+from live_attention.core.maps import check_attention, mixed_layers
 
-__all__ = ["DEFAULT_SCALE", "FlowCancelled", "attention_flow", "default_scale"]
+__all__ = ["DEFAULT_SCALE", "FlowCancelled", "attention_flow", "attention_flow_mixed", "default_scale"]
 
 DEFAULT_SCALE = 2**20
 _INT32_MAX = int(np.iinfo(np.int32).max)
@@ -73,12 +73,12 @@ def attention_flow(
     """Attention flow: the max-flow from each input patch to the class token at the top.
 
     ``[..., L, H, N, N]`` -> ``[..., P]`` (``P = N - num_prefix``), float32 on the input's device. The
-    values are raw flows in [0, 1], not rescaled (:func:`live_attention.maps.normalize_map` is for
+    values are raw flows in [0, 1], not rescaled (:func:`live_attention.core.maps.normalize_map` is for
     display). The graph maths runs on the CPU in float64 and int32.
 
     Args:
         attn: attention probabilities ``[..., L, H, N, N]``, class token first; any float dtype/device.
-        head_fusion: ``mean``, ``max`` or ``min`` over heads (:func:`live_attention.maps.mixed_layers`).
+        head_fusion: ``mean``, ``max`` or ``min`` over heads (:func:`live_attention.core.maps.mixed_layers`).
         residual: weight of the identity mixed into every layer, in [0, 1].
         discard_ratio: fraction of the weakest patch-to-patch links dropped per layer, in [0, 1).
         num_prefix: number of prefix tokens (class, registers) before the patches.
@@ -92,10 +92,29 @@ def attention_flow(
         TypeError, ValueError: bad attention or arguments, or a scale that would overflow int32.
         FlowCancelled: ``cancel`` was set.
     """
-    a = _check_attn(attn)
-    *batch, num_layers, num_heads, n, _ = a.shape
-    if num_layers < 1 or num_heads < 1:
+    a = check_attention(attn)
+    if a.shape[-4] < 1 or a.shape[-3] < 1:
         raise ValueError(f"attention needs at least one layer and one head, got {tuple(a.shape)}")
+    num_prefix = operator.index(num_prefix)
+    if not 0 <= num_prefix <= a.shape[-1]:
+        raise ValueError(f"num_prefix must be in 0..{a.shape[-1]} for {a.shape[-1]} tokens, got {num_prefix}")
+    mixed = mixed_layers(a, head_fusion, residual, discard_ratio, num_prefix)
+    return attention_flow_mixed(mixed, num_prefix, scale, progress, cancel).to(attn.device)
+
+
+def attention_flow_mixed(
+    mixed: Tensor,
+    num_prefix: int = 1,
+    scale: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> Tensor:
+    """Attention flow from the mixed layer matrices of :func:`live_attention.core.maps.mixed_layers`
+    (or :func:`~live_attention.core.maps.mix_fused`): ``[..., L, N, N]`` -> ``[..., P]`` float32, on the
+    input's device. The other arguments as in :func:`attention_flow`."""
+    *batch, num_layers, n, _ = mixed.shape
+    if num_layers < 1:
+        raise ValueError(f"need at least one layer, got {tuple(mixed.shape)}")
     num_prefix = operator.index(num_prefix)
     if not 0 <= num_prefix <= n:
         raise ValueError(f"num_prefix must be in 0..{n} for {n} tokens, got {num_prefix}")
@@ -106,8 +125,6 @@ def attention_flow(
         if not 1 <= scale <= _INT32_MAX:
             raise ValueError(f"scale must be an integer in 1..{_INT32_MAX}, got {scale}")
     is_cancelled = _cancel_check(cancel)
-
-    mixed = mixed_layers(a, head_fusion, residual, discard_ratio, num_prefix)
     m = mixed.detach().to("cpu", torch.float64).numpy().reshape(-1, num_layers, n, n)
     if not np.isfinite(m).all():
         raise ValueError("attention contains NaN or Inf")
@@ -126,7 +143,7 @@ def attention_flow(
             done += 1
             if progress is not None:
                 progress(done, total)
-    return torch.from_numpy(out.astype(np.float32)).reshape(*batch, p).to(attn.device)
+    return torch.from_numpy(out.astype(np.float32)).reshape(*batch, p).to(mixed.device)
 
 
 def _cancel_check(cancel: threading.Event | Callable[[], bool] | None) -> Callable[[], bool]:

@@ -7,12 +7,13 @@ No GUI and no threads here: the window, screenshots, the recorder and the headle
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from live_attention.config import COLORMAPS, FUSIONS, MODES
+from live_attention.config import MODES
+from live_attention.core.frame_maps import patch_entropy_for, query_for
+from live_attention.datatypes import Extras, Result, Status, View
 
 MODE_TITLES = {
     "attention": "CLS attention",
@@ -65,64 +66,6 @@ HELP_LINES = (
 )
 
 
-@dataclass(frozen=True)
-class View:
-    """What the user chose to see. ``layer`` is 0-based; ``head`` -1 means the heads fused."""
-
-    mode: str = "attention"
-    layer: int = -1
-    head: int = -1
-    fusion: str = "mean"
-    opacity: float = 0.55
-    colormap: str = "inferno"
-    query_patch: int | None = None
-    frozen: bool = False
-    animating: bool = False
-    show_help: bool = False
-    show_hud: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}: use one of {', '.join(MODES)}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {self.fusion!r}: use one of {', '.join(FUSIONS)}")
-        if self.colormap not in COLORMAPS:
-            raise ValueError(f"unknown colormap {self.colormap!r}: use one of {', '.join(COLORMAPS)}")
-
-    def resolved_layer(self, num_layers: int) -> int:
-        return self.layer % num_layers if self.layer < 0 else min(self.layer, num_layers - 1)
-
-
-@dataclass(frozen=True)
-class Status:
-    """Live figures for the HUD; every field is optional so offline renders can leave them out."""
-
-    model: str = ""
-    untrained: bool = False
-    source: str = ""
-    capture_state: str = "running"
-    capture_fps: float | None = None
-    infer_fps: float | None = None
-    latency_ms: float | None = None
-    dropped: int = 0
-    recording: str | None = None  # e.g. "REC 00:12  dropped 0"
-    message: str | None = None
-    error: str | None = None
-    flow_progress: float | None = None  # 0..1 while computing
-
-
-@dataclass(frozen=True)
-class Extras:
-    """Data that is not in one frame's result: entropy history and a computed flow map."""
-
-    entropy_history: np.ndarray | None = None  # [T, L] per-layer CLS entropy (heads averaged)
-    entropy_times: np.ndarray | None = None  # [T] seconds, increasing
-    entropy_seconds: float = 10.0
-    flow: np.ndarray | None = None  # [P] raw flow values for the shown frame
-    flow_seq: int | None = None
-    extra_lines: tuple[str, ...] = field(default_factory=tuple)
-
-
 # --------------------------------------------------------------------------------------------------
 # Map selection
 # --------------------------------------------------------------------------------------------------
@@ -146,10 +89,12 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
         m = result.cls[layer, head] if head >= 0 else _fuse(result.cls[layer], view.fusion)
         return m, f"{lname}, {hname}"
     if view.mode == "rollout":
+        if result.rollout is None:
+            return None, f"rollout does not fit in memory at {result.num_patches + result.num_prefix} tokens: use a smaller --input-size"
         fusion = result.settings.fusion
         return result.rollout[layer], f"layers 1-{layer + 1}, heads fused ({fusion})"
     if view.mode == "entropy":
-        pe = result.patch_entropy_for(layer)
+        pe = patch_entropy_for(result, layer)
         if pe is None:
             return None, f"{lname}: per-patch entropy not recorded for this layer"
         m = pe[head] if head >= 0 else pe.mean(axis=0)
@@ -157,7 +102,10 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
     if view.mode == "query":
         if view.query_patch is None:
             return None, "click a patch to query it"
-        q = result.query_for(view.query_patch)[layer]
+        q = query_for(result, view.query_patch)
+        if q is None:
+            return None, "this frame kept no rows for that patch"
+        q = q[layer]
         m = q[head] if head >= 0 else _fuse(q, view.fusion)
         r, c = divmod(view.query_patch, result.grid[1])
         return m, f"patch row {r + 1}, col {c + 1}, {lname}, {hname}"
@@ -177,6 +125,13 @@ def heads_label(view: View, result) -> str:
     if view.head >= 0:
         return f"head {view.head + 1}"
     return "heads averaged" if view.mode == "entropy" else f"heads {view.fusion}"
+
+
+def model_rgb(result: Result) -> np.ndarray:
+    """The part of the frame the model saw (its box), RGB: the picture under the heads' tiles."""
+    x0, y0, x1, y1 = result.box
+    crop = result.frame[y0:y1, x0:x1] if y1 > y0 and x1 > x0 else result.frame
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
 def normalize(m: np.ndarray) -> np.ndarray:
@@ -389,7 +344,7 @@ def _draw_heads(img, result, view, scale):
     gap = max(2, int(6 * scale))
     tile = cell - gap
     img[:] = 18  # dark background: the tiles are the picture
-    base = cv2.resize(result.model_rgb, (tile, tile), interpolation=cv2.INTER_AREA)
+    base = cv2.resize(model_rgb(result), (tile, tile), interpolation=cv2.INTER_AREA)
     gx0 = (w - cols * cell) // 2
     gy0 = top + (avail_h - rows * cell) // 2
     cls = result.cls[layer]
@@ -586,3 +541,37 @@ def _help(img, scale):
         y = y0 + int(32 * scale) + (i + 1) * lh
         _text(img, k, (x0 + int(20 * scale), y), s, YELLOW, 2)
         _text(img, v, (x0 + int(40 * scale) + kw, y), s, WHITE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Still pictures of one frame (export)
+# --------------------------------------------------------------------------------------------------
+
+
+def _label(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5) -> None:
+    cv2.putText(img, text, (org[0] + 1, org[1] + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def heads_grid(res: Result, title: str, colormap: str = "inferno", opacity: float = 0.6, tile: int = 96) -> np.ndarray:
+    """RGB image of every head's CLS attention for one frame: rows = layers, columns = heads, labelled."""
+    L, H = res.num_layers, res.num_heads
+    gh, gw = res.grid
+    tw, th = (tile, max(8, round(tile * gh / gw))) if gw >= gh else (max(8, round(tile * gw / gh)), tile)
+    left, top, gap = 70, 60, 4
+    title_w = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0]
+    w = max(left + H * (tw + gap) + gap, title_w + 20)
+    h = top + L * (th + gap) + gap
+    img = np.full((h, w, 3), 18, np.uint8)
+    base = cv2.resize(model_rgb(res), (tw, th), interpolation=cv2.INTER_AREA)
+    for li in range(L):
+        y = top + li * (th + gap)
+        _label(img, f"L{li + 1}", (10, y + th // 2 + 6), 0.6)
+        for hd in range(H):
+            x = left + hd * (tw + gap)
+            heat = heat_rgb(normalize(res.cls[li, hd]), res.grid, (tw, th), colormap)
+            img[y : y + th, x : x + tw] = cv2.addWeighted(base, 1 - opacity, heat, opacity, 0.0)
+    for hd in range(H):
+        _label(img, f"H{hd + 1}", (left + hd * (tw + gap) + tw // 2 - 12, top - 10), 0.55)
+    _label(img, title, (10, 24), 0.6)
+    return img

@@ -1,6 +1,6 @@
 """Train the ``demo`` model: a small torchvision ViT on synthetic shape scenes (:mod:`live_attention.synthetic`).
 
-    python -m live_attention.train_demo [--out PATH] [--epochs N] [--seed S]
+    python -m live_attention.demo.train [--out PATH] [--epochs N] [--seed S]
 
 CPU-only is fine: the default run (30k scenes, 14 epochs, ~6.5k steps of 64) takes 7-8 minutes on two cores.
 Data, initialisation, shuffling and augmentation are seeded by ``--seed``; bit-exact reruns additionally need
@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from live_attention.demo_model import DEFAULT_CONFIG, DEMO_CHECKPOINT, build_demo_engine, build_demo_module
-from live_attention.engine import AttentionEngine
-from live_attention.synthetic import CLASS_NAMES, MODEL_SIZE, make_dataset
+from live_attention.core import maps
+from live_attention.core.engine import AttentionEngine
+from live_attention.demo.model import DEFAULT_CONFIG, DEMO_CHECKPOINT, build_demo_engine, build_demo_module
+from live_attention.demo.synthetic import CLASS_NAMES, MODEL_SIZE, make_dataset
 
 VAL_SEED_OFFSET = 500_000  # training data uses seed*1000 + 1; held-out data seed*1000 + VAL_SEED_OFFSET
 
@@ -80,8 +81,6 @@ def pointing_game(
     (b) rollout, lies on the target: patch (r, c) covers pixels [c·ps, (c+1)·ps) × [r·ps, (r+1)·ps) and hits
     when that cell intersects the box (x0, y0, x1, y1; x1/y1 exclusive).
     """
-    from live_attention import maps
-
     ps = engine.patch_size
     gw = engine.grid[1]
     cls_hits = roll_hits = 0
@@ -204,7 +203,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m live_attention.train_demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m live_attention.demo.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=DEMO_CHECKPOINT, help=f"checkpoint path (default {DEMO_CHECKPOINT})")
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 """The ``demo`` model: a small torchvision ``VisionTransformer`` trained on :mod:`live_attention.synthetic`.
 
 It needs no download: its checkpoint ships in the package (``assets/demo_vit.pt``, made by
-``python -m live_attention.train_demo``). A checkpoint is a dict readable with ``weights_only=True``::
+``python -m live_attention.demo.train``). A checkpoint is a dict readable with ``weights_only=True``::
 
     {"state_dict": {name: tensor}, "config": {architecture ints, training notes},
      "classes": [str], "mean": [3 floats], "std": [3 floats]}
@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torchvision.models.vision_transformer import VisionTransformer
 
-from live_attention.engine import AttentionEngine, Preprocess, apply_state_dict, file_sha256, resolve_device
+from live_attention.core.engine import AttentionEngine, resolve_device
+from live_attention.core.preprocess import Preprocess
+from live_attention.core.weights import apply_state_dict, file_sha256, first_sentence
+from live_attention.demo.synthetic import CLASS_NAMES
 from live_attention.errors import WeightsError
-from live_attention.synthetic import CLASS_NAMES
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo_vit.pt"
 WEIGHTS_LABEL = "synthetic-shapes (toy)"
@@ -96,8 +98,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unsafe-global errors alike
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"cannot read {source}: {first[:160]}") from exc
+        raise WeightsError(f"cannot read {source}: {first_sentence(exc)} (re-train it with "
+                           "`python -m live_attention.demo.train`, or pass the shipped weights)") from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise WeightsError(f"{source} holds no 'state_dict': it is not a demo-model checkpoint")
     state = obj["state_dict"]
@@ -140,7 +142,7 @@ def build_demo_engine(
             path = DEMO_CHECKPOINT
             if not path.exists():
                 raise WeightsError(
-                    f"the demo model's checkpoint is missing ({path}): run `python -m live_attention.train_demo`"
+                    f"the demo model's checkpoint is missing ({path}): run `python -m live_attention.demo.train`"
                 )
             label = WEIGHTS_LABEL
         else:

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar, runtime_checkable
@@ -35,16 +34,17 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 import cv2
 import numpy as np
 
+from live_attention.datatypes import Frame
 from live_attention.errors import SourceError
+from live_attention.io.video import IMAGE_EXTENSIONS, VideoReader, read_image, to_bgr8
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STREAM_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt"})
 STILL_FPS = 10.0  # stills are re-emitted at this rate: low latency for view changes, CPU mostly idle
-DEFAULT_FILE_FPS = 30.0  # pacing for files whose frame rate OpenCV cannot tell
+DEFAULT_FILE_FPS = 30.0  # pacing for sources that do not give a frame rate
 STREAM_TIMEOUT_MS = 5000  # FFmpeg open/read timeout for network streams
 # V4L2 read() blocks up to this many seconds (OpenCV's default: 10) on a stalled camera. OpenCV reads
 # it once per process (a function-level static in cap_v4l.cpp, tv_sec of select()), so it must be in
@@ -56,25 +56,6 @@ _TRY = "try --source demo or a video file"
 
 # --------------------------------------------------------------------------------------------------
 # Frame and slot
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One captured frame.
-
-    Attributes:
-        image: BGR uint8 array, H×W×3.
-        seq: 0, 1, 2, ... per successful read; a gap means frames dropped in the slot.
-        t_capture_ns: ``time.monotonic_ns()`` taken right after ``read()`` returned.
-        source: the source's display name.
-        pts_s: media time in seconds (video files), else ``None``.
-    """
-
-    image: np.ndarray
-    seq: int
-    t_capture_ns: int
-    source: str
-    pts_s: float | None = None
 
 
 class LatestSlot(Generic[T]):
@@ -111,6 +92,13 @@ class LatestSlot(Generic[T]):
                 return None
             self._unread = False
             return self._item
+
+    def wait_newer(self, puts_seen: int, timeout: float) -> int:
+        """Wait until more than ``puts_seen`` items were put in all (or ``timeout``, or close); returns
+        the count of puts now. Consumes nothing: a way to sleep until something new arrives."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._puts > puts_seen or self._closed, timeout)
+            return self._puts
 
     def peek(self) -> T | None:
         """The latest item (read or not) without consuming it; ``None`` if nothing was put yet."""
@@ -176,22 +164,6 @@ class FrameSource(Protocol):
 def _valid_fps(value: float) -> float | None:
     """CAP_PROP_FPS can be 0, NaN or nonsense (e.g. 90000 for some streams): ``None`` then."""
     return float(value) if math.isfinite(value) and 0.0 < value <= 1000.0 else None
-
-
-def _as_bgr(image: np.ndarray | None) -> np.ndarray | None:
-    """Normalise whatever a backend returned to H×W×3 uint8 BGR (``None`` stays ``None``)."""
-    if image is None or image.size == 0:
-        return None
-    if image.dtype != np.uint8:
-        scale = 255.0 / 65535.0 if image.dtype == np.uint16 else 1.0
-        image = cv2.convertScaleAbs(image, alpha=scale)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    if image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return image
 
 
 def _redact(url: str) -> str:
@@ -289,7 +261,7 @@ class CameraSource:
         if self._cap is None:
             return None
         ok, image = self._cap.read()
-        return _as_bgr(image) if ok else None
+        return to_bgr8(image) if ok else None
 
     def release(self) -> None:
         if self._cap is not None:
@@ -338,7 +310,7 @@ class StreamSource:
         if self._cap is None:
             return None
         ok, image = self._cap.read()
-        return _as_bgr(image) if ok else None
+        return to_bgr8(image) if ok else None
 
     def release(self) -> None:
         if self._cap is not None:
@@ -347,11 +319,11 @@ class StreamSource:
 
 
 class VideoFileSource:
-    """A video file, played at its own frame rate (the capture thread paces it).
+    """A video file (or an animated GIF), played at its own frame rate (the capture thread paces it).
 
-    ``pts_s`` is the media time of the frame last read (CAP_PROP_POS_MSEC, or frame index / fps when
-    the container has no usable timestamps). At the end ``read`` returns ``None`` and :attr:`ended`
-    is True, unless ``loop``, which seeks back to the start.
+    Decoded by :class:`~live_attention.io.video.VideoReader`, the reader ``render`` and export use too.
+    ``pts_s`` is the media time of the frame last read. At the end ``read`` returns ``None`` and
+    :attr:`ended` is True, unless ``loop``, which starts again from the beginning (media time too).
     """
 
     is_live = False
@@ -359,12 +331,11 @@ class VideoFileSource:
     def __init__(self, path: str | os.PathLike[str], loop: bool = False) -> None:
         self._path = Path(path)
         self.loop = loop
-        self._cap: cv2.VideoCapture | None = None
-        self._fps: float | None = None
-        self._pending: np.ndarray | None = None  # first frame, decoded by open() to validate the file
-        self._pending_pts: float | None = None
+        self._reader: VideoReader | None = None
+        self._pending: tuple[np.ndarray, float] | None = None  # first frame, decoded by open() to validate
         self._pts: float | None = None
         self.ended = False
+        self.frames_read = 0
 
     @property
     def name(self) -> str:
@@ -372,66 +343,49 @@ class VideoFileSource:
 
     @property
     def fps(self) -> float | None:
-        return self._fps
+        return self._reader.fps if self._reader is not None else None
 
     @property
     def pts_s(self) -> float | None:
         return self._pts
 
     def open(self) -> None:
-        if self._cap is not None:
+        if self._reader is not None:
             return
         if not self._path.is_file():
             raise SourceError(f"video {self._path} not found: check the path, or {_TRY}")
-        cap = cv2.VideoCapture(str(self._path), cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap = cv2.VideoCapture(str(self._path), cv2.CAP_ANY)
-        if not cap.isOpened():
-            cap.release()
-            raise SourceError(f"cannot open {self._path} as a video (corrupt or unsupported format): {_TRY}")
-        ok, first = cap.read()
-        if not ok or first is None:
-            cap.release()
-            raise SourceError(
-                f"{self._path} has no frames OpenCV can decode (corrupt or unsupported codec): {_TRY}"
-            )
-        self._cap = cap
-        self._fps = _valid_fps(cap.get(cv2.CAP_PROP_FPS))
-        self._pts = None
-        self._pending, self._pending_pts = _as_bgr(first), self._media_time()
+        try:
+            reader = VideoReader(self._path)
+        except SourceError as exc:
+            raise SourceError(f"{exc}: {_TRY}") from None
+        first = reader.read()
+        if first is None:
+            reader.close()
+            raise SourceError(f"{self._path} has no frames that can be decoded (corrupt or unsupported codec): {_TRY}")
+        self._reader, self._pending, self._pts = reader, first, None
         self.ended = False
 
-    def _media_time(self) -> float:
-        """Media time of the frame just read; falls back to one frame period after the last."""
-        assert self._cap is not None
-        pts = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        if not math.isfinite(pts) or pts < 0 or (self._pts is not None and pts <= self._pts):
-            pts = 0.0 if self._pts is None else self._pts + 1.0 / (self._fps or DEFAULT_FILE_FPS)
-        return pts
-
     def read(self) -> np.ndarray | None:
-        if self._cap is None or self.ended:
+        if self._reader is None or self.ended:
             return None
-        if self._pending is not None:
-            image, self._pts = self._pending, self._pending_pts
-            self._pending = self._pending_pts = None
-            return image
-        ok, image = self._cap.read()
-        if not ok and self.loop:
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            self._pts = None
-            ok, image = self._cap.read()
-        if not ok or image is None:
+        item, self._pending = self._pending, None
+        if item is None:
+            item = self._reader.read()
+        if item is None and self.loop and self.frames_read:
+            self._reader.seek(0.0)  # media time restarts (the capture thread re-anchors its pacing)
+            item = self._reader.read()
+        if item is None:
             self.ended = True
             return None
-        self._pts = self._media_time()
-        return _as_bgr(image)
+        image, self._pts = item
+        self.frames_read += 1
+        return image
 
     def release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        self._pending = self._pending_pts = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._pending = None
 
 
 def _natural_key(path: Path) -> list[int | str]:
@@ -442,12 +396,14 @@ def _natural_key(path: Path) -> list[int | str]:
 class ImageSource:
     """A still image, repeated at a low rate, or a folder of images shown as a slideshow.
 
-    Unreadable files are skipped with a warning (once per file). Each ``read`` returns a fresh copy,
-    so a consumer may draw on it. The slideshow advances every ``slideshow_seconds`` of reads at
-    :attr:`fps` (the capture thread paces reads at that rate).
+    Unreadable files are skipped with a warning (once per file). ``read`` returns the same read-only
+    array while the picture stays (:attr:`still`): the worker preprocesses a still once, however large,
+    and no one copies it ten times a second. The slideshow advances every ``slideshow_seconds`` of
+    reads at :attr:`fps` (the capture thread paces reads at that rate).
     """
 
     is_live = False
+    still = True
 
     def __init__(self, path_or_folder: str | os.PathLike[str], slideshow_seconds: float = 3.0) -> None:
         self._path = Path(path_or_folder)
@@ -500,15 +456,13 @@ class ImageSource:
         path = self._files[i]
         if path in self._bad:
             return None
-        # imdecode(fromfile) also copes with non-ASCII paths on Windows.
-        try:
-            image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-        except (OSError, cv2.error):
-            image = None
+        image = read_image(path)
         if image is None:
             logger.warning("skipping unreadable image %s", path)
             self._bad.add(path)
-        return _as_bgr(image)
+            return None
+        image.flags.writeable = False  # shared by every frame of this picture
+        return image
 
     def read(self) -> np.ndarray | None:
         if not self._opened or self._image is None:
@@ -523,7 +477,7 @@ class ImageSource:
                     self._index, self._image = j, image
                     break
         self._reads += 1
-        return self._image.copy()
+        return self._image
 
     def release(self) -> None:
         self._image = None
@@ -564,7 +518,7 @@ class DemoSource:
         if self._scene is not None:
             return
         try:
-            from live_attention.synthetic import DemoScene  # lazy: only the demo needs it
+            from live_attention.demo.synthetic import DemoScene  # lazy: only the demo needs it
         except ImportError as exc:
             raise SourceError(
                 f"the demo scene is unavailable ({exc}): reinstall live-attention, or use a video file"
@@ -578,7 +532,7 @@ class DemoSource:
             return None
         self._t = self._n / self._fps
         self._n += 1
-        return _as_bgr(self._scene.frame(self._t))
+        return to_bgr8(self._scene.frame(self._t))
 
     def release(self) -> None:
         self._scene = None
@@ -706,6 +660,7 @@ class CaptureThread(threading.Thread):
         self._anchor: tuple[int, float] | None = None  # (monotonic ns, media s) of a reference frame
         self._last_media: float | None = None
         self._due_ns: int | None = None
+        self._still = bool(getattr(source, "still", False))
 
     # ---- published state (any thread) ----------------------------------------------------------
 
@@ -817,7 +772,8 @@ class CaptureThread(threading.Thread):
                 seq = self._seq
                 self._seq += 1
                 self._stamps.append(t_ns)
-            self.slot.put(Frame(image=image, seq=seq, t_capture_ns=t_ns, source=self.source.name, pts_s=pts))
+            self.slot.put(Frame(image=image, seq=seq, t_capture_ns=t_ns, source=self.source.name, pts_s=pts,
+                                still=self._still))
             self._delay = self.backoff[0]  # a real frame arrived: the next outage starts from scratch
             if self.state is not CaptureState.RUNNING:
                 self._set_state(CaptureState.RUNNING)
@@ -870,7 +826,6 @@ __all__ = [
     "CaptureState",
     "CaptureThread",
     "DemoSource",
-    "Frame",
     "FrameSource",
     "ImageSource",
     "LatestSlot",

@@ -1,58 +1,63 @@
 """Recording a live session: overlay video, raw frames, per-frame attention data and a manifest.
 
 Threads:
-* The caller's thread (the GUI main thread, or the headless loop) calls :meth:`Recorder.submit`, which
-  only puts ``(result, rgb, view)`` into a bounded queue; when the queue is full the frame is dropped and
-  counted. ``submit`` never blocks and never raises.
+* The caller's thread (the frame loop) calls :meth:`Recorder.submit`, which only appends
+  ``(result, rgb, view)`` to a queue bounded by time: it never holds more than ``record.max_lag_s`` of
+  capture time (nor ``record.queue_size`` frames); older frames are dropped and counted. ``submit`` never
+  blocks and never raises. So however loaded the machine, a killed process loses at most about a
+  second: the queue, the attention chunk being filled (<= 0.5 s) and the last video fragment (<= 0.5 s).
 * The recorder thread (``"recorder"``) owns every file of the session: the H.264 overlay
-  (:class:`~live_attention.video.H264Writer`), the raw-frame writer (:class:`RawWriter`) and the attention
-  chunk writer (:class:`ChunkWriter`). An error there (full disk, vanished folder) becomes one line in
-  :attr:`Recorder.error`; the recording stops, what was written stays readable, the app goes on.
+  (:class:`~live_attention.io.video.H264Writer`), the raw-frame writer (:class:`RawWriter`) and the attention
+  chunks (:class:`~live_attention.io.recording.ChunkWriter`). An error there (a full disk, a vanished
+  folder) becomes one line in :attr:`Recorder.error`; the recording stops, what was written stays
+  readable, the manifest is finalised (a small reserve file is given back to the disk for it), the app
+  goes on.
 
-A session folder (never reused, never overwritten)::
-
-    session-YYYYmmdd-HHMMSS/
-      manifest.json          model, weights (label, sha256), precision, device, config, versions, sizes
-      overlay.mp4            what was shown: H.264, fragmented MP4, pts = capture time (ms, VFR)
-      raw.mkv                the camera frames: FFV1 (lossless, bgr0) or MJPEG q2 in Matroska, same pts
-      attention/chunk-NNNNNN.npz   per-frame maps, fp16, one file per <= 1 s, written tmp + rename
+The format (what a row and the manifest hold, and how they are read back) is
+:mod:`live_attention.io.recording`.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import platform
-import queue
-import re
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from live_attention.config import Config, RecordConfig
+from live_attention.datatypes import MapSettings, Result, View
 from live_attention.errors import UserError
-from live_attention.render import View
-from live_attention.video import TIME_BASE, StreamWriter
+from live_attention.io.recording import (
+    ATTN_DIR,
+    CHUNK_FRAMES,
+    FORMAT_VERSION,
+    MANIFEST,
+    OVERLAY,
+    RAW,
+    ChunkWriter,
+    frame_row,
+    new_session_dir,
+    write_json_atomic,
+)
+from live_attention.io.video import TIME_BASE, H264Writer, StreamWriter
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-OVERLAY = "overlay.mp4"
-RAW = "raw.mkv"
-ATTN_DIR = "attention"
-FORMAT_VERSION = 1
-CHUNK_FRAMES = 30  # a chunk is flushed after this many frames ...
-CHUNK_SECONDS = 1.0  # ... or this long after its first frame, whichever comes first
-_SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
+RESERVE = ".reserve"  # bytes held back so that the manifest can be finalised on a full disk
+RESERVE_BYTES = 1 << 20
+KEY_MS = 500  # a keyframe, so a new MP4 fragment, at least this often: what a crash can lose of the overlay
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ class RawWriter(StreamWriter):
         self.width, self.height = int(width), int(height)
         # A cluster (and so what survives a crash) closes at least every second.
         self._container = av.open(str(self.path), mode="w",
-                                  options={"cluster_time_limit": "1000", "cluster_size_limit": "8000000"})
+                                  options={"cluster_time_limit": str(KEY_MS), "cluster_size_limit": "8000000"})
         self._container.flags |= av.container.Flags.flush_packets.value  # see H264Writer
         if codec == "ffv1":
             stream = self._container.add_stream("ffv1", rate=30)
@@ -99,12 +104,8 @@ class RawWriter(StreamWriter):
         import av
 
         if bgr.shape[0] != self.height or bgr.shape[1] != self.width:
-            import cv2
-
             bgr = cv2.resize(bgr, (self.width, self.height), interpolation=cv2.INTER_AREA)
         if bgr.ndim == 2:
-            import cv2
-
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr[..., :3]), format="bgr24")
         frame.pts = int(pts_ms)
@@ -112,95 +113,12 @@ class RawWriter(StreamWriter):
         self._encode(frame)
 
 
-def _lower_thread_priority(nice: int = 10) -> None:
-    """Let the model win the CPU: the encoder thread runs at a lower priority (Linux: per thread).
-
-    The bounded queue absorbs the lag; frames are dropped (and counted) only when it fills.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-    except (OSError, AttributeError):
-        logger.debug("could not lower the recorder's priority", exc_info=True)
-
-
-def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = 500):
+def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, key_ms: int = KEY_MS) -> H264Writer:
     """The overlay video: H.264 with a keyframe (so a new MP4 fragment) at least every ``key_ms`` of
     media time whatever the recorded frame rate, every packet flushed to the OS."""
-    from live_attention.video import H264Writer
-
     # gop in frames is a fallback only: keyframes are forced by time.
     return H264Writer(path, width, height, fps=30.0, crf=crf, preset=preset, gop=600, key_ms=key_ms,
                       flush_packets=True)
-
-
-class ChunkWriter:
-    """Per-frame arrays buffered in memory and written as one ``.npz`` per chunk (tmp file + rename).
-
-    A reader only ever sees complete chunks; a crash loses at most the chunk being filled (<= 1 s).
-    """
-
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir()
-        self.index = 0
-        self.frames = 0
-        self.bytes = 0
-        self._rows: list[dict[str, Any]] = []
-        self._t_first = 0.0
-
-    def append(self, row: dict[str, Any]) -> None:
-        if not self._rows:
-            self._t_first = time.monotonic()
-        self._rows.append(row)
-        if len(self._rows) >= CHUNK_FRAMES or time.monotonic() - self._t_first >= CHUNK_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._rows:
-            return
-        rows, self._rows = self._rows, []
-        arrays = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
-        self.write_chunk(self.dir / f"chunk-{self.index:06d}.npz", arrays)
-        self.index += 1
-        self.frames += len(rows)
-
-    def write_chunk(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self.bytes += path.stat().st_size
-
-
-def frame_row(result: Any, view: View, pts_ms: int, t0_ns: int) -> dict[str, Any]:
-    """One frame's record: maps in fp16, top-5, timestamps, seq, box, view and map settings (JSON)."""
-    top_p = np.zeros(5, np.float32)
-    top_names = [""] * 5
-    for i, (name, p) in enumerate(result.topk[:5]):
-        top_p[i] = p
-        top_names[i] = name
-    return {
-        "seq": np.int64(result.seq),
-        "t_capture_ns": np.int64(result.t_capture_ns),
-        "t_done_ns": np.int64(result.t_done_ns),
-        "pts_ms": np.int64(pts_ms),
-        "t_rel_ms": np.float64((result.t_capture_ns - t0_ns) / 1e6),
-        "infer_ms": np.float32(result.infer_ms),
-        "box": np.asarray(result.box, np.int32),
-        "cls": np.asarray(result.cls, np.float16),
-        "rollout": np.asarray(result.rollout, np.float16),
-        "entropy": np.asarray(result.entropy, np.float16),
-        "patch_entropy": np.asarray(result.patch_entropy, np.float16),
-        "patch_entropy_layer": np.int16(getattr(result, "patch_entropy_layer", -1)),
-        "top_p": top_p,
-        "top_names": np.asarray(top_names, dtype="<U64"),
-        "view": np.asarray(json.dumps(asdict(view), sort_keys=True)),
-        "settings": np.asarray(json.dumps(asdict(result.settings), sort_keys=True)),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,50 +145,9 @@ def software_versions() -> dict[str, str | None]:
     return out
 
 
-def is_session_dir(path: str | os.PathLike[str]) -> bool:
-    p = Path(path)
-    return (p / MANIFEST).exists() or (p / ATTN_DIR).is_dir() or (p / OVERLAY).exists()
-
-
-def new_session_dir(base_dir: str | os.PathLike[str], now: datetime | None = None) -> Path:
-    """Create and return a new, empty ``session-YYYYmmdd-HHMMSS[-N]`` folder under ``base_dir``.
-
-    Refuses ``base_dir`` when it is itself a session folder; never reuses an existing folder
-    (``os.mkdir`` without ``exist_ok`` is the atomic check).
-    """
-    base = Path(base_dir).expanduser()
-    if is_session_dir(base):
-        raise UserError(f"{base} is an existing recording session: pass the folder to record into, "
-                        "a new session folder is created inside it")
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the recording folder {base}: {exc.strerror or exc} (pass --record a writable folder)") from exc
-    stem = (now or datetime.now()).strftime("session-%Y%m%d-%H%M%S")
-    for i in range(1000):
-        p = base / (stem if i == 0 else f"{stem}-{i}")
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UserError(f"cannot record into {base}: {exc.strerror or exc}") from exc
-    raise UserError(f"too many sessions named {stem}* in {base}")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def build_manifest(engine: Any, cfg: Config, view: View | None) -> dict[str, Any]:
     weights = cfg.model.weights
-    if weights.lower() not in ("imagenet", "default", "random", "demo") and Path(weights).expanduser().exists():
+    if weights.lower() not in ("imagenet", "default", "pretrained", "random", "demo") and Path(weights).expanduser().exists():
         weights = str(Path(weights).expanduser().resolve())
     return {
         "format": "live-attention-session",
@@ -285,9 +162,12 @@ def build_manifest(engine: Any, cfg: Config, view: View | None) -> dict[str, Any
             "precision": engine.precision,
             "device": str(engine.device),
             "image_size": engine.image_size,
+            "full_frame": bool(engine.full_frame),
             "patch_size": engine.patch_size,
             "num_prefix": engine.num_prefix,
+            "classifier": bool(engine.has_classifier),
             "categories": len(engine.categories),
+            "category_names": list(engine.categories),
         },
         "grid": list(engine.grid),
         "layers": engine.num_layers,
@@ -313,7 +193,7 @@ def _one_line(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError):
         what = exc.strerror or str(exc)
-        if exc.errno == errno.ENOSPC:
+        if exc.errno == errno.ENOSPC or "No space left" in str(exc):
             what = "disk full"
         name = f" ({Path(str(exc.filename)).name})" if getattr(exc, "filename", None) else ""
         return f"{what}{name}"
@@ -338,7 +218,10 @@ class Recorder(threading.Thread):
         self.engine = engine
         self.cfg = cfg
         self.view_fn = view_fn
-        self.queue: queue.Queue[tuple[Any, np.ndarray, View | None]] = queue.Queue(maxsize=cfg.record.queue_size)
+        self.max_lag_ns = int(cfg.record.max_lag_s * 1e9)
+        self.max_frames = cfg.record.queue_size
+        self._queue: deque[tuple[Result, np.ndarray, View | None]] = deque()
+        self._cond = threading.Condition()
         self.error: str | None = None
         self.dropped = 0
         self.submitted = 0
@@ -348,11 +231,14 @@ class Recorder(threading.Thread):
         self._t_start = time.monotonic()
         self._t0_ns: int | None = None
         self._last_pts = -1
-        self._overlay = None
+        self._overlay: H264Writer | None = None
         self._raw: RawWriter | None = None
         self.chunks = ChunkWriter(path / ATTN_DIR)
         self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None)
         self.encode_ms = 0.0  # smoothed encoder time per frame (overlay + raw + data)
+        with open(path / RESERVE, "wb") as f:  # given back on a full disk, so the manifest can be finalised
+            f.truncate(RESERVE_BYTES)
+            f.write(b"\0")
         write_json_atomic(path / MANIFEST, self.manifest)
 
     @classmethod
@@ -367,17 +253,26 @@ class Recorder(threading.Thread):
             raise UserError(f"cannot record into {path}: {_one_line(exc)}") from exc
 
     # Caller's thread ----------------------------------------------------------------------------
-    def submit(self, result: Any, rgb: np.ndarray, view: View | None = None) -> bool:
-        """Queue one shown frame; False when dropped (queue full) or not recording. Never blocks."""
+    def submit(self, result: Result, rgb: np.ndarray, view: View | None = None) -> bool:
+        """Queue one shown frame; False when not recording. Never blocks. Frames older than the queue's
+        time bound are dropped (and counted), oldest first."""
         if result is None or self._stop_evt.is_set() or self._failed.is_set():
             return False
         self.submitted += 1
-        try:
-            self.queue.put_nowait((result, rgb, view))
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        with self._cond:
+            self._queue.append((result, rgb, view))
+            newest = result.t_capture_ns
+            while len(self._queue) > 1 and (len(self._queue) > self.max_frames
+                                            or newest - self._queue[0][0].t_capture_ns > self.max_lag_ns):
+                self._queue.popleft()
+                self.dropped += 1
+            self._cond.notify()
+        return True
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
 
     def hud_text(self) -> str:
         el = int(time.monotonic() - self._t_start)
@@ -389,6 +284,8 @@ class Recorder(threading.Thread):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting frames, write what is queued, close the files (joins with a timeout)."""
         self._stop_evt.set()
+        with self._cond:
+            self._cond.notify()
         if self.is_alive():
             self.join(timeout)
             if self.is_alive():
@@ -398,22 +295,22 @@ class Recorder(threading.Thread):
 
     # Recorder thread ----------------------------------------------------------------------------
     def run(self) -> None:
-        _lower_thread_priority()
         try:
             while True:
-                try:
-                    item = self.queue.get(timeout=0.05)
-                except queue.Empty:
-                    if self._stop_evt.is_set():
-                        break
-                    continue
+                with self._cond:
+                    if not self._queue:
+                        if self._stop_evt.is_set():
+                            break
+                        self._cond.wait(0.05)
+                        continue
+                    item = self._queue.popleft()
                 self._write(*item)
         except Exception as exc:
             self._fail(exc)
             return
         self._finish()
 
-    def _open_writers(self, result: Any, rgb: np.ndarray) -> None:
+    def _open_writers(self, result: Result, rgb: np.ndarray) -> None:
         fh, fw = result.frame.shape[:2]
         rec = self.cfg.record
         self._overlay = overlay_writer(self.path / OVERLAY, rgb.shape[1], rgb.shape[0], rec.crf, rec.preset)
@@ -421,10 +318,12 @@ class Recorder(threading.Thread):
         self._t0_ns = result.t_capture_ns
         self.manifest["frame_size"] = [fw, fh]
         self.manifest["overlay_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
+        self.manifest["grid"] = list(result.grid)
+        self.manifest["patches"] = int(result.num_patches)
         self.manifest["t0_capture_ns"] = int(result.t_capture_ns)
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
-    def _write(self, result: Any, rgb: np.ndarray, view: View | None) -> None:
+    def _write(self, result: Result, rgb: np.ndarray, view: View | None) -> None:
         t = time.perf_counter()
         if self._overlay is None:
             self._open_writers(result, rgb)
@@ -441,6 +340,17 @@ class Recorder(threading.Thread):
         ms = (time.perf_counter() - t) * 1000.0
         self.encode_ms = ms if self.written == 1 else 0.9 * self.encode_ms + 0.1 * ms
 
+    def _end_manifest(self, **extra: Any) -> None:
+        """Finalise the manifest; on a full disk, give the reserve back first and try again."""
+        self.manifest["end"] = {"time": datetime.now(timezone.utc).astimezone().isoformat(),
+                                "frames": self.chunks.frames, "dropped": self.dropped, "error": self.error, **extra}
+        try:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        except OSError:
+            (self.path / RESERVE).unlink(missing_ok=True)
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        (self.path / RESERVE).unlink(missing_ok=True)
+
     def _finish(self) -> None:
         errors = []
         for closer in (self.chunks.flush, self._close_overlay, self._close_raw):
@@ -448,18 +358,14 @@ class Recorder(threading.Thread):
                 closer()
             except Exception as exc:
                 errors.append(exc)
-        try:
-            self.manifest["end"] = {
-                "time": datetime.now(timezone.utc).astimezone().isoformat(),
-                "frames": self.chunks.frames, "dropped": self.dropped,
-                "duration_s": round(time.monotonic() - self._t_start, 3),
-                "error": self.error,
-            }
-            write_json_atomic(self.path / MANIFEST, self.manifest)
-        except Exception as exc:
-            errors.append(exc)
         if errors and self.error is None:
-            self._fail(errors[0], finishing=True)
+            self.error = f"recording stopped: {_one_line(errors[0])}"
+            self._failed.set()
+            logger.error("%s (session %s)", self.error, self.path)
+        try:
+            self._end_manifest(duration_s=round(time.monotonic() - self._t_start, 3))
+        except Exception as exc:
+            logger.error("could not finalise %s: %s", self.path / MANIFEST, _one_line(exc))
         logger.info("recording saved in %s (%d frames, %d dropped)", self.path, self.chunks.frames, self.dropped)
 
     def _close_overlay(self) -> None:
@@ -472,29 +378,24 @@ class Recorder(threading.Thread):
         if w is not None:
             w.close()
 
-    def _fail(self, exc: BaseException, finishing: bool = False) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        """One message, everything written so far kept readable, the manifest finalised where the disk allows."""
         self.error = f"recording stopped: {_one_line(exc)}"
         self._failed.set()
-        logger.error("%s (session %s)", self.error, self.path, exc_info=exc)
-        if finishing:
-            return
-        # Close what we can so the files written so far stay readable; a second failure is only logged.
+        logger.error("%s (session %s)", self.error, self.path)
+        logger.debug("recorder failure", exc_info=exc)
+        lost = self.chunks.drop_pending()
+        with self._cond:
+            self._queue.clear()
         for closer in (self._close_overlay, self._close_raw):
             try:
                 closer()
             except Exception:
                 logger.debug("closing after failure", exc_info=True)
         try:
-            self.manifest["end"] = {"time": datetime.now(timezone.utc).astimezone().isoformat(),
-                                    "frames": self.chunks.frames, "dropped": self.dropped, "error": self.error}
-            write_json_atomic(self.path / MANIFEST, self.manifest)
-        except Exception:
-            logger.debug("manifest after failure", exc_info=True)
-        while True:  # free the queued frames
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
+            self._end_manifest(unwritten_frames=lost)
+        except Exception as exc2:
+            logger.error("could not finalise %s: %s", self.path / MANIFEST, _one_line(exc2))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,8 +412,6 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
     per frame for ViT-B/16-sized arrays (L=12, H=12, P=196).
     """
     import tempfile
-
-    import cv2
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
@@ -540,18 +439,14 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
             out[f"raw_{codec}_bytes_per_s"] = (dd / f"r-{codec}.mkv").stat().st_size / (frames / 30)
         cw = ChunkWriter(dd / "a")
         attn = rng.dirichlet(np.ones(P), size=(L, H)).astype(np.float32)
-        row = {"cls": attn.astype(np.float16), "rollout": attn[:, 0].astype(np.float16),
-               "entropy": np.ones((L, H), np.float16), "patch_entropy": attn[-1].astype(np.float16),
-               "patch_entropy_layer": np.int16(L - 1),
-               "top_p": np.zeros(5, np.float32), "seq": np.int64(0), "t_capture_ns": np.int64(0),
-               "pts_ms": np.int64(0), "top_names": np.asarray([""] * 5, dtype="<U64"),
-               "view": np.asarray(json.dumps(asdict(View())))}
+        res = Result(seq=0, t_capture_ns=0, t_done_ns=0, frame=imgs[0], box=(0, 0, width, height), grid=(14, 14),
+                     cls=attn, rollout=attn[:, 0], entropy=np.ones((L, H), np.float32), patch_entropy=attn[-1],
+                     patch_entropy_layer=L - 1, topk=[("a", 0.5)] * 5, infer_ms=0.0, settings=MapSettings(),
+                     prefix_share=np.zeros((L, H), np.float32), token_norm=attn[:, 0])
         t = time.perf_counter()
         n = CHUNK_FRAMES * 2
-        for _ in range(n):
-            cw._rows.append(dict(row))
-            if len(cw._rows) >= CHUNK_FRAMES:
-                cw.flush()
+        for i in range(n):
+            cw.append(frame_row(res, View(), i, 0))
         cw.flush()
         out["attention_ms_per_frame"] = (time.perf_counter() - t) * 1000 / n
         out["attention_bytes_per_frame"] = cw.bytes / n

@@ -1,0 +1,119 @@
+"""``live-attention export SESSION``: a recorded session rendered again, or one frame's heads grid or
+layers animation. Maps come from the recording; what it lacks is recomputed with the manifest's model."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+
+from live_attention.commands.args import (
+    Parser,
+    Progress,
+    add_logging_arg,
+    add_view_args,
+    positive_int,
+    setup_logging,
+    terminate_as_interrupt,
+    view_overrides,
+)
+from live_attention.errors import UserError
+from live_attention.io.outputs import PartialOutput, check_output, partial_path
+from live_attention.io.recording import Session
+from live_attention.io.video import H264Writer, write_gif
+from live_attention.pipeline.replay import (
+    engine_for_session,
+    export_needs_model,
+    export_video,
+    export_view,
+    grid_picture,
+    layers_frames,
+    needs_model,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="live-attention export",
+               description="Render a recorded session again, or one frame's heads grid / layers GIF.")
+    p.add_argument("session", help="a session folder")
+    p.add_argument("-o", "--output", required=True, help=".mp4 (video), .png (--grid), .gif (--layers-gif)")
+    p.add_argument("--frame", type=int, default=1,
+                   help="frame number for --grid and --layers-gif (from 1, as the replay HUD counts)")
+    p.add_argument("--grid", action="store_true", help="write the layers x heads attention grid of --frame")
+    p.add_argument("--layers-gif", action="store_true", help="write --frame's attention through the layers")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
+    p.add_argument("--weights", help="weights for recomputing what was not recorded (default: the manifest's)")
+    p.add_argument("--device", default="auto", help="for recomputed maps: auto, cpu, cuda, mps")
+    p.add_argument("--batch", type=positive_int, help="frames per forward pass where maps are recomputed")
+    p.add_argument("--workers", type=positive_int, help="drawing threads (default: cores - 1, at most 4)")
+    add_logging_arg(p)
+    add_view_args(p)
+    return p
+
+
+def _check_view(session: Session, o: dict) -> None:
+    if o.get("layer", -1) >= session.layers:
+        raise UserError(f"--layer {o['layer'] + 1}: this session has layers 1..{session.layers}")
+    if o.get("head", -1) >= session.heads:
+        raise UserError(f"--head {o['head'] + 1}: this session has heads 1..{session.heads}")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    session = Session(args.session)
+    old = terminate_as_interrupt()
+    try:
+        overrides = view_overrides(args)
+        _check_view(session, overrides)
+        if args.grid and args.layers_gif:
+            raise UserError("--grid and --layers-gif write different files: pick one")
+        if args.grid or args.layers_gif:
+            if not 1 <= args.frame <= len(session):
+                raise UserError(f"--frame {args.frame}: this session has frames 1..{len(session)}")
+            index = args.frame - 1
+            if args.grid:
+                out = check_output(args.output, args.overwrite, (".png", ".jpg", ".jpeg"), "--grid writes an image")
+                img = grid_picture(session, index, overrides.get("colormap", "inferno"))
+                with PartialOutput(out, args.overwrite) as part:
+                    if not cv2.imwrite(str(part.path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                        raise UserError(f"cannot write {out}: use .png or .jpg in a writable folder")
+            else:
+                out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
+                                   "--layers-gif writes an animation")
+                view = replace(export_view(session, index, overrides), mode=overrides.get("mode", "attention"))
+                engine = (engine_for_session(session, args.weights, args.device)
+                          if needs_model(view, session.result(index)) else None)
+                frames = layers_frames(session, index, view, engine)
+                with PartialOutput(out, args.overwrite) as part:
+                    if out.suffix.lower() == ".gif":
+                        write_gif(frames, part.path)
+                    else:
+                        with H264Writer(part.path, frames[0].shape[1], frames[0].shape[0], fps=2, overwrite=True) as w:
+                            for i, f in enumerate(frames):
+                                w.write(f, i * 0.5)
+        else:
+            out = check_output(args.output, args.overwrite, (".mp4", ".mkv", ".mov"),
+                               "a session exports to .mp4 (or .mkv), or --grid to a .png")
+            engine = engine_for_session(session, args.weights, args.device) if export_needs_model(session, overrides) else None
+            progress = Progress(len(session), f"export {session.path.name}")
+            try:
+                export_video(session, out, overrides, engine=engine, hud=not args.no_hud, overwrite=args.overwrite,
+                             progress=progress.update, batch_size=args.batch, workers=args.workers)
+            finally:
+                progress.close()
+        print(f"live-attention: wrote {out}", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        kept = partial_path(Path(args.output).expanduser())
+        print("live-attention: interrupted" + (f": partial output kept in {kept}" if kept.exists() else ""),
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        session.close()

@@ -1,0 +1,94 @@
+"""``live-attention render``: videos and images through the model and the renderer, headless.
+
+Every input frame is processed in order (no latest-wins here), so each output has exactly one frame
+per input frame, at the input's timestamps. Decoding, batched inference, drawing and encoding overlap
+(:mod:`live_attention.pipeline.batch`). Several inputs or a folder go into ``-o DIR``, one output each;
+a failing input is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from live_attention.commands.args import (
+    Parser,
+    Progress,
+    add_logging_arg,
+    add_model_args,
+    add_view_args,
+    config_overrides,
+    positive_int,
+    setup_logging,
+    terminate_as_interrupt,
+)
+from live_attention.config import load_config
+from live_attention.errors import UserError
+from live_attention.io.outputs import partial_path
+from live_attention.pipeline.distributed import render_on_ray
+from live_attention.pipeline.jobs import Job, Renderer, plan_jobs
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="live-attention render",
+               description="Render videos or images headless, one output frame per input frame. Several "
+               "inputs or a folder write one output each into -o DIR; the exit status is the number "
+               "of inputs that failed.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, image, or a folder of them")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .mp4 (video) or .png (image); a folder with several inputs")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
+    p.add_argument("--batch", type=positive_int, help="frames per forward pass (default: 4 on a CPU, 32 on a GPU)")
+    p.add_argument("--workers", type=positive_int, help="drawing threads (default: cores - 1, at most 4)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="spread the inputs over a Ray cluster: auto (a local one) or its address "
+                        "(pip install 'live-attention[ray]')")
+    add_logging_arg(p)
+    add_model_args(p)
+    add_view_args(p)
+    return p
+
+
+def report(job: Job, frames: int, expected: int | None) -> None:
+    if expected and frames < expected:
+        print(f"live-attention: warning: {job.input} ended after {frames} of the {expected} frames it "
+              "announces (a truncated or damaged file?)", file=sys.stderr)
+    print(f"live-attention: wrote {job.output} ({frames} frames)", file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, config_overrides(args))
+    jobs = plan_jobs(args.inputs, args.output, args.overwrite)
+    old = terminate_as_interrupt()
+    try:
+        if args.ray:
+            failed = render_on_ray(jobs, cfg, address=args.ray, hud=not args.no_hud, batch_size=args.batch)
+            return min(failed, 100)
+        renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers)
+        if len(jobs) == 1:  # one input: its error is the command's error
+            report(jobs[0], *renderer.render(jobs[0], Progress))
+            return 0
+        failed = 0
+        for job in jobs:
+            try:
+                report(job, *renderer.render(job, Progress))
+            except UserError as exc:
+                failed += 1
+                print(f"live-attention: {job.input}: failed: {exc}", file=sys.stderr)
+        print(f"live-attention: {len(jobs) - failed} of {len(jobs)} inputs rendered"
+              + (f", {failed} failed" if failed else ""), file=sys.stderr)
+        return min(failed, 100)
+    except KeyboardInterrupt:
+        kept = [str(partial_path(j.output)) for j in jobs if partial_path(j.output).exists()]
+        print("live-attention: interrupted" + (f": partial output kept in {', '.join(kept)}" if kept else ""),
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -1,0 +1,451 @@
+"""The attention engine: a ViT that returns its logits and the parts of its attention the views need.
+
+Owned by whichever thread calls it (in the app: the inference worker). Nothing here does I/O on the
+per-frame path; loading weights happens once in :mod:`live_attention.core.models`.
+
+One forward pass reports every layer's attention to a collector, which keeps only what a
+:class:`Keep` asks for: all of it (``[B, L, H, N, N]``, the documented default), the class token's
+rows, per-layer head-fused matrices for rollout and flow, one layer's row entropies, token norms, in
+fp32 or fp16 storage. At 4,801 tokens (640×480 at patch 8) the full attention would be 6.6 GB a
+frame; what the live views keep is a few MB. :meth:`AttentionEngine.relevance` adds the backward pass
+for class-specific relevance (Chefer, Gur & Wolf, ICCV 2021) on a gradient path of its own.
+
+The model families (torchvision, timm, Hugging Face) are in :mod:`live_attention.core.families`;
+the input transform in :mod:`live_attention.core.preprocess`.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from live_attention.core import maps
+from live_attention.core.families import Family, family_of
+from live_attention.core.preprocess import Box, Preprocess
+from live_attention.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------------------------------
+# Device and precision
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm BF16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.system() == "Darwin" and platform.machine() == "arm64" and _macos_has_bf16()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _macos_has_bf16() -> bool:
+    try:
+        out = subprocess.run(
+            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=2
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out == "1"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU. An unavailable explicit choice is a UserError."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available here: use --device cpu or auto")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {device!r} asked for but MPS is not available here: use --device cpu or auto")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 on CUDA and MPS; bf16 on a CPU with native bf16; fp32 otherwise."""
+    p = str(precision).strip().lower()
+    if p not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if p != "auto":
+        return p  # as asked (fp16 on a CPU is emulated and slow, but allowed)
+    if device.type in ("cuda", "mps"):
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------------
+# What a forward pass keeps
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keep:
+    """The parts of the attention one forward pass keeps; nothing else is stored.
+
+    Args:
+        attn: every layer's and head's full attention ``[B, L, H, N, N]``.
+        rows: these token rows of every layer and head, ``[B, L, H, R, N]`` fp32 (0: the class token).
+        fused: ``mean``, ``max`` or ``min``: per-layer head-fused matrices ``[B, L, N, N]`` (rollout, flow).
+        entropy_layers: the normalised entropy of every row of these layers, ``[B, len, H, N]``.
+        norms: each token's norm after every block, ``[B, L, N]``.
+        dtype: storage of ``attn`` and ``fused`` (fp32, or fp16 to halve their memory).
+    """
+
+    attn: bool = True
+    rows: tuple[int, ...] = ()
+    fused: str | None = None
+    entropy_layers: tuple[int, ...] = ()
+    norms: bool = False
+    dtype: torch.dtype = torch.float32
+
+    @classmethod
+    def parts(cls, **kwargs) -> Keep:
+        """Only the named parts (no full attention)."""
+        return cls(attn=False, **kwargs)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """One forward pass. ``logits`` [B, C] fp32 (None without a classifier); the attention parts a
+    :class:`Keep` asked for (else None); ``grid`` (rows, cols) of patches; ``num_prefix`` tokens before
+    them (class, distillation, registers). ``relevance`` [B, P] and ``targets`` [B] when explained."""
+
+    logits: Tensor | None
+    attn: Tensor | None = None
+    rows: Tensor | None = None
+    fused: Tensor | None = None
+    row_entropy: Tensor | None = None
+    norms: Tensor | None = None
+    grid: tuple[int, int] = (0, 0)
+    num_prefix: int = 1
+    relevance: Tensor | None = None
+    targets: Tensor | None = None
+
+
+class _Collector:
+    """Receives each layer's attention during a forward pass (a ``LayerSink``) and keeps what ``keep`` says."""
+
+    def __init__(self, keep: Keep, num_layers: int, grad: bool = False) -> None:
+        self.keep = keep
+        self.num_layers = num_layers
+        self.rows = tuple(keep.rows)
+        self.entropy_layers = tuple(sorted({int(i) % num_layers for i in keep.entropy_layers}))
+        self.full: list[Tensor | None] = [None] * num_layers
+        self.row_parts: list[Tensor | None] = [None] * num_layers
+        self.fused: list[Tensor | None] = [None] * num_layers
+        self.entropy: dict[int, Tensor] = {}
+        self.norms: list[Tensor | None] = [None] * num_layers
+        self.graph: list[Tensor] | None = [] if grad else None  # the in-graph probabilities, for gradients
+
+    def wants_full(self, layer: int) -> bool:
+        k = self.keep
+        return k.attn or k.fused is not None or layer in self.entropy_layers or self.graph is not None
+
+    def attention(self, layer: int, probs: Tensor) -> None:
+        if self.graph is not None:
+            self.graph.append(probs)
+        p = probs.detach()
+        k = self.keep
+        if k.attn:
+            self.full[layer] = p.to(k.dtype)
+        if self.rows:
+            self.row_parts[layer] = p[:, :, list(self.rows)].float()
+        if k.fused is not None:
+            # Mean in fp32 without an fp32 copy of the whole [B, H, N, N]; max and min are exact in any dtype.
+            f = p.mean(dim=1, dtype=torch.float32) if k.fused == "mean" else maps.fuse_heads(p, k.fused).float()
+            self.fused[layer] = f.to(k.dtype)
+        if layer in self.entropy_layers:
+            self.entropy[layer] = maps.row_entropy(p)
+
+    def attention_rows(self, layer: int, probs: Tensor) -> None:
+        self.row_parts[layer] = probs.detach().float()
+
+    def block_output(self, layer: int, tokens: Tensor) -> None:
+        if self.keep.norms:
+            self.norms[layer] = tokens.detach().float().norm(dim=-1)
+
+    def output(self, logits: Tensor | None, grid: tuple[int, int], num_prefix: int) -> RunOutput:
+        def stack(parts: list[Tensor | None]) -> Tensor | None:
+            return torch.stack(parts, dim=1) if parts and all(p is not None for p in parts) else None
+
+        k = self.keep
+        ent = torch.stack([self.entropy[i] for i in self.entropy_layers], dim=1) if self.entropy_layers else None
+        return RunOutput(
+            logits=logits.detach().float() if logits is not None else None,
+            attn=stack(self.full) if k.attn else None,
+            rows=stack(self.row_parts) if self.rows else None,
+            fused=stack(self.fused) if k.fused is not None else None,
+            row_entropy=ent,
+            norms=stack(self.norms) if k.norms else None,
+            grid=grid,
+            num_prefix=num_prefix,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Engine
+# --------------------------------------------------------------------------------------------------
+
+
+class AttentionEngine:
+    """A ViT whose :meth:`run` returns logits and attention, and :meth:`relevance` class-specific maps.
+
+    Args:
+        module: a torchvision, timm or Hugging Face ViT (see :mod:`live_attention.core.families`).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
+        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (``auto``: see :func:`resolve_precision`).
+        preprocess: the model's own transform; default: resize to the model's input size, ImageNet mean/std.
+        categories: class names, index-aligned with the logits.
+        name, weights_label: shown in the HUD and recorded in manifests.
+        untrained: True for randomly initialised weights; the UI labels it.
+        multilabel: the classes are independent (one sigmoid each) rather than one softmax.
+        input_size: run at this input side (a multiple of the patch size) instead of the model's own.
+        full_frame: no centre crop: the whole frame at its aspect ratio, shorter side ``input_size``.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        preprocess: Preprocess | None = None,
+        categories: Sequence[str] | None = None,
+        name: str | None = None,
+        weights_label: str = "custom",
+        weights_sha256: str | None = None,
+        untrained: bool = False,
+        multilabel: bool = False,
+        input_size: int | None = None,
+        full_frame: bool = False,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = _DTYPES[self.precision]
+        self.family: Family = family_of(module)
+        self.kind = self.family.kind
+        self.module = module.eval().to(device=self.device, dtype=self.dtype)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        f = self.family
+        self.num_layers, self.num_heads, self.patch_size = f.num_layers, f.num_heads, f.patch_size
+        self.num_prefix, self.num_classes = f.num_prefix, f.num_classes
+        self.has_classifier = f.num_classes > 0
+        self.multilabel = bool(multilabel)
+        own = f.image_size[0]
+        spec = preprocess or Preprocess(crop_size=own, resize_size=own)
+        self.preprocess_spec = spec
+        self.configure_input(input_size, full_frame)
+        if not self.has_classifier:
+            self.categories: list[str] = []
+        elif categories:
+            if len(categories) != self.num_classes:
+                raise UserError(f"{len(categories)} class names for a model with {self.num_classes} classes")
+            self.categories = list(categories)
+        else:
+            self.categories = [f"class {i}" for i in range(self.num_classes)]
+        self.name = name or type(module).__name__
+        self.weights_label = weights_label
+        self.weights_sha256 = weights_sha256
+        self.untrained = untrained
+
+    @classmethod
+    def wrap(cls, module: nn.Module, device: str | torch.device = "auto", precision: str = "auto",
+             **kwargs) -> AttentionEngine:
+        """Wrap any torchvision, timm or Hugging Face ViT (see :class:`AttentionEngine` for the options)."""
+        return cls(module, device=device, precision=precision, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    def configure_input(self, input_size: int | None = None, full_frame: bool = False) -> None:
+        """Run at ``input_size`` (a multiple of the patch size; None: the model's own) and/or on the full frame."""
+        spec = self.preprocess_spec
+        p = self.patch_size
+        if input_size is not None:
+            n = int(input_size)
+            if n < p or n % p:
+                raise UserError(f"--input-size {n} must be a positive multiple of the patch size {p}")
+            resize = max(n, int(round(n * spec.resize_size / spec.crop_size)))
+            spec = replace(spec, crop_size=n, resize_size=resize)
+        if spec.crop_size % p:
+            raise UserError(f"the model takes {spec.crop_size} px, not a multiple of its patch size {p}")
+        self.preprocess_spec = replace(spec, full_frame=bool(full_frame), multiple=p)
+        side = self.preprocess_spec.crop_size
+        self.grid = (side // p, side // p)
+
+    @property
+    def image_size(self) -> int:
+        """The input side (the square crop), or the shorter side with ``full_frame``."""
+        return self.preprocess_spec.crop_size
+
+    @property
+    def full_frame(self) -> bool:
+        return self.preprocess_spec.full_frame
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """The patch grid (rows, cols) of a ``height``×``width`` frame."""
+        h, w = self.preprocess_spec.plan(height, width).input_hw
+        return h // self.patch_size, w // self.patch_size
+
+    def describe(self) -> str:
+        tag = " UNTRAINED" if self.untrained else ""
+        size = " full frame" if self.full_frame else ""
+        return f"{self.name} [{self.weights_label}{tag}] {self.precision} on {self.device.type}{size}"
+
+    # ---------------------------------------------------------------------------------------------
+    def preprocess(self, frame: np.ndarray) -> Tensor:
+        """A BGR/BGRA/grayscale uint8 frame of any size to the model's input tensor [1, 3, h, w] on the device."""
+        return self.preprocess_with_box(frame)[0]
+
+    def preprocess_with_box(self, frame: np.ndarray) -> tuple[Tensor, Box]:
+        """Like :meth:`preprocess`, and also the region ``(x0, y0, x1, y1)`` of the frame the model sees."""
+        x, box = self.preprocess_spec.apply(frame, self.device)
+        return x, box
+
+    # ---------------------------------------------------------------------------------------------
+    def _input(self, images: Tensor) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
+        h, w = images.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"images must have sides that are multiples of the patch size {p}, got {h}×{w}: "
+                "use engine.preprocess(frame)"
+            )
+        return images.to(device=self.device, dtype=self.dtype, non_blocking=True)
+
+    @torch.inference_mode()
+    def run(self, images: Tensor, keep: Keep | None = None) -> RunOutput:
+        """One forward pass on ``images`` [B, 3, H, W] (sides multiples of the patch size).
+
+        Returns the logits and what ``keep`` asks for: by default every layer's and head's attention,
+        ``out.attn`` [B, L, H, N, N] fp32 probabilities.
+        """
+        x = self._input(images)
+        col = _Collector(keep or Keep(), self.num_layers)
+        logits = self.family.forward(x, col)
+        return col.output(logits, self._grid_of(x), self.num_prefix)
+
+    def relevance(self, images: Tensor, targets: int | Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Class-specific relevance (Chefer, Gur & Wolf, ICCV 2021, the self-attention rule).
+
+        ``targets``: None for each image's top-1 class, one class index, or one per image.
+        Returns ``(logits [B, C], relevance [B, P])``: fp32 patch relevance, not normalised.
+        """
+        out = self.explain(images, Keep.parts(), targets)
+        return out.logits, out.relevance
+
+    def explain(self, images: Tensor, keep: Keep | None = None,
+                targets: int | Sequence[int] | Tensor | None = None) -> RunOutput:
+        """:meth:`run` and :meth:`relevance` from one forward pass (and one backward pass)."""
+        if not self.has_classifier:
+            raise UserError(f"{self.name} has no classifier: class-specific relevance needs class scores")
+        with torch.inference_mode(False), torch.enable_grad():
+            x = self._input(images).detach().clone().requires_grad_(True)
+            col = _Collector(keep or Keep.parts(), self.num_layers, grad=True)
+            logits = self.family.forward(x, col)
+            t = self._targets(targets, logits)
+            score = logits.float().gather(1, t[:, None]).sum()
+            grads = torch.autograd.grad(score, col.graph)
+        rel = maps.chefer_relevance([a.detach() for a in col.graph], [g.detach() for g in grads], self.num_prefix)
+        out = col.output(logits, self._grid_of(x), self.num_prefix)
+        return replace(out, relevance=rel, targets=t)
+
+    def _targets(self, targets, logits: Tensor) -> Tensor:
+        b, c = logits.shape
+        if targets is None:
+            t = logits.detach().argmax(-1)
+        else:
+            t = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
+            if t.numel() == 1:
+                t = t.expand(b)
+            if t.numel() != b:
+                raise ValueError(f"targets: one class index or one per image ({b}), got {t.numel()}")
+        if bool(((t < 0) | (t >= c)).any()):
+            raise ValueError(f"target class out of range 0..{c - 1}: {t.tolist()}")
+        return t
+
+    def _grid_of(self, x: Tensor) -> tuple[int, int]:
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        self.grid = grid
+        return grid
+
+    def class_index(self, target: str | int | None) -> int | None:
+        """A class given as an index or a label (case-insensitive; a unique prefix will do); None or ''
+        for each frame's top-1. A :class:`UserError` names what is wrong."""
+        t = "" if target is None else str(target).strip()
+        if not t:
+            return None
+        if not self.has_classifier:
+            raise UserError(f"--target {t}: {self.name} has no classifier, so there is no class to explain")
+        if t.isdigit():
+            if int(t) >= self.num_classes:
+                raise UserError(f"--target {t}: {self.name} has classes 0..{self.num_classes - 1}")
+            return int(t)
+        names = [c.lower() for c in self.categories]
+        if t.lower() in names:
+            return names.index(t.lower())
+        hits = [i for i, n in enumerate(names) if n.startswith(t.lower())]
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            some = ", ".join(self.categories[i] for i in hits[:4])
+            raise UserError(f"--target {t!r} matches several classes ({some}...): give more of the name or an index")
+        raise UserError(f"--target {t!r} is not one of {self.name}'s classes: give a label or an index")
+
+    # ---------------------------------------------------------------------------------------------
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class probabilities: a sigmoid per class for a multi-label model, else a softmax."""
+        return logits.float().sigmoid() if self.multilabel else logits.float().softmax(-1)
+
+    def topk(self, logits: Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (label, probability) per batch item, labels from the weights' metadata."""
+        probs = self.probabilities(logits)
+        k = min(k, probs.shape[-1])
+        p, idx = probs.topk(k, dim=-1)
+        return [
+            [(self.categories[int(i)], float(v)) for v, i in zip(pr, ix, strict=True)]
+            for pr, ix in zip(p.cpu(), idx.cpu(), strict=True)
+        ]

@@ -1,0 +1,121 @@
+"""Weight files: safe loading, checks, and the offline switch. Runs once, at model load.
+
+Checkpoints load with ``torch.load(..., weights_only=True)`` (or safetensors, which holds tensors
+only): a file can never run code. Every problem is a one-line :class:`WeightsError` that names the
+file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from live_attention.errors import WeightsError
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+_NESTED = ("state_dict", "model", "module", "model_state_dict")
+
+
+def offline() -> bool:
+    """True when no download may be tried: ``LIVE_ATTENTION_OFFLINE``, or the hub libraries' own switches."""
+    flags = ("LIVE_ATTENTION_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(f, "").strip().lower() not in ("", "0", "false", "no") for f in flags)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def first_sentence(exc: BaseException, limit: int = 180) -> str:
+    """An exception's first sentence on one line, cut at a word (never mid-word) when long."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for sep in (". ", "; "):
+        if sep in text:
+            text = text.split(sep, 1)[0]
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Load a checkpoint safely and return its state dict (name -> tensor).
+
+    Accepts ``.pth``/``.pt``/``.bin``/``.ckpt`` (``torch.load(weights_only=True)``) and
+    ``.safetensors``; a plain state dict or one nested under ``state_dict``/``model``/``module``.
+    Missing, unreadable or corrupt files, and tensors with NaN or inf, raise :class:`WeightsError`.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise WeightsError(f"weights file not found: {p} (check the path, or use --weights imagenet)")
+    if p.is_dir():
+        raise WeightsError(f"weights path is a folder, not a file: {p} (pass the checkpoint file inside it)")
+    try:
+        if p.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"cannot read weights file {p}: it holds Python objects, not only tensors, and a safe load "
+            "refuses them (save the model's state_dict(), or use .safetensors)"
+        ) from exc
+    except Exception as exc:  # zip errors, truncated files, safetensors header errors
+        raise WeightsError(
+            f"cannot read weights file {p}: {first_sentence(exc)} (is it a PyTorch or safetensors "
+            "checkpoint? re-download it)"
+        ) from exc
+    for key in _NESTED:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {p} does not hold a state dict of tensors")
+    check_finite(obj, f"weights file {p}")
+    return obj
+
+
+def check_finite(state: dict[str, Tensor], source: str) -> None:
+    """Refuse weights with NaN or inf: they would poison every map (and the HUD's numbers)."""
+    for name, t in state.items():
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(
+                f"{source}: tensor {name} has {bad} NaN or inf values (a broken training run or a "
+                "damaged file): use other weights"
+            )
+
+
+def apply_state_dict(module: nn.Module, state: dict[str, Tensor], *, name: str, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the mismatch."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape_bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape_bad:
+        parts = []
+        if shape_bad:
+            k = shape_bad[0]
+            parts.append(
+                f"{len(shape_bad)} tensors of another shape (e.g. {k}: file {tuple(state[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise WeightsError(
+            f"weights {source} do not fit {name}: {'; '.join(parts)}. Pass --model matching the file"
+        )
+    check_finite(state, f"weights {source}")
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,1 @@
+"""The demo: synthetic scenes, the project's own small ViT trained on them, and its training script."""

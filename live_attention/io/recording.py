@@ -1,0 +1,446 @@
+"""The recording format: one module writes a session's per-frame rows and manifest, and reads them back.
+
+A session folder (never reused, never overwritten)::
+
+    session-YYYYmmdd-HHMMSS/
+      manifest.json          model, weights (label, sha256), precision, device, config, versions, sizes
+      overlay.mp4            what was shown: H.264, fragmented MP4, pts = capture time (ms, VFR)
+      raw.mkv                the camera frames: FFV1 (lossless, bgr0) or MJPEG q2 in Matroska, same pts
+      attention/chunk-NNNNNN.npz   per-frame maps, fp16, one file per <= 0.5 s, written tmp + rename
+
+:func:`frame_row` turns a :class:`~live_attention.datatypes.Result` into a row of arrays and
+:meth:`Session.result` turns a row back into a Result (the round trip is tested). The writers of the
+video files and the recorder thread are in :mod:`live_attention.io.recorder`.
+
+Reading is defensive: a chunk that is damaged (bad CRC, wrong shapes) is skipped with one warning
+naming it and every other frame still plays; a manifest with a wrong type is one line naming the key;
+a ``.tmp`` file left by a crash is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from live_attention.datatypes import MapSettings, Result, Status, View
+from live_attention.errors import UserError
+from live_attention.io.video import VideoReader
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+OVERLAY = "overlay.mp4"
+RAW = "raw.mkv"
+ATTN_DIR = "attention"
+FORMAT_VERSION = 2
+CHUNK_FRAMES = 15  # a chunk is flushed after this many frames ...
+CHUNK_SECONDS = 0.5  # ... or this long after its first frame: with the recorder's queue, <= 1 s lost
+TOPK = 5
+_SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
+_VIEW_FIELDS = {f.name for f in fields(View)}
+_SETTINGS_FIELDS = {f.name for f in fields(MapSettings)}
+# Per-frame arrays every chunk has (format 1 on); the rest are optional (newer formats, some models).
+REQUIRED = ("seq", "t_capture_ns", "pts_ms", "box", "cls", "entropy", "patch_entropy", "top_p", "top_names", "view")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, np.ndarray]:
+    """One frame's record: maps in fp16, top-5, timestamps, seq, box, view and map settings (JSON).
+
+    Maps a frame may lack are stored anyway (zeros) with a flag, so every row of a session has the
+    same arrays: ``has_rollout`` (rollout may not fit at large sizes), ``has_relevance``.
+    """
+    top_p = np.zeros(TOPK, np.float32)
+    top_names = [""] * TOPK
+    for i, (name, p) in enumerate(result.topk[:TOPK]):
+        top_p[i], top_names[i] = p, name
+    L, H, P = result.cls.shape
+    return {
+        "seq": np.int64(result.seq),
+        "t_capture_ns": np.int64(result.t_capture_ns),
+        "t_done_ns": np.int64(result.t_done_ns),
+        "pts_ms": np.int64(pts_ms),
+        "t_rel_ms": np.float64((result.t_capture_ns - t0_ns) / 1e6),
+        "infer_ms": np.float32(result.infer_ms),
+        "box": np.asarray(result.box, np.int32),
+        "grid": np.asarray(result.grid, np.int32),
+        "cls": np.asarray(result.cls, np.float16),
+        "rollout": np.asarray(result.rollout if result.rollout is not None else np.zeros((L, P)), np.float16),
+        "has_rollout": np.bool_(result.rollout is not None),
+        "entropy": np.asarray(result.entropy, np.float16),
+        "patch_entropy": np.asarray(result.patch_entropy, np.float16),
+        "patch_entropy_layer": np.int16(result.patch_entropy_layer),
+        "prefix_share": np.asarray(result.prefix_share if result.prefix_share is not None else np.zeros((L, H)),
+                                   np.float16),
+        "token_norm": np.asarray(result.token_norm if result.token_norm is not None else np.zeros((L, P)),
+                                 np.float16),
+        "has_token_norm": np.bool_(result.token_norm is not None),
+        "relevance": np.asarray(result.relevance if result.relevance is not None else np.zeros(P), np.float32),
+        "has_relevance": np.bool_(result.relevance is not None),
+        "target": np.int32(result.target if result.target is not None else -1),
+        "target_p": np.float32(result.target_p if result.target_p is not None else np.nan),
+        "top_p": top_p,
+        "top_names": np.asarray(top_names, dtype="<U64"),
+        "view": np.asarray(json.dumps(asdict(view), sort_keys=True)),
+        "settings": np.asarray(json.dumps(asdict(result.settings), sort_keys=True, default=list)),
+    }
+
+
+class ChunkWriter:
+    """Per-frame rows buffered in memory and written as one ``.npz`` per chunk (tmp file, fsync, rename).
+
+    A reader only ever sees complete chunks; a crash loses at most the chunk being filled (<= 0.5 s).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir()
+        self.index = 0
+        self.frames = 0
+        self.bytes = 0
+        self._rows: list[dict[str, Any]] = []
+        self._t_first = 0.0
+
+    def append(self, row: dict[str, Any]) -> None:
+        if not self._rows:
+            self._t_first = time.monotonic()
+        self._rows.append(row)
+        if len(self._rows) >= CHUNK_FRAMES or time.monotonic() - self._t_first >= CHUNK_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        arrays = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+        self.write_chunk(self.dir / f"chunk-{self.index:06d}.npz", arrays)
+        self.index += 1
+        self.frames += len(rows)
+
+    def drop_pending(self) -> int:
+        """Forget the rows not yet written (after a failure); returns how many."""
+        n, self._rows = len(self._rows), []
+        return n
+
+    def write_chunk(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never leave a half chunk behind
+            raise
+        self.bytes += path.stat().st_size
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON to a tmp file, fsync, rename; on failure (a full disk) remove the tmp file and raise:
+    the previous version stays whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_session_dir(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return (p / MANIFEST).exists() or (p / ATTN_DIR).is_dir() or (p / OVERLAY).exists()
+
+
+def new_session_dir(base_dir: str | os.PathLike[str], now: datetime | None = None) -> Path:
+    """Create and return a new, empty ``session-YYYYmmdd-HHMMSS[-N]`` folder under ``base_dir``.
+
+    Refuses ``base_dir`` when it is itself a session folder; never reuses an existing folder
+    (``os.mkdir`` without ``exist_ok`` is the atomic check).
+    """
+    base = Path(base_dir).expanduser()
+    if is_session_dir(base):
+        raise UserError(f"{base} is an existing recording session: pass the folder to record into, "
+                        "a new session folder is created inside it")
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the recording folder {base}: {exc.strerror or exc} "
+                        "(pass --record a writable folder)") from exc
+    stem = (now or datetime.now()).strftime("session-%Y%m%d-%H%M%S")
+    for i in range(1000):
+        p = base / (stem if i == 0 else f"{stem}-{i}")
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot record into {base}: {exc.strerror or exc}") from exc
+    raise UserError(f"too many sessions named {stem}* in {base}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _positive_int(m: dict, key: str, where: str) -> int:
+    v = m.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise UserError(f"{where}: key {key!r} must be a positive whole number, got {v!r} (a damaged recording?)")
+    return v
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Load and check ``manifest.json``: one line naming the key for anything of the wrong type."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc} (a damaged recording?)") from exc
+    where = str(path)
+    if not isinstance(m, dict):
+        raise UserError(f"{where} is not a live-attention manifest (a JSON object)")
+    for key in ("layers", "heads"):
+        _positive_int(m, key, where)
+    grid = m.get("grid")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)):
+        raise UserError(f"{where}: key 'grid' must be two positive whole numbers, got {grid!r} (a damaged recording?)")
+    model = m.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise UserError(f"{where}: key 'model' must hold the model's 'name' (a damaged recording?)")
+    _positive_int(model, "image_size", f"{where} model")
+    npf = model.get("num_prefix", 1)
+    if isinstance(npf, bool) or not isinstance(npf, int) or npf < 1:
+        raise UserError(f"{where}: key 'model.num_prefix' must be a positive whole number, got {npf!r}")
+    for key in ("config", "initial_view"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            raise UserError(f"{where}: key {key!r} must be a table, got {m[key]!r}")
+    return m
+
+
+def read_chunks(directory: Path, layers: int, heads: int) -> dict[str, np.ndarray]:
+    """Every readable chunk, concatenated. A damaged chunk is skipped with one warning naming it."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for c in sorted(directory.glob("chunk-*.npz")):
+        try:
+            with np.load(c, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}  # reads every member: a bad CRC raises here
+            _check_chunk(arrays, layers, heads)
+        except Exception as exc:
+            logger.warning("skipping damaged chunk %s: %s", c, " ".join(str(exc).split())[:160])
+            continue
+        if parts and set(arrays) != set(parts):
+            logger.warning("skipping chunk %s: its arrays differ from the session's", c)
+            continue
+        for k, v in arrays.items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _check_chunk(arrays: dict[str, np.ndarray], layers: int, heads: int) -> None:
+    missing = [k for k in REQUIRED if k not in arrays]
+    if missing:
+        raise ValueError(f"missing arrays {missing}")
+    n = len(arrays["seq"])
+    if n == 0 or any(len(v) != n for v in arrays.values()):
+        raise ValueError("arrays of different lengths")
+    cls = arrays["cls"]
+    if cls.ndim != 4 or cls.shape[1:3] != (layers, heads):
+        raise ValueError(f"cls has shape {cls.shape}, expected [n, {layers}, {heads}, P]")
+    if not np.isfinite(cls.astype(np.float32)).all():
+        raise ValueError("cls holds NaN or inf")
+
+
+class RawReader:
+    """The raw frames of ``raw.mkv`` by frame index (each frame's pts is known from the attention data).
+
+    Sequential reads decode forward; a jump back or far ahead seeks (every FFV1/MJPEG frame is a keyframe).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], pts_ms: np.ndarray) -> None:
+        self.path = Path(path)
+        self.pts_ms = pts_ms
+        self._pos = {int(p): i for i, p in enumerate(pts_ms)}
+        try:
+            self._reader = VideoReader(self.path)
+        except Exception as exc:
+            raise UserError(f"cannot read the raw frames {self.path}: {exc}") from exc
+        self._next = 0  # the index the reader yields next, when known
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _decode_next(self) -> tuple[int, np.ndarray] | None:
+        item = self._reader.read()
+        if item is None:
+            return None
+        img, t = item
+        return self._pos.get(int(round(t * 1000)), -1), img
+
+    def get(self, index: int) -> np.ndarray | None:
+        """The BGR frame ``index``, or None when the file ends before it."""
+        if index in self._cache:
+            return self._cache[index]
+        if index < self._next - 1 or index > self._next + 60:
+            self._reader.seek(float(self.pts_ms[index]) / 1000.0)
+            self._next = -1
+        restarted = False
+        while True:
+            got = self._decode_next()
+            if got is None:
+                return None
+            i, img = got
+            if i >= 0:
+                self._next = i + 1
+                if len(self._cache) > 8:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[i] = img
+            if i == index:
+                return img
+            if i > index and not restarted:  # the seek went too far: from the start
+                self._reader.seek(0.0)
+                self._next, restarted = 0, True
+
+    def count(self) -> int:
+        """Number of decodable frames (a full pass; for checks and tests)."""
+        with VideoReader(self.path) as r:
+            return sum(1 for _ in r)
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class Session:
+    """A recorded session: manifest, per-frame arrays (all complete chunks), raw frames on demand.
+
+    Args:
+        path: the session folder (``session-*`` with ``manifest.json``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        mpath = self.path / MANIFEST
+        if not mpath.is_file():
+            raise UserError(f"{self.path} is not a recorded session (no {MANIFEST})")
+        self.manifest = read_manifest(mpath)
+        m = self.manifest
+        self.layers, self.heads = m["layers"], m["heads"]
+        self.grid = tuple(m["grid"])
+        self.num_prefix = int(m["model"].get("num_prefix", 1))
+        self.data = read_chunks(self.path / ATTN_DIR, self.layers, self.heads)
+        if not self.data:
+            raise UserError(f"{self.path} holds no recorded frames (the recording stopped before its first "
+                            "chunk was written)")
+        self._raw: RawReader | None = None
+        self._views: dict[int, View] = {}
+
+    def __len__(self) -> int:
+        return int(self.data["seq"].shape[0])
+
+    @property
+    def pts_ms(self) -> np.ndarray:
+        return self.data["pts_ms"]
+
+    @property
+    def raw(self) -> RawReader:
+        if self._raw is None:
+            self._raw = RawReader(self.path / RAW, self.pts_ms)
+        return self._raw
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config") or {}
+
+    def config_value(self, section: str, key: str, default: Any) -> Any:
+        v = (self.config.get(section) or {}).get(key, default)
+        return v if isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)) else default
+
+    def view(self, i: int) -> View:
+        """The view state that was shown with frame ``i``."""
+        if i not in self._views:
+            try:
+                d = json.loads(str(self.data["view"][i]))
+                self._views[i] = View(**{k: v for k, v in d.items() if k in _VIEW_FIELDS})
+            except (ValueError, TypeError):
+                self._views[i] = View()
+        return self._views[i]
+
+    def settings(self, i: int) -> MapSettings:
+        try:
+            d = json.loads(str(self.data["settings"][i])) if "settings" in self.data else {}
+            d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in _SETTINGS_FIELDS}
+            return MapSettings(**d)
+        except (ValueError, TypeError):
+            return MapSettings()
+
+    def _opt(self, key: str, i: int, flag: str | None = None) -> np.ndarray | None:
+        d = self.data
+        if key not in d or (flag is not None and flag in d and not bool(d[flag][i])):
+            return None
+        return d[key][i].astype(np.float32)
+
+    def result(self, i: int, frame: np.ndarray | None = None) -> Result:
+        """The :class:`Result` of frame ``i`` from its recorded row (fp16 maps as fp32) and its raw frame."""
+        d = self.data
+        if frame is None:
+            frame = self.raw.get(i)
+            if frame is None:
+                raise UserError(f"raw frame {i + 1} of {self.path} cannot be decoded")
+        topk = [(str(n), float(p)) for n, p in zip(d["top_names"][i], d["top_p"][i], strict=True) if n]
+        target = int(d["target"][i]) if "target" in d and int(d["target"][i]) >= 0 else None
+        rollout = self._opt("rollout", i, "has_rollout")
+        grid = tuple(int(g) for g in d["grid"][i]) if "grid" in d else self.grid
+        target_p = float(d["target_p"][i]) if "target_p" in d and np.isfinite(d["target_p"][i]) else None
+        names = self.manifest["model"].get("category_names") or []
+        return Result(
+            seq=int(d["seq"][i]),
+            t_capture_ns=int(d["t_capture_ns"][i]),
+            t_done_ns=int(d["t_done_ns"][i]) if "t_done_ns" in d else int(d["t_capture_ns"][i]),
+            frame=frame,
+            box=tuple(int(v) for v in d["box"][i]),  # type: ignore[arg-type]
+            grid=grid,  # type: ignore[arg-type]
+            cls=d["cls"][i].astype(np.float32),
+            rollout=rollout,
+            entropy=d["entropy"][i].astype(np.float32),
+            patch_entropy=d["patch_entropy"][i].astype(np.float32),
+            patch_entropy_layer=int(d["patch_entropy_layer"][i]) % self.layers if "patch_entropy_layer" in d else self.layers - 1,
+            topk=topk,
+            infer_ms=float(d["infer_ms"][i]) if "infer_ms" in d else 0.0,
+            settings=self.settings(i),
+            pts_s=float(d["pts_ms"][i]) / 1000.0,
+            num_prefix=self.num_prefix,
+            prefix_share=self._opt("prefix_share", i),
+            token_norm=self._opt("token_norm", i, "has_token_norm"),
+            relevance=self._opt("relevance", i, "has_relevance"),
+            target=target,
+            target_label=names[target] if target is not None and target < len(names) else None,
+            target_p=target_p,
+            classifier=bool(self.manifest["model"].get("classifier", True)),
+        )
+
+    def status(self) -> Status:
+        """The HUD's fixed part for this session: model, weights, UNTRAINED flag, source."""
+        m = self.manifest["model"]
+        return Status(model=f"{m['name']} [{m.get('weights_label', '?')}] replay", untrained=bool(m.get("untrained")),
+                      source=self.path.name)
+
+    def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None

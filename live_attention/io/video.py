@@ -1,0 +1,329 @@
+"""Video files through PyAV: the one reader of video files, the one image loader, and the H.264 writer.
+
+Reading: :class:`VideoReader` decodes any file FFmpeg knows (mp4, mkv, mov, avi, webm, animated GIF)
+into BGR frames with their media time; the live file source, ``render``, replay and export all read
+through it. :func:`read_image` loads still images the same way everywhere (16-bit scaled by
+255/65535, huge images shrunk once), so a file gives the same maps in every command.
+
+Writing: H.264 (libx264, bundled in PyAV's wheel) in a fragmented MP4.
+
+Why PyAV: OpenCV's wheel has no H.264 encoder, and an OpenCV ``mp4v`` .mp4 is unreadable after a
+crash ("moov atom not found"). A fragmented MP4 (``frag_keyframe+empty_moov+default_base_moof``)
+stays playable up to its last fragment. Timestamps are real: each frame's ``pts`` comes from the
+caller (capture time for recordings, media time for renders) on a 1/1000 s time base, so the
+file has a variable frame rate when the capture had one.
+
+Owned by whichever thread writes (the recorder's own thread, or the CLI's main thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from live_attention.errors import SourceError, UserError
+
+logger = logging.getLogger(__name__)
+
+TIME_BASE = Fraction(1, 1000)
+GIF_TIME_BASE = Fraction(1, 100)
+FRAG_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+MAX_IMAGE_SIDE = 4096  # larger stills are shrunk once on load: the canvas is at most 1080 px tall
+DEFAULT_FPS = 30.0  # for files that do not say
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def to_bgr8(image: np.ndarray | None) -> np.ndarray | None:
+    """Whatever a decoder returned to H×W×3 uint8 BGR (``None`` stays ``None``).
+
+    16-bit images scale by 255/65535 (their full range, whatever the picture's own maximum), floats
+    by 255 (a [0, 1] image); gray and BGRA become BGR.
+    """
+    if image is None or image.size == 0:
+        return None
+    if image.dtype == np.uint16:
+        image = cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+    elif image.dtype in (np.float32, np.float64):
+        image = cv2.convertScaleAbs(np.nan_to_num(image), alpha=255.0)
+    elif image.dtype != np.uint8:
+        image = cv2.convertScaleAbs(image)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """A still image as BGR uint8, or None when it cannot be decoded. Larger than
+    :data:`MAX_IMAGE_SIDE` on a side: shrunk once here (area averaging), so no later step pays for it."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except (OSError, cv2.error):
+        image = None
+    image = to_bgr8(image)
+    if image is None:
+        return None
+    h, w = image.shape[:2]
+    if max(h, w) > MAX_IMAGE_SIDE:
+        s = MAX_IMAGE_SIDE / max(h, w)
+        logger.info("%s is %dx%d: shrunk to %dx%d once", path, w, h, round(w * s), round(h * s))
+        image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return image
+
+
+class VideoReader:
+    """Decodes a video file into ``(bgr, pts_s)`` pairs, in order; seekable. One thread at a time.
+
+    Args:
+        path: the file.
+
+    Attributes:
+        fps: the stream's average rate (``DEFAULT_FPS`` when the file does not say).
+        frames_announced: the frame count the container states, or None.
+        size: (width, height).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video {self.path} not found: check the path")
+        try:
+            self._container = av.open(str(self.path))
+            self._stream = self._container.streams.video[0]
+        except (av.error.FFmpegError, IndexError, OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"cannot open {self.path} as a video (corrupt or unsupported format)") from exc
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        self.fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
+        self.frames_announced = int(self._stream.frames) or None
+        self.size = (int(self._stream.codec_context.width), int(self._stream.codec_context.height))
+        self._frames: Iterator | None = None
+        self._last_pts: float | None = None
+        self.decoded = 0
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """The next frame and its media time in seconds (strictly increasing), or None at the end."""
+        import av
+
+        if self._container is None:
+            return None
+        if self._frames is None:
+            self._frames = self._container.decode(self._stream)
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        except (av.error.FFmpegError, EOFError, OSError) as exc:  # a truncated or damaged file ends here
+            logger.info("%s: decoding stopped after %d frames: %s", self.path.name, self.decoded, exc)
+            return None
+        t = float(frame.time) if frame.time is not None else None
+        if t is None or not math.isfinite(t) or (self._last_pts is not None and t <= self._last_pts):
+            t = 0.0 if self._last_pts is None else self._last_pts + 1.0 / self.fps
+        self._last_pts = t
+        self.decoded += 1
+        return frame.to_ndarray(format="bgr24"), t
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        while (item := self.read()) is not None:
+            yield item
+
+    def seek(self, pts_s: float = 0.0) -> None:
+        """Continue from the keyframe at or before ``pts_s`` (0: the start)."""
+        if self._container is None:
+            return
+        tb = self._stream.time_base
+        offset = (int(pts_s / tb) if tb else 0) + int(self._stream.start_time or 0)
+        self._container.seek(max(0, offset), stream=self._stream, backward=True, any_frame=False)
+        self._frames = None
+        self._last_pts = None
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+class StreamWriter:
+    """One PyAV output stream: encode, mux, flush on close; a context manager. Subclasses open
+    ``self._container`` and ``self._stream``."""
+
+    _container = None
+    _stream = None
+    frames = 0
+
+    def _encode(self, frame) -> None:
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class H264Writer(StreamWriter):
+    """Write RGB uint8 frames to an H.264 MP4 (or MKV) with explicit timestamps.
+
+    Args:
+        path: output file (.mp4 or .mkv); must not exist unless ``overwrite``.
+        width, height: frame size (even numbers; odd sizes are padded by one pixel).
+        fps: nominal rate, used for frames written without a timestamp.
+        crf, preset: libx264 quality and speed.
+        gop: keyframe interval in frames; each keyframe starts a new fragment.
+        key_ms: also force a keyframe (a new fragment) at least every ``key_ms`` of media time, so a
+            crash loses at most that much whatever the frame rate (None: by ``gop`` only).
+        flush_packets: hand every muxed packet to the OS at once (else a kill loses the last 32 KB
+            I/O buffer: seconds of a small or static video).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        width: int,
+        height: int,
+        fps: float = 30.0,
+        crf: int = 23,
+        preset: str = "veryfast",
+        gop: int | None = None,
+        overwrite: bool = False,
+        key_ms: int | None = None,
+        flush_packets: bool = False,
+    ) -> None:
+        import av
+
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise UserError(f"{self.path} already exists: choose another name or pass --overwrite")
+        self.width, self.height = int(width) + int(width) % 2, int(height) + int(height) % 2
+        self.fps = float(fps) if fps and fps > 0 else 30.0
+        self.frames = 0
+        self._last_pts = -1
+        self.key_ms = key_ms
+        self._last_key = -(10**9)
+        options = {"movflags": FRAG_FLAGS} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+        try:
+            self._container = av.open(str(self.path), mode="w", options=options)
+        except (OSError, av.error.FFmpegError) as exc:
+            raise UserError(f"cannot write {self.path}: {exc} (check the folder exists and is writable)") from exc
+        if flush_packets:
+            self._container.flags |= av.container.Flags.flush_packets.value
+        stream = self._container.add_stream("libx264", rate=Fraction(round(self.fps * 1000), 1000))
+        stream.width, stream.height = self.width, self.height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        stream.codec_context.time_base = TIME_BASE
+        g = gop or max(1, int(round(self.fps)))  # a keyframe (and a fragment) about every second
+        stream.codec_context.gop_size = g
+        # One encoder thread: the model already keeps every core busy, and oversubscribed cores cost
+        # it more than the encoder gains.
+        stream.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency", "g": str(g),
+                          "keyint_min": str(g), "threads": "1"}
+        self._stream = stream
+
+    def write(self, rgb: np.ndarray, pts_s: float | None = None) -> None:
+        """Encode one RGB frame at ``pts_s`` seconds (default: frame index / fps)."""
+        import av
+        from av.video.frame import PictureType
+
+        if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
+            rgb = _fit(rgb, self.width, self.height)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        t = self.frames / self.fps if pts_s is None else pts_s
+        pts = int(round(t * 1000))
+        if pts <= self._last_pts:  # strictly increasing, whatever the clock did
+            pts = self._last_pts + 1
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        if self.key_ms is not None and pts - self._last_key >= self.key_ms:
+            frame.pict_type = PictureType.I
+            self._last_key = pts
+        self._last_pts = pts
+        self._encode(frame)
+
+
+def write_gif(frames: list[np.ndarray], out: str | os.PathLike[str], seconds_per_frame: float = 0.6,
+              max_width: int = 640) -> Path:
+    """An animated GIF through PyAV's ``gif`` encoder (8-bit palette)."""
+    import av
+
+    out = Path(out)
+    h0, w0 = frames[0].shape[:2]
+    s = min(1.0, max_width / w0)
+    w, h = int(w0 * s) // 2 * 2, int(h0 * s) // 2 * 2
+    with av.open(str(out), "w") as c:
+        st = c.add_stream("gif", rate=max(1, round(1 / seconds_per_frame)))
+        st.width, st.height, st.pix_fmt = w, h, "rgb8"
+        st.time_base = GIF_TIME_BASE
+        st.codec_context.time_base = GIF_TIME_BASE
+        for i, f in enumerate(frames):
+            img = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="rgb8")
+            vf.pts = int(round(i * seconds_per_frame * 100))
+            vf.time_base = GIF_TIME_BASE
+            for p in st.encode(vf):
+                c.mux(p)
+        for p in st.encode(None):
+            c.mux(p)
+    return out
+
+
+def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pad or crop to the stream size (sizes only differ by the odd-pixel padding)."""
+    out = np.zeros((height, width, 3), np.uint8)
+    h, w = min(height, rgb.shape[0]), min(width, rgb.shape[1])
+    out[:h, :w] = rgb[:h, :w]
+    return out
+
+
+def probe_frames(path: str | os.PathLike[str]) -> list[float]:
+    """Decode a video and return every frame's timestamp in seconds (for tests and checks)."""
+    import av
+
+    times = []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        for frame in c.decode(stream):
+            times.append(float(frame.pts * frame.time_base) if frame.pts is not None else float("nan"))
+    return times

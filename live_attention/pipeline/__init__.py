@@ -1,0 +1,1 @@
+"""The threads and the one frame loop: inference worker, live session, controller, frame loop, batch runs."""

@@ -1,0 +1,213 @@
+"""The offline path of ``render`` and ``export``: decode, batched inference, rendering and encoding overlap.
+
+Stages and threads, with a bounded queue between each, so memory stays flat whatever the video's length:
+
+1. **decode** (thread ``"decode"``): reads frames in order (:class:`~live_attention.io.video.VideoReader`,
+   a still image, or a recorded session's raw frames);
+2. **results** (the caller's thread, which owns the engine): batches of frames through one forward
+   pass and the per-frame maps (:func:`~live_attention.core.frame_maps.process_frames`), or a
+   recording's stored maps;
+3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.core.render.render` of each frame
+   (OpenCV releases the GIL), attention flow where the view asks for it;
+4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps.
+
+One output frame per input frame, in order. An error in any stage stops the others and is raised on
+the caller's thread; a partial output file is the caller's to keep or remove.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.frame_maps import flow_for, process_frames
+from live_attention.core.render import canvas_size, render
+from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
+from live_attention.pipeline.loop import EntropyHistory
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input frame: its position, picture and media time."""
+
+    index: int
+    image: np.ndarray
+    pts_s: float
+
+
+def default_batch(engine: AttentionEngine) -> int:
+    """Frames per forward pass: large on a GPU (launches amortised), small on a CPU (little to gain,
+    and a small batch keeps the other stages fed)."""
+    return 32 if engine.device.type == "cuda" else 4
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+class _Stage(threading.Thread):
+    """A thread that runs ``fn`` and keeps its exception for the caller."""
+
+    def __init__(self, name: str, fn: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn = fn
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:  # handed to the caller's thread
+            self.error = exc
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put, waiting while the queue is full, unless asked to stop."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) -> Callable[[list[Item]], list[Result]]:
+    """The results stage of ``render``: a batch of frames through the engine (frames of one size)."""
+
+    def fn(items: list[Item]) -> list[Result]:
+        out: list[Result] = []
+        # One forward pass per run of same-sized frames (a video's frames all are).
+        start = 0
+        while start < len(items):
+            shape = items[start].image.shape
+            end = start
+            while end < len(items) and items[end].image.shape == shape:
+                end += 1
+            frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s)
+                      for it in items[start:end]]
+            out.extend(process_frames(engine, frames, settings))
+            start = end
+        return out
+
+    return fn
+
+
+def run(
+    items: Iterable[Item],
+    results: Callable[[list[Item]], list[Result]],
+    view: View | Callable[[Result], View],
+    status: Status,
+    sink: Callable[[np.ndarray, float], None],
+    *,
+    batch: int = 4,
+    workers: int | None = None,
+    entropy_seconds: float = 10.0,
+    residual: float = 0.5,
+    size: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Run every item through ``results``, the renderer and ``sink(rgb, pts_s)``; returns the frames written.
+
+    ``view`` is one view for every frame or a function of the result (export: each frame's recorded
+    view). ``size``: the output size (default: :func:`canvas_size` of the first frame).
+    """
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch))
+    drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
+    written = [0]
+    view_of = view if callable(view) else (lambda _r, v=view: v)
+
+    def decode() -> None:
+        for item in items:
+            if not _put(decoded, item, stop):
+                return
+        _put(decoded, _END, stop)
+
+    def encode() -> None:
+        while True:
+            fut = _get(drawn, stop)
+            if fut is _END:
+                return
+            rgb, pts = fut.result()
+            sink(rgb, pts)
+            written[0] += 1
+
+    def draw(res: Result, v: View, extras: Extras, out_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        if v.mode == "flow" and (res.fused is not None or res.attn is not None):
+            extras = Extras(extras.entropy_history, extras.entropy_times, extras.entropy_seconds,
+                            flow=flow_for(res, residual), flow_seq=res.seq)
+        return render(res.frame, res, v, status, extras, size=out_size), float(res.pts_s or 0.0)
+
+    history = EntropyHistory(entropy_seconds)
+    stages = [_Stage("decode", decode), _Stage("encode", encode)]
+    for s in stages:
+        s.start()
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="draw")
+    out_size = size
+    try:
+        done = False
+        while not done:
+            chunk: list[Item] = []
+            while len(chunk) < batch:
+                item = _get(decoded, stop)
+                if item is _END:
+                    done = True
+                    break
+                chunk.append(item)
+            _raise_from(stages)
+            if not chunk:
+                break
+            for res in results(chunk):
+                history.add(float(res.pts_s or 0.0), res)
+                out_size = out_size or canvas_size(res.frame.shape)
+                fut: Future = pool.submit(draw, res, view_of(res), history.extras(), out_size)
+                if not _put(drawn, fut, stop):
+                    break
+            if progress is not None:
+                progress(written[0])
+            _raise_from(stages)
+        _put(drawn, _END, stop)
+        stages[1].join()
+        _raise_from(stages)
+        if progress is not None:
+            progress(written[0])
+        return written[0]
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for s in stages:
+            s.join(timeout=5)
+
+
+def _raise_from(stages: list[_Stage]) -> None:
+    for s in stages:
+        if s.error is not None:
+            raise s.error
+
+
+def video_items(reader: Any) -> Iterator[Item]:
+    """The frames of a :class:`~live_attention.io.video.VideoReader` as items."""
+    for i, (image, pts) in enumerate(reader):
+        yield Item(i, image, pts)

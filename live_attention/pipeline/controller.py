@@ -1,0 +1,124 @@
+"""The keyboard controller: plain view state changed by named keys, on the frame loop's thread.
+
+No GUI code: the window turns key presses into names (``"up"``, ``"6"``, ``"space"``), so the
+controller is unit-tested without a window, and replay and the live window share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from live_attention.config import COLORMAPS, FUSIONS, MODES, Config
+from live_attention.datatypes import Result, View
+
+
+def view_from_config(cfg: Config) -> View:
+    v = cfg.view
+    return View(mode=v.mode, layer=v.layer, head=v.head, fusion=v.fusion, opacity=v.opacity,
+                colormap=v.colormap, show_help=cfg.window.show_help)
+
+
+@dataclass
+class KeyOutcome:
+    """What the frame loop must do after a key, beyond the new view."""
+
+    quit: bool = False
+    screenshot: bool = False
+    toggle_record: bool = False
+    flow: bool = False
+    freeze_changed: bool = False
+
+
+_MODE_KEYS = {str(i + 1): mode for i, mode in enumerate(MODES)}
+
+
+class Controller:
+    """Keyboard navigation over layers, heads, modes and display options.
+
+    Args:
+        num_layers, num_heads: the model's size.
+        view: the starting view.
+    """
+
+    def __init__(self, num_layers: int, num_heads: int, view: View | None = None) -> None:
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        v = view or View()
+        self.view = replace(v, layer=v.resolved_layer(num_layers), head=min(v.head, num_heads - 1))
+
+    def press(self, key: str) -> KeyOutcome:
+        v = self.view
+        out = KeyOutcome()
+        k = key.lower()
+        if k == "up":
+            v = replace(v, layer=min(self.num_layers - 1, v.layer + 1), animating=False)
+        elif k == "down":
+            v = replace(v, layer=max(0, v.layer - 1), animating=False)
+        elif k == "right":  # -1 (fused) -> 0 -> ... -> H-1 -> -1
+            v = replace(v, head=v.head + 1 if v.head < self.num_heads - 1 else -1)
+        elif k == "left":
+            v = replace(v, head=v.head - 1 if v.head > -1 else self.num_heads - 1)
+        elif k in ("0", "backspace"):
+            v = replace(v, head=-1)
+        elif k in _MODE_KEYS:
+            v = replace(v, mode=_MODE_KEYS[k])
+            if v.mode == "flow":
+                out.flow = True
+                if not v.frozen:
+                    v = replace(v, frozen=True)
+                    out.freeze_changed = True
+        elif k == "m":
+            v = replace(v, mode=MODES[(MODES.index(v.mode) + 1) % len(MODES)])
+        elif k == "f":
+            v = replace(v, fusion=FUSIONS[(FUSIONS.index(v.fusion) + 1) % len(FUSIONS)])
+        elif k == "a":
+            v = replace(v, animating=not v.animating)
+        elif k == "space":
+            v = replace(v, frozen=not v.frozen)
+            out.freeze_changed = True
+        elif k == "+":
+            v = replace(v, opacity=round(min(1.0, v.opacity + 0.1), 2))
+        elif k == "-":
+            v = replace(v, opacity=round(max(0.0, v.opacity - 0.1), 2))
+        elif k == "c":
+            v = replace(v, colormap=COLORMAPS[(COLORMAPS.index(v.colormap) + 1) % len(COLORMAPS)])
+        elif k == "h":
+            v = replace(v, show_help=not v.show_help)
+        elif k in ("q", "esc"):
+            out.quit = True
+        elif k == "s":
+            out.screenshot = True
+        elif k == "r":
+            out.toggle_record = True
+        self.view = v
+        return out
+
+    def step_animation(self) -> None:
+        """Advance the animated layer by one, wrapping around."""
+        self.view = replace(self.view, layer=(self.view.layer + 1) % self.num_layers)
+
+    def select_patch(self, patch: int | None) -> None:
+        self.view = replace(self.view, query_patch=patch, mode="query" if patch is not None else self.view.mode)
+
+
+def patch_at(result: Result, x: float, y: float) -> int | None:
+    """The patch under frame pixel (x, y), or None outside the region the model saw."""
+    x0, y0, x1, y1 = result.box
+    if not (x0 <= x < x1 and y0 <= y < y1):
+        return None
+    gh, gw = result.grid
+    c = min(gw - 1, int((x - x0) / (x1 - x0) * gw))
+    r = min(gh - 1, int((y - y0) / (y1 - y0) * gh))
+    return r * gw + c
+
+
+def describe_change(before: View, after: View) -> str | None:
+    """A short HUD note for changes that are otherwise hard to see (opacity, colormap, fusion)."""
+    if after.opacity != before.opacity:
+        return f"opacity {after.opacity:.1f}"
+    if after.colormap != before.colormap:
+        return f"colormap {after.colormap}"
+    if after.fusion != before.fusion:
+        note = " (shown when all heads are fused, and in rollout)" if after.head >= 0 and after.mode != "rollout" else ""
+        return f"head fusion {after.fusion}{note}"
+    return None

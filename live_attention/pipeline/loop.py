@@ -1,0 +1,530 @@
+"""The one frame loop: results, view state and keys in; a shown frame, its recording and its state out.
+
+Every front end is this loop with its own :class:`Feed` (where results come from) and :class:`Display`
+(where frames go): the live window (a :class:`~live_attention.pipeline.live.LiveSession` and the Dear
+PyGui window), headless mode (the live session and :class:`HeadlessDisplay`), replay (a
+:class:`~live_attention.pipeline.replay.ReplayFeed` and the window) and ``bench`` (the live session
+and the window or :class:`NullDisplay`). One iteration:
+
+1. the display's keys, clicks and timeline moves go to the feed (playback keys) or the
+   :class:`~live_attention.pipeline.controller.Controller` (the view), and their outcomes happen here:
+   freeze, flow, screenshots, recording, the map settings the worker computes;
+2. the newest result is taken (never waited for);
+3. when anything changed, :func:`~live_attention.core.render.render` composes the picture, the display
+   shows it, the recorder gets it with the result it was drawn from, the state file is written;
+4. the display presents the frame (vsync, a frame-rate cap, or waiting for the next result).
+
+Threads: the loop runs on the caller's (main) thread, which owns the display; :class:`FlowJob` computes
+attention flow on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from live_attention.core.flow import FlowCancelled
+from live_attention.core.frame_maps import flow_for
+from live_attention.core.render import canvas_size, render
+from live_attention.datatypes import Extras, Result, Status, View
+from live_attention.io.outputs import save_png
+from live_attention.pipeline.controller import Controller, describe_change, patch_at
+
+logger = logging.getLogger(__name__)
+
+REFRESH_S = 0.25  # live figures on the HUD are redrawn at least this often
+
+
+@dataclass
+class Inputs:
+    """What a display collected since the last iteration."""
+
+    keys: list[str] = field(default_factory=list)
+    clicks: list[tuple[float, float]] = field(default_factory=list)  # fractions of the picture
+    seeks: list[int] = field(default_factory=list)  # timeline moves (replay), 0-based
+
+
+class Display(Protocol):
+    """Where frames go: the window, or a headless stand-in."""
+
+    running: bool
+    wants_pixels: bool  # False: render only for the recorder or a screenshot
+    waits_for_results: bool  # True: the loop sleeps on the feed (headless), else the display paces it
+
+    def poll(self) -> Inputs: ...
+
+    def show(self, rgb: np.ndarray, position: tuple[int, int] | None = None) -> None: ...
+
+    def update(self, status: Status, result: Result | None, view: View) -> None: ...
+
+    def present(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Feed(Protocol):
+    """Where results come from: a live session, or a recorded session played back."""
+
+    num_layers: int
+    num_heads: int
+    can_record: bool
+
+    def latest(self) -> Result | None: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+    def key(self, key: str) -> bool: ...
+
+    def seek(self, index: int) -> None: ...
+
+    def tick(self) -> bool: ...
+
+    def freeze(self, result: Result | None) -> None: ...
+
+    def set_settings(self, **changes: Any) -> None: ...
+
+    def prepare(self, result: Result, view: View) -> Result: ...
+
+    def note_displayed(self, result: Result) -> None: ...
+
+    def status(self, message: str | None = None, flow_progress: float | None = None) -> Status: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def playing(self) -> bool | None: ...
+
+    def position(self) -> tuple[int, int] | None: ...
+
+    def toggle_record(self, view_fn: Callable[[], View]) -> str: ...
+
+    def submit(self, result: Result, rgb: np.ndarray, view: View) -> None: ...
+
+    def media_time(self, result: Result) -> float: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers the loop owns
+# --------------------------------------------------------------------------------------------------
+
+
+class EntropyHistory:
+    """Per-layer CLS entropy (heads averaged) over the last seconds, for the entropy curve."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._t: deque[float] = deque()
+        self._v: deque[np.ndarray] = deque()
+
+    def add(self, t: float, result: Result) -> None:
+        if self._t and t <= self._t[-1]:  # a seek back (replay): start the curve again
+            self._t.clear()
+            self._v.clear()
+        self._t.append(t)
+        self._v.append(result.entropy.mean(axis=1))
+        while self._t and self._t[0] < t - self.seconds * 1.5:
+            self._t.popleft()
+            self._v.popleft()
+
+    def extras(self, flow: np.ndarray | None = None, flow_seq: int | None = None) -> Extras:
+        """What the renderer needs beyond one result: this history, and a flow map if there is one."""
+        if len(self._t) < 2:
+            hist = times = None
+        else:
+            hist, times = np.stack(self._v), np.asarray(self._t)
+        return Extras(entropy_history=hist, entropy_times=times, entropy_seconds=self.seconds, flow=flow,
+                      flow_seq=flow_seq if flow is not None else None)
+
+
+class FlowJob(threading.Thread):
+    """Attention flow of one result on a background thread; ``progress`` in 0..1, ``flow`` when done."""
+
+    def __init__(self, result: Result, residual: float = 0.5) -> None:
+        super().__init__(name="flow", daemon=True)
+        self.result = result
+        self.residual = residual
+        self.progress = 0.0
+        self.flow: np.ndarray | None = None
+        self.error: str | None = None
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        def progress(done: int, total: int) -> None:
+            self.progress = done / max(1, total)
+
+        try:
+            self.flow = flow_for(self.result, self.residual, progress=progress, cancel=self.cancel)
+            self.progress = 1.0
+        except FlowCancelled:
+            logger.info("flow cancelled")
+        except Exception as exc:
+            logger.warning("attention flow failed: %s", exc, exc_info=not isinstance(exc, ValueError))
+            self.error = f"flow failed: {exc}"
+
+    @property
+    def done(self) -> bool:
+        return self.flow is not None
+
+
+class StateWriter:
+    """Writes the shown state as JSON (``--state-file``) for automation and tests: what the HUD says."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self._last = ""
+
+    def write(self, view: View, status: Status, extra: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        data = {"view": asdict(view), "status": asdict(status), **extra}
+        text = json.dumps(data, default=str, sort_keys=True)
+        if text == self._last:
+            return
+        self._last = text
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class LoopStats:
+    """Figures the bench reads: per-iteration and per-render times, capture-to-display latencies."""
+
+    iterations: int = 0
+    iteration_ms: list[float] = field(default_factory=list)
+    render_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    shown: int = 0
+
+
+def settings_for(view: View) -> dict[str, Any]:
+    """The map settings a view asks the worker for."""
+    return {
+        "fusion": view.fusion,
+        "entropy_layer": view.layer,
+        "query_patch": view.query_patch if view.mode == "query" else None,
+        "target": view.target,
+        "relevance": view.mode == "relevance",
+        "need": ("fused",) if view.mode == "flow" else (),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+class FrameLoop:
+    """Runs a :class:`Feed` into a :class:`Display` until the display closes, the user quits, the feed
+    finishes (headless) or ``max_seconds`` pass.
+
+    Args:
+        feed, display: the two ends.
+        view: the starting view.
+        entropy_seconds: the entropy curve's span; residual: for flow; animate_fps: layers per second.
+        screenshot_dir: where ``S`` saves; state_file: JSON of the shown state (automation, tests).
+        max_seconds: stop after this long (None: run until closed).
+        stop_when_finished: stop once the feed has shown its last result (headless runs).
+    """
+
+    def __init__(self, feed: Feed, display: Display, view: View, *, entropy_seconds: float = 10.0,
+                 residual: float = 0.5, animate_fps: float = 2.0, screenshot_dir: str = "screenshots",
+                 state_file: str | None = None, max_seconds: float | None = None,
+                 stop_when_finished: bool = False) -> None:
+        self.feed, self.display = feed, display
+        self.controller = Controller(feed.num_layers, feed.num_heads, view)
+        self.history = EntropyHistory(entropy_seconds)
+        self.residual = residual
+        self.animate_period = 1.0 / animate_fps
+        self.screenshot_dir = screenshot_dir
+        self.states = StateWriter(state_file)
+        self.max_seconds = max_seconds
+        self.stop_when_finished = stop_when_finished
+        self.stats = LoopStats()
+        self.shown: Result | None = None  # the newest result taken from the feed
+        self.prepared: Result | None = None  # what is drawn: ``shown`` with what the view needs (replay)
+        self.rgb: np.ndarray | None = None  # the picture on screen
+        self.flow_job: FlowJob | None = None
+        self.message: str | None = None
+        self._message_until = 0.0
+        self._dirty = True
+        self._new = False  # a result not yet given to the recorder
+        self._last_render = 0.0
+        self._last_anim = time.monotonic()
+        self._settings: dict[str, Any] = {}
+        self.quit = False
+
+    @property
+    def view(self) -> View:
+        return self.controller.view
+
+    def say(self, message: str | None, seconds: float = 3.0) -> None:
+        self.message, self._message_until = message, time.monotonic() + seconds
+        self._dirty = True
+
+    # ---------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Loop until done; returns an exit status. Stops the flow job on the way out."""
+        t0 = time.monotonic()
+        self._sync_settings()
+        try:
+            while self.display.running and not self.quit:
+                self.step()
+                if self.max_seconds is not None and time.monotonic() - t0 >= self.max_seconds:
+                    break
+                if self.stop_when_finished and self.feed.finished:
+                    break
+            return 0
+        finally:
+            if self.flow_job is not None:
+                self.flow_job.cancel.set()
+
+    def step(self) -> None:
+        t = time.perf_counter()
+        now = time.monotonic()
+        inputs = self.display.poll()
+        for key in inputs.keys:
+            self._key(key, now)
+        for fx, fy in inputs.clicks:
+            self._click(fx, fy)
+        for index in inputs.seeks:
+            self.feed.seek(index)
+            self._dirty = True
+        if self.feed.tick():
+            self._dirty = True
+        if self.view.animating and now - self._last_anim >= self.animate_period:
+            self.controller.step_animation()
+            self._last_anim = now
+            self._dirty = True
+        self._sync_settings()
+        self._take_result(now)
+        self._flow(now)
+        if self.message and now > self._message_until:
+            self.message = None
+            self._dirty = True
+        if self._dirty or now - self._last_render > REFRESH_S:
+            self._compose(now)
+        self.display.present()
+        if self.display.waits_for_results:
+            self.feed.wait(0.2)
+        self.stats.iterations += 1
+        self.stats.iteration_ms.append((time.perf_counter() - t) * 1000.0)
+
+    # ---------------------------------------------------------------------------------------------
+    def _key(self, key: str, now: float) -> None:
+        self._dirty = True
+        if self.feed.key(key):  # playback keys (replay)
+            playing = self.feed.playing
+            if playing is not None:
+                self.controller.view = replace(self.view, frozen=not playing)
+            return
+        before = self.view
+        out = self.controller.press(key)
+        if out.quit:
+            self.quit = True
+            return
+        if out.freeze_changed:
+            self._set_frozen(self.view.frozen)
+        note = describe_change(before, self.view)
+        if note:
+            self.say(note, 2.0)
+        if out.screenshot:
+            self._screenshot()
+        if out.toggle_record:
+            self._toggle_record()
+
+    def _set_frozen(self, frozen: bool) -> None:
+        self.feed.freeze(self.shown if frozen else None)
+        if not frozen and self.flow_job is not None:
+            self.flow_job.cancel.set()
+            self.flow_job = None
+
+    def _click(self, fx: float, fy: float) -> None:
+        res = self.shown
+        if res is None:
+            return
+        h, w = res.frame.shape[:2]
+        patch = patch_at(res, fx * w, fy * h)
+        if patch is None:
+            self.say("click inside the part the model sees (the bright region)", 2.0)
+        else:
+            self.controller.select_patch(patch)
+            self._dirty = True
+
+    def _screenshot(self) -> None:
+        if self.rgb is None:
+            return
+        try:
+            self.say(f"screenshot saved to {save_png(self.rgb, self.screenshot_dir, 'live-attention')}", 4.0)
+        except OSError as exc:
+            self.say(f"screenshot failed: {exc}", 4.0)
+
+    def _toggle_record(self) -> None:
+        if not self.feed.can_record:
+            return
+        try:
+            self.say(self.feed.toggle_record(lambda: self.view), 5.0)
+        except Exception as exc:  # a bad folder or a full disk must not stop the live view
+            logger.exception("recording toggle failed")
+            self.say(f"recording failed: {exc}", 8.0)
+            return
+        if self.shown is not None and self.rgb is not None:
+            # Frozen, no new result would come: the frame on screen starts the recording.
+            self.feed.submit(self.shown, self.rgb, self.view)
+            self._new = False
+
+    def _sync_settings(self) -> None:
+        wanted = settings_for(self.view)
+        if wanted != self._settings:
+            self._settings = wanted
+            self.feed.set_settings(**wanted)
+
+    def _take_result(self, now: float) -> None:
+        latest = self.feed.latest()
+        if latest is None or latest is self.shown:
+            return
+        if self.shown is None or latest.seq != self.shown.seq:
+            self.history.add(self.feed.media_time(latest), latest)
+        self.shown = latest
+        self._new = True
+        self._dirty = True
+        self.feed.note_displayed(latest)
+        self.stats.shown += 1
+        self.stats.latency_ms.append((time.monotonic_ns() - latest.t_capture_ns) / 1e6)
+
+    def _flow(self, now: float) -> None:
+        job = self.flow_job
+        if job is not None and job.error:
+            self.say(job.error, 5.0)
+            self.flow_job = None
+            return
+        if job is not None and not job.done:
+            self._dirty = self._dirty or now - self._last_render > 0.2  # show the progress
+        res = self.prepared if self.prepared is not None and self.prepared.seq == getattr(self.shown, "seq", None) else None
+        if (self.view.mode == "flow" and res is not None and (res.fused is not None or res.attn is not None)
+                and (job is None or job.result.seq != res.seq)):
+            if job is not None:
+                job.cancel.set()
+            self.flow_job = FlowJob(res, self.residual)
+            self.flow_job.start()
+
+    def _compose(self, now: float) -> None:
+        res = self.shown
+        job = self.flow_job
+        progress = job.progress if job is not None and not job.done else None
+        status = self.feed.status(self.message, progress)
+        self.display.update(status, res, self.view)
+        if self.display.wants_pixels or status.recording:
+            t = time.perf_counter()
+            if res is None:
+                rgb = render(None, None, self.view, status, size=self.rgb.shape[1::-1] if self.rgb is not None else None)
+            else:
+                shown = self.prepared = self.feed.prepare(res, self.view)
+                extras = self.history.extras(job.flow if job is not None and job.done else None,
+                                             job.result.seq if job is not None else None)
+                rgb = render(shown.frame, shown, self.view, status, extras, size=canvas_size(shown.frame.shape))
+            self.stats.render_ms.append((time.perf_counter() - t) * 1000.0)
+            self.rgb = rgb
+            self.display.show(rgb, self.feed.position())
+            if self._new and res is not None:
+                self.feed.submit(res, rgb, self.view)
+        self._new = False
+        self._last_render = now
+        self._dirty = False
+        self.states.write(self.view, status, {
+            **self.feed.state(),
+            "seq": res.seq if res is not None else None,
+            "top1": res.topk[0][0] if res is not None and res.topk else None,
+            "flow_done": bool(job is not None and job.done),
+        })
+
+
+# --------------------------------------------------------------------------------------------------
+# Displays without a window
+# --------------------------------------------------------------------------------------------------
+
+
+class HeadlessDisplay:
+    """No window: a status line on stderr every ``every`` seconds (each error once), pixels only for
+    the recorder."""
+
+    running = True
+    wants_pixels = False
+    waits_for_results = True
+
+    def __init__(self, every: float = 2.0, stream=None) -> None:
+        self.every = every
+        self.stream = stream or sys.stderr
+        self._t0 = time.monotonic()
+        self._last = -1e9
+        self._errors: set[str] = set()
+
+    def poll(self) -> Inputs:
+        return Inputs()
+
+    def show(self, rgb: np.ndarray, position: tuple[int, int] | None = None) -> None:
+        pass
+
+    def update(self, status: Status, result: Result | None, view: View) -> None:
+        now = time.monotonic()
+        if status.error and status.error not in self._errors:
+            self._errors.add(status.error)
+            print(f"live-attention: {status.error}", file=self.stream, flush=True)
+        if now - self._last < self.every:
+            return
+        self._last = now
+        print(f"[{now - self._t0:6.1f}s] {status_line(status, result)}", file=self.stream, flush=True)
+
+    def present(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def status_line(status: Status, result: Result | None) -> str:
+    """The HUD's figures as one line (headless mode)."""
+    if result is None:
+        top = "-"
+    elif not result.classifier:
+        top = "(no classifier)"
+    elif result.topk:
+        top = result.topk[0][0] + (" (UNTRAINED model)" if status.untrained else "")
+    else:
+        top = "-"
+    line = (f"{status.capture_state} capture {status.capture_fps or 0:.1f} fps, model {status.infer_fps or 0:.1f} fps, "
+            f"latency {status.latency_ms or 0:.0f} ms, dropped {status.dropped}, top-1 {top}")
+    if status.recording:
+        line += f" [{status.recording.replace('dropped', 'recorder dropped')}]"
+    return line
+
+
+class NullDisplay(HeadlessDisplay):
+    """A display that draws nowhere at a 60 Hz pace (the bench without a screen)."""
+
+    wants_pixels = True
+    waits_for_results = False
+
+    def __init__(self, hz: float = 60.0) -> None:
+        super().__init__(every=1e9, stream=open(os.devnull, "w"))  # noqa: SIM115
+        self.period = 1.0 / hz
+
+    def present(self) -> None:
+        time.sleep(self.period)
+
+    def close(self) -> None:
+        self.stream.close()

@@ -1,0 +1,353 @@
+"""A recorded session again: the :class:`ReplayFeed` of the replay window, and export.
+
+Threads: everything here runs on the frame loop's (main) thread. Recorded maps are shown as recorded;
+what the recording lacks for the current view (query rows, flow, rollout with another fusion, another
+layer's patch entropy, relevance for another class) is recomputed from the lossless raw frame with the
+model named in the manifest (:class:`Recompute`), once per frame and setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from live_attention.config import RecordConfig
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.frame_maps import process_frames
+from live_attention.core.models import PRETRAINED, load_model
+from live_attention.core.render import canvas_size, heads_grid, render
+from live_attention.datatypes import Frame, MapSettings, Result, Status, View
+from live_attention.errors import UserError
+from live_attention.io.outputs import PartialOutput
+from live_attention.io.recording import Session
+from live_attention.io.video import H264Writer
+from live_attention.pipeline import batch
+
+logger = logging.getLogger(__name__)
+
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def engine_for_session(session: Session, weights: str | None = None, device: str = "auto",
+                       precision: str | None = None) -> AttentionEngine:
+    """The manifest's model with the manifest's weights (or ``weights``), at the recorded input size;
+    weights other than the recording's are logged."""
+    m = session.manifest["model"]
+    w = weights or m.get("weights") or "imagenet"
+    if w.lower() not in (*PRETRAINED, "random", "demo") and not Path(w).expanduser().exists():
+        raise UserError(f"weights file not found: {w} (pass --weights PATH, imagenet or random, or --no-model)")
+    engine = load_model(m["name"], w, device, precision or m.get("precision", "auto"),
+                        input_size=m.get("image_size"), full_frame=bool(m.get("full_frame")))
+    if m.get("weights_sha256") and engine.weights_sha256 and engine.weights_sha256 != m["weights_sha256"]:
+        logger.warning("the weights differ from the recording's (sha256 %s, recorded %s)",
+                       engine.weights_sha256[:12], m["weights_sha256"][:12])
+    return engine
+
+
+class Player:
+    """Playback position and speed over recorded timestamps (no GUI: unit-testable)."""
+
+    def __init__(self, pts_ms: np.ndarray, playing: bool = True) -> None:
+        self.pts_ms = pts_ms
+        self.index = 0
+        self.playing = playing
+        self.speed = 1.0
+        self._anchor_wall = time.monotonic()
+        self._anchor_media = float(pts_ms[0]) if len(pts_ms) else 0.0
+
+    def _reanchor(self) -> None:
+        self._anchor_wall = time.monotonic()
+        self._anchor_media = float(self.pts_ms[self.index])
+
+    def press(self, key: str) -> bool:
+        """Handle a playback key; True when it was one."""
+        n = len(self.pts_ms)
+        if key in ("p", "space"):
+            self.playing = not self.playing
+        elif key == ",":
+            self.playing, self.index = False, max(0, self.index - 1)
+        elif key == ".":
+            self.playing, self.index = False, min(n - 1, self.index + 1)
+        elif key == "home":
+            self.index = 0
+        elif key == "end":
+            self.index = n - 1
+        elif key in ("[", "]"):
+            k = SPEEDS.index(self.speed) if self.speed in SPEEDS else 2
+            self.speed = SPEEDS[max(0, k - 1)] if key == "[" else SPEEDS[min(len(SPEEDS) - 1, k + 1)]
+        else:
+            return False
+        self._reanchor()
+        return True
+
+    def seek(self, index: int) -> None:
+        self.index = int(min(max(0, index), len(self.pts_ms) - 1))
+        self._reanchor()
+
+    def tick(self) -> bool:
+        """Advance with the wall clock while playing; True when the index changed."""
+        if not self.playing:
+            return False
+        media = self._anchor_media + (time.monotonic() - self._anchor_wall) * 1000.0 * self.speed
+        j = int(np.searchsorted(self.pts_ms, media, side="right")) - 1
+        j = min(max(j, self.index), len(self.pts_ms) - 1)
+        if j >= len(self.pts_ms) - 1 and self.index == len(self.pts_ms) - 1:
+            self.playing = False  # stop at the end
+            return False
+        changed = j != self.index
+        self.index = j
+        return changed
+
+
+def needs_model(view: View, rec: Result) -> bool:
+    """Whether showing ``view`` on the recorded ``rec`` needs maps that were not recorded."""
+    if view.mode == "entropy":  # patch entropy was recorded for one layer only
+        return view.resolved_layer(rec.num_layers) != rec.patch_entropy_layer
+    if view.mode == "rollout":
+        return rec.rollout is None or view.fusion != rec.settings.fusion
+    if view.mode == "relevance":
+        return rec.relevance is None
+    if view.mode == "norms":
+        return rec.token_norm is None
+    return view.mode in ("query", "flow")
+
+
+class Recompute:
+    """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread)."""
+
+    def __init__(self, engine: AttentionEngine, residual: float = 0.5) -> None:
+        self.engine = engine
+        self.residual = residual
+        self._cache: tuple[int, MapSettings, Result] | None = None
+
+    def settings_for(self, view: View, rec: Result) -> MapSettings:
+        return replace(
+            rec.settings,
+            fusion=view.fusion if view.mode == "rollout" else rec.settings.fusion,
+            residual=self.residual,
+            query_patch=view.query_patch if view.mode == "query" else None,
+            entropy_layer=view.resolved_layer(rec.num_layers),
+            relevance=view.mode == "relevance",
+            need=("fused",) if view.mode == "flow" else (),
+        )
+
+    def result(self, index: int, rec: Result, view: View) -> Result:
+        """``rec`` computed again from its frame with the settings ``view`` needs (cached per frame)."""
+        settings = self.settings_for(view, rec)
+        if self._cache is not None and self._cache[:2] == (index, settings):
+            return self._cache[2]
+        frame = Frame(image=rec.frame, seq=rec.seq, t_capture_ns=rec.t_capture_ns, source="replay", pts_s=rec.pts_s)
+        live = process_frames(self.engine, [frame], settings)[0]
+        out = replace(live, t_done_ns=rec.t_done_ns, infer_ms=rec.infer_ms)
+        self._cache = (index, settings, out)
+        return out
+
+
+class ReplayFeed:
+    """A recorded session as the frame loop's feed: a :class:`Player` picks the frame; results come from
+    the recording, recomputed where the view needs more (when a model is loaded)."""
+
+    can_record = False
+
+    def __init__(self, session: Session, engine: AttentionEngine | None = None, paused: bool = False) -> None:
+        self.session = session
+        self.num_layers, self.num_heads = session.layers, session.heads
+        self.player = Player(session.pts_ms, playing=not paused)
+        residual = session.config_value("view", "residual", 0.5)
+        self.recompute = Recompute(engine, residual) if engine is not None else None
+        self._status = session.status()
+        self._index = -1
+        self._result: Result | None = None
+        self._note: tuple[str, float] | None = None
+
+    # What the frame loop calls ------------------------------------------------------------------
+    def latest(self) -> Result | None:
+        i = self.player.index
+        if i != self._index:
+            frame = self.session.raw.get(i)
+            if frame is None:
+                self._say(f"raw frame {i + 1} missing")
+                self.player.seek(max(0, i - 1))
+                self.player.playing = False
+                return self._result
+            self._result = self.session.result(i, frame)
+            self._index = i
+        return self._result
+
+    def wait(self, timeout: float) -> None:
+        time.sleep(min(timeout, 0.01))
+
+    def key(self, key: str) -> bool:
+        if key == "r":
+            return True  # no recording while replaying
+        return self.player.press(key)
+
+    def seek(self, index: int) -> None:
+        self.player.seek(index)
+
+    def tick(self) -> bool:
+        return self.player.tick()
+
+    @property
+    def playing(self) -> bool | None:
+        return self.player.playing
+
+    def position(self) -> tuple[int, int] | None:
+        return self._index, len(self.session)
+
+    def freeze(self, result: Result | None) -> None:
+        if result is not None:
+            self.player.playing = False
+
+    def set_settings(self, **changes: Any) -> None:
+        pass  # recomputation follows the view directly (see prepare)
+
+    def prepare(self, result: Result, view: View) -> Result:
+        if not needs_model(view, result):
+            return result
+        if self.recompute is None:
+            self._say("this view needs the model: replay without --no-model")
+            return result
+        return self.recompute.result(self._index, result, view)
+
+    def media_time(self, result: Result) -> float:
+        return float(result.pts_s or 0.0)
+
+    def note_displayed(self, result: Result) -> None:
+        pass
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    def status(self, message: str | None = None, flow_progress: float | None = None) -> Status:
+        p = self.player
+        n = len(self.session)
+        i = max(0, self._index)
+        pos = (f"{'PLAY' if p.playing else 'PAUSED'} {p.speed:g}x  frame {i + 1}/{n}"
+               f"  {self.session.pts_ms[i] / 1000:.2f} s")
+        note = self._note[0] if self._note is not None and time.monotonic() < self._note[1] else None
+        return replace(self._status, message=message or note or pos, flow_progress=flow_progress)
+
+    def _say(self, note: str) -> None:
+        self._note = (note, time.monotonic() + 3.0)
+
+    def state(self) -> dict[str, Any]:
+        return {"frame_index": self._index, "playing": self.player.playing, "speed": self.player.speed}
+
+    def toggle_record(self, view_fn: Callable[[], View]) -> str:
+        return "no recording while replaying"
+
+    def submit(self, result: Result, rgb: np.ndarray, view: View) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# Export: a session rendered again, offline
+# --------------------------------------------------------------------------------------------------
+
+
+def export_view(session: Session, index: int, overrides: dict[str, Any], hud: bool = True) -> View:
+    """Frame ``index``'s recorded view with ``overrides`` (CLI flags), for an offline picture."""
+    view = replace(session.view(index), frozen=False, animating=False, show_help=False, show_hud=hud, **overrides)
+    if view.mode == "query" and view.query_patch is None:
+        gh, gw = session.grid
+        view = replace(view, query_patch=(gh // 2) * gw + gw // 2)
+    return view
+
+
+def session_results(session: Session, recompute: Recompute | None, overrides: dict[str, Any], hud: bool,
+                    views: dict[int, View]) -> Callable[[list[batch.Item]], list[Result]]:
+    """The results stage of an export: each frame's recorded maps, recomputed where its view needs more
+    (one forward pass for the frames of a batch that need it); ``views`` collects each frame's view."""
+
+    def fn(items: list[batch.Item]) -> list[Result]:
+        out: list[Result] = []
+        todo: dict[MapSettings, list[int]] = {}
+        for k, item in enumerate(items):
+            rec = session.result(item.index, item.image)
+            view = export_view(session, item.index, overrides, hud)
+            views[rec.seq] = view
+            out.append(rec)
+            if recompute is not None and needs_model(view, rec):
+                todo.setdefault(recompute.settings_for(view, rec), []).append(k)
+        for settings, ks in todo.items():
+            frames = [Frame(image=out[k].frame, seq=out[k].seq, t_capture_ns=out[k].t_capture_ns, source="export",
+                            pts_s=out[k].pts_s) for k in ks]
+            for k, res in zip(ks, process_frames(recompute.engine, frames, settings), strict=True):
+                out[k] = replace(res, t_done_ns=out[k].t_done_ns, infer_ms=out[k].infer_ms)
+        return out
+
+    return fn
+
+
+def export_needs_model(session: Session, overrides: dict[str, Any]) -> bool:
+    """Whether any frame's view (recorded, with ``overrides``) needs maps the recording lacks."""
+    blank = np.zeros((2, 2, 3), np.uint8)  # the maps are all that is looked at
+    return any(needs_model(export_view(session, i, overrides), session.result(i, blank)) for i in range(len(session)))
+
+
+def raw_items(session: Session) -> Iterator[batch.Item]:
+    """The recorded raw frames in order (stops, with a warning, where the raw file ends early)."""
+    for i in range(len(session)):
+        frame = session.raw.get(i)
+        if frame is None:
+            logger.warning("raw frames end at %d of %d", i, len(session))
+            return
+        yield batch.Item(i, frame, float(session.pts_ms[i]) / 1000.0)
+
+
+def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
+                 engine: AttentionEngine | None = None, hud: bool = True, overwrite: bool = False,
+                 progress: Callable[[int], None] | None = None, batch_size: int | None = None,
+                 workers: int | None = None) -> Path:
+    """Render every recorded frame again (recorded view + ``overrides``) at the recorded timestamps.
+
+    Written to ``NAME.partial.EXT`` and renamed at the end (interrupted: the partial file is kept).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists: choose another name or pass --overwrite")
+    overrides = dict(overrides or {})
+    residual = session.config_value("view", "residual", 0.5)
+    recompute = Recompute(engine, residual) if engine is not None else None
+    views: dict[int, View] = {}
+    first = session.raw.get(0)
+    if first is None:
+        raise UserError(f"the raw frames of {session.path} cannot be decoded")
+    size = canvas_size(first.shape)
+    crf = session.config_value("record", "crf", RecordConfig.crf)
+    preset = session.config_value("record", "preset", RecordConfig.preset)
+    with PartialOutput(out, overwrite) as part, H264Writer(part.path, size[0], size[1], fps=30.0, crf=crf,
+                                                            preset=preset, overwrite=True) as writer:
+        batch.run(raw_items(session), session_results(session, recompute, overrides, hud, views),
+                  lambda res: views[res.seq], session.status(), writer.write,
+                  batch=batch_size or (batch.default_batch(engine) if engine is not None else 8), workers=workers,
+                  entropy_seconds=session.config_value("view", "entropy_seconds", 10.0), residual=residual,
+                  size=size, progress=progress)
+    return out
+
+
+def layers_frames(session: Session, index: int, view: View, engine: AttentionEngine | None = None) -> list[np.ndarray]:
+    """One rendered RGB picture per layer of frame ``index`` (the view's mode, head and fusion)."""
+    rec = session.result(index)
+    if engine is not None and needs_model(view, rec):
+        rec = Recompute(engine, session.config_value("view", "residual", 0.5)).result(index, rec, view)
+    status = session.status()
+    return [render(rec.frame, rec, replace(view, layer=li, frozen=False, show_help=False), status,
+                   size=canvas_size(rec.frame.shape)) for li in range(rec.num_layers)]
+
+
+def grid_picture(session: Session, index: int, colormap: str = "inferno") -> np.ndarray:
+    """The layers × heads grid of CLS attention of frame ``index`` (UNTRAINED said in the title)."""
+    title = f"CLS attention of frame {index + 1}: rows = layers, columns = heads"
+    if session.status().untrained:
+        title += " - UNTRAINED MODEL (random weights): these maps mean nothing"
+    return heads_grid(session.result(index), title, colormap)

@@ -1,0 +1,180 @@
+"""Inference worker: takes the newest frame, runs the engine, computes every map, publishes a result.
+
+Threads:
+* ``InferenceWorker`` (thread "inference") owns the :class:`~live_attention.core.engine.AttentionEngine`;
+  nothing else calls it while the worker runs. One forward pass gives every map, computed on the
+  engine's device and copied to the CPU once (:mod:`live_attention.core.frame_maps`).
+* Readers (the frame loop, the recorder) only ever see immutable :class:`~live_attention.datatypes.Result`
+  objects through a :class:`~live_attention.io.capture.LatestSlot`; the window never waits on inference.
+
+The settings that change what the worker computes (head fusion for rollout, residual, discard ratio,
+query patch, relevance target) live in :class:`~live_attention.datatypes.MapSettings`, swapped whole
+by the frame loop. Freezing holds one frame: the worker leaves the camera alone and computes that
+frame again whenever the settings change, so a frozen picture still answers every key.
+
+One bad frame (too small to resize, a transient device error) never stops the worker: it is skipped,
+the problem is published for the HUD, and the next frame is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import replace
+
+import torch
+
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.frame_maps import process_frames
+from live_attention.datatypes import Frame, MapSettings, Result
+from live_attention.io.capture import LatestSlot
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_SHOWN_S = 3.0  # how long a skipped frame's message stays up after the last failure
+_FAILURE_PAUSE_S = 0.2  # after a failed frame: no busy loop when every frame fails
+
+
+class InferenceWorker(threading.Thread):
+    """Runs the engine on the newest frame (or the held one) and publishes :class:`Result` objects.
+
+    Args:
+        engine: the attention engine (owned by this thread from ``start()`` on).
+        frames: the capture thread's latest-frame slot.
+        results: the latest-result slot read by the frame loop and the recorder.
+        stop_event: set to stop; shared with the other threads of a session.
+        settings: what to compute beyond the standard maps.
+    """
+
+    def __init__(
+        self,
+        engine: AttentionEngine,
+        frames: LatestSlot[Frame],
+        results: LatestSlot[Result],
+        stop_event: threading.Event | None = None,
+        settings: MapSettings | None = None,
+    ) -> None:
+        super().__init__(name="inference", daemon=True)
+        self.engine = engine
+        self.frames = frames
+        self.results = results
+        self.stop_event = stop_event or threading.Event()
+        self._settings = settings or MapSettings()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._held: Frame | None = None
+        self._held_done: MapSettings | None = None  # the settings the held frame was last computed with
+        self._problem: tuple[str, float] | None = None
+        self._still: tuple[object, tuple, torch.Tensor] | None = None  # (image, box, input) of a still
+        self._last: Result | None = None
+        self.infer_ms = 0.0
+        self.processed = 0
+        self.skipped = 0
+        self._done_times: deque[float] = deque(maxlen=30)
+
+    # ---- any thread -------------------------------------------------------------------------------
+
+    @property
+    def fps(self) -> float:
+        """Results per second over the last (up to 30) frames; 0.0 before two results."""
+        t = list(self._done_times)
+        if len(t) < 2 or t[-1] <= t[0]:
+            return 0.0
+        return (len(t) - 1) / (t[-1] - t[0])
+
+    @property
+    def problem(self) -> str | None:
+        """The latest per-frame problem while it is recent (one line), else None."""
+        p = self._problem
+        return p[0] if p is not None and time.monotonic() - p[1] < PROBLEM_SHOWN_S else None
+
+    # Settings are swapped whole (immutable), so a reader never sees half an update.
+    @property
+    def settings(self) -> MapSettings:
+        return self._settings
+
+    def update_settings(self, **changes: object) -> None:
+        with self._lock:
+            new = replace(self._settings, **changes)
+            changed = new != self._settings
+            self._settings = new
+        if changed:
+            self._wake.set()
+
+    def hold(self, frame: Frame | None) -> None:
+        """Freeze on ``frame`` (computed again whenever the settings change), or go live again with None."""
+        with self._lock:
+            self._held, self._held_done = frame, None
+        self._wake.set()
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    # ---- the worker's thread ----------------------------------------------------------------------
+
+    def process(self, frame: Frame, settings: MapSettings | None = None) -> Result:
+        """One frame through preprocessing, the model and the maps (callers' thread when not started)."""
+        settings = settings or self._settings
+        prepared = None
+        if frame.still and self._still is not None and self._still[0] is frame.image:
+            prepared = [(self._still[1], self._still[2])]  # a still image: preprocessed once
+        elif frame.still:
+            x, box = self.engine.preprocess_with_box(frame.image)
+            self._still = (frame.image, box, x)
+            prepared = [(box, x)]
+        else:
+            self._still = None
+        return process_frames(self.engine, [frame], settings, prepared)[0]
+
+    def _next(self) -> tuple[Frame, MapSettings] | None:
+        with self._lock:
+            held, settings = self._held, self._settings
+            if held is not None:
+                if self._held_done == settings:
+                    return None
+                self._held_done = settings
+                return held, settings
+        frame = self.frames.get(timeout=0.05)
+        return (frame, self._settings) if frame is not None else None
+
+    def run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self.stop_event.is_set():
+            try:
+                job = self._next()
+                if job is None:
+                    if self._held is not None:
+                        self._wake.wait(0.05)
+                        self._wake.clear()
+                    continue
+                frame, settings = job
+                last = self._last
+                if (frame.still and last is not None and last.frame is frame.image and last.settings == settings
+                        and not self.holding):
+                    # The same still picture with the same settings: the same maps, stamped anew.
+                    result = replace(last, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
+                                     t_done_ns=time.monotonic_ns())
+                else:
+                    result = self.process(frame, settings)
+            except Exception as exc:  # one bad frame never stops the worker
+                self.skipped += 1
+                message = f"skipped a frame: {type(exc).__name__}: {exc}".splitlines()[0]
+                if self._problem is None or self._problem[0] != message:
+                    logger.warning("%s", message, exc_info=not isinstance(exc, ValueError))
+                self._problem = (message, time.monotonic())
+                self.stop_event.wait(_FAILURE_PAUSE_S)
+                continue
+            self._last = result
+            self._done_times.append(time.perf_counter())
+            self.infer_ms = result.infer_ms
+            self.processed += 1
+            self.results.put(result)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.stop_event.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join(timeout)
