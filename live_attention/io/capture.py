@@ -171,7 +171,29 @@ def _redact(url: str) -> str:
     return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
-class CameraSource:
+class _OpenCVSource:
+    """Reading and releasing a ``cv2.VideoCapture`` (cameras and streams open it their own way)."""
+
+    _cap: cv2.VideoCapture | None = None
+    _fps: float | None = None
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            return None
+        ok, image = self._cap.read()
+        return to_bgr8(image) if ok else None
+
+    def release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class CameraSource(_OpenCVSource):
     """A local camera by index (``0``) or device path (``/dev/video2``).
 
     Args:
@@ -199,10 +221,6 @@ class CameraSource:
     @property
     def name(self) -> str:
         return f"camera {self._target}"
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
 
     def _missing(self) -> SourceError:
         if isinstance(self._target, int):
@@ -257,19 +275,9 @@ class CameraSource:
         logger.info("%s: %dx%d @ %s fps%s", self.name, self.width, self.height, self._fps, asked)
         self._cap = cap
 
-    def read(self) -> np.ndarray | None:
-        if self._cap is None:
-            return None
-        ok, image = self._cap.read()
-        return to_bgr8(image) if ok else None
-
-    def release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
-class StreamSource:
+class StreamSource(_OpenCVSource):
     """A network stream (http/https/rtsp/rtmp/udp/...) through FFmpeg. Live."""
 
     is_live = True
@@ -282,10 +290,6 @@ class StreamSource:
     @property
     def name(self) -> str:
         return _redact(self._url)
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
 
     def open(self) -> None:
         if self._cap is not None:
@@ -306,16 +310,6 @@ class StreamSource:
         self._fps = _valid_fps(cap.get(cv2.CAP_PROP_FPS))
         self._cap = cap
 
-    def read(self) -> np.ndarray | None:
-        if self._cap is None:
-            return None
-        ok, image = self._cap.read()
-        return to_bgr8(image) if ok else None
-
-    def release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 class VideoFileSource:

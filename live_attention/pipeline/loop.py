@@ -448,6 +448,7 @@ class FrameLoop:
         self.states.write(self.view, status, {
             **self.feed.state(),
             "seq": res.seq if res is not None else None,
+            "t_capture_ns": res.t_capture_ns if res is not None else None,
             "top1": res.topk[0][0] if res is not None and res.topk else None,
             "flow_done": bool(job is not None and job.done),
         })
