@@ -56,7 +56,7 @@ class MapSettings:
     entropy_layer: int = -1
     target: int | None = None
     relevance: bool = False
-    need: tuple[str, ...] = ("attn",)
+    need: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,7 @@ from live_attention.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["default", "cpu", "gpu", "demo"])
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu", "demo", "dino", "dinov2-reg"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.toml")
     assert isinstance(cfg, Config)

@@ -18,7 +18,7 @@ import pytest
 
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.frame_maps import process_frames
+from live_attention.core.step import process_frames
 from live_attention.core.render import render
 from live_attention.datatypes import Frame, MapSettings, View
 from live_attention.errors import UserError
@@ -188,7 +188,7 @@ CHILD = textwrap.dedent("""
     from conftest import tiny_vit
     from live_attention.config import Config, RecordConfig
     from live_attention.core.engine import AttentionEngine
-    from live_attention.core.frame_maps import process_frames
+    from live_attention.core.step import process_frames
     from live_attention.core.render import render
     from live_attention.datatypes import Frame, MapSettings, View
     from live_attention.io.recorder import Recorder

@@ -28,9 +28,10 @@ from live_attention.commands.args import Parser
 from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine, cpu_has_native_bf16, resolve_device
 from live_attention.core.flow import attention_flow
-from live_attention.core.frame_maps import compute_maps, keep_for, process_frames
+from live_attention.core.frame_maps import compute_maps, keep_for
 from live_attention.core.models import load_model
 from live_attention.core.render import render
+from live_attention.core.step import process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
 from live_attention.io.recorder import bench_recording

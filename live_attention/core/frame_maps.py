@@ -12,8 +12,7 @@ query row, one layer's patch entropy, flow).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine, Keep, RunOutput
 from live_attention.core.flow import attention_flow_mixed
-from live_attention.datatypes import Frame, MapSettings, Result
+from live_attention.datatypes import MapSettings, Result
 
 # Rollout and flow need every layer's head-fused N×N matrix. Past this many bytes of them (fp16 at
 # large sizes) a frame says "too many tokens" instead of running out of memory.
@@ -44,9 +43,17 @@ def too_big_note(what: str, num_layers: int, num_tokens: int) -> str:
     return f"{what} needs {gb:.1f} GB at {num_tokens} tokens: use a smaller --input-size"
 
 
+def keep_layers(engine: AttentionEngine, settings: MapSettings) -> tuple[int, ...]:
+    """The layers whose row entropies a frame keeps: the chosen one on a CPU; all of them on a GPU, where
+    they cost little and one captured step then serves every layer (animation, arrow keys)."""
+    if engine.device.type == "cuda":
+        return tuple(range(engine.num_layers))
+    return (settings.entropy_layer % engine.num_layers,)
+
+
 def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | None = None) -> Keep:
     """What a frame needs kept: the class token's rows (and the query patch's), head-fused layers for
-    rollout (when they fit), one layer's row entropies, token norms; full attention only when asked."""
+    rollout (when they fit), row entropies (:func:`keep_layers`), token norms; full attention only when asked."""
     n = engine.num_tokens if num_tokens is None else num_tokens
     rows = [0]
     if settings.query_patch is not None and 0 <= settings.query_patch < n - engine.num_prefix:
@@ -56,132 +63,88 @@ def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | N
         attn="attn" in settings.need,
         rows=tuple(rows),
         fused=settings.fusion if fits else None,
-        entropy_layers=(settings.entropy_layer,),
+        entropy_layers=keep_layers(engine, settings),
         norms=True,
         dtype=torch.float16 if n >= FP16_FUSED_TOKENS and engine.device.type != "cpu" else torch.float32,
     )
 
 
-def compute_maps(engine: AttentionEngine, out: RunOutput, settings: MapSettings, k: int = 5) -> list[dict]:
-    """Per-item maps of one batch, computed on the device, then one device-to-host copy.
+@dataclass(frozen=True)
+class MapsLayout:
+    """How :func:`maps_tensor` packs one item's maps into a row: names and shapes, in order; the
+    names of maps that were not computed are listed too (unpacked as None)."""
 
-    Each item: ``cls`` [L, H, P], ``prefix_share`` [L, H], ``entropy`` [L, H], ``rollout`` [L, P] or
-    None, ``patch_entropy`` [H, P], ``query`` [L, H, P] or None, ``token_norm`` [L, P], ``relevance``
-    [P] or None, ``top_p``/``top_i`` [k] (empty without a classifier), ``target``, ``finite``.
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    absent: tuple[str, ...]
+
+
+def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, k: int = 5) -> tuple[Tensor, MapsLayout]:
+    """Every per-frame map of a batch, computed on the device and packed into one fp32 tensor [B, K].
+
+    Pure device work (no host synchronisation), so a CUDA graph can capture it with the forward pass;
+    :func:`unpack_maps` reads a row back. The maps: ``cls`` [L, H, P], ``prefix_share`` [L, H],
+    ``entropy`` [L, H], ``rollout`` [L, P], ``patch_entropy`` [H, P] (of ``settings.entropy_layer``),
+    ``query`` [L, H, P], ``token_norm`` [L, P], ``relevance`` [P], ``top_p``/``top_i`` [k], ``target``,
+    ``target_p``, ``finite``; those the output does not allow are absent.
     """
     npf = out.num_prefix
     rows = out.rows  # [B, L, H, R, N]
     cls_rows = rows[:, :, :, 0, :]
+    pe = None
+    if out.row_entropy is not None:
+        layer = settings.entropy_layer % engine.num_layers
+        k_ = list(keep_layers(engine, settings)).index(layer) if out.row_entropy.shape[1] > 1 else 0
+        pe = out.row_entropy[:, k_, :, npf:]
     parts: dict[str, Tensor | None] = {
         "cls": cls_rows[..., npf:],
         "prefix_share": maps.prefix_share(cls_rows, npf),
         "entropy": maps.row_entropy(cls_rows),
         "rollout": (maps.rollout_cls_from_fused(out.fused, settings.residual, settings.discard_ratio, npf)
                     if out.fused is not None else None),
-        "patch_entropy": out.row_entropy[:, 0, :, npf:] if out.row_entropy is not None else None,
+        "patch_entropy": pe,
         "query": rows[:, :, :, 1, npf:] if rows.shape[3] > 1 else None,
         "token_norm": out.norms[..., npf:] if out.norms is not None else None,
         "relevance": out.relevance,
+        "top_p": None,
+        "top_i": None,
     }
     b = rows.shape[0]
+    finite = torch.isfinite(cls_rows).flatten(1).all(-1)
     if out.logits is not None:
         probs = engine.probabilities(out.logits)
         top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
         parts["top_p"], parts["top_i"] = top_p, top_i.float()
-        finite = torch.isfinite(out.logits).all(-1)
-    else:
-        parts["top_p"] = parts["top_i"] = None
-        finite = torch.ones(b, dtype=torch.bool, device=rows.device)
-    finite = finite & torch.isfinite(cls_rows).flatten(1).all(-1)
+        finite = finite & torch.isfinite(out.logits).all(-1)
+        if out.targets is not None:
+            parts["target"] = out.targets.float()
+            parts["target_p"] = probs.gather(1, out.targets[:, None])[:, 0]
     parts["finite"] = finite.float()
-    if out.targets is not None:
-        parts["target"] = out.targets.float()
-        if out.logits is not None:
-            parts["target_p"] = engine.probabilities(out.logits).gather(1, out.targets[:, None])[:, 0]
-    names = [n for n, t in parts.items() if t is not None]
+    names = tuple(n for n, t in parts.items() if t is not None)
     tensors = [parts[n].reshape(b, -1).float() for n in names]
-    flat = torch.cat(tensors, dim=1).cpu().numpy()  # the one device-to-host copy
+    layout = MapsLayout(names, tuple(tuple(parts[n].shape[1:]) for n in names),
+                        tuple(n for n, t in parts.items() if t is None))
+    return torch.cat(tensors, dim=1), layout
+
+
+def unpack_maps(flat: np.ndarray, layout: MapsLayout) -> list[dict]:
+    """The rows of :func:`maps_tensor` (on the host) as one dict of arrays per item."""
     items = []
-    for i in range(b):
-        item: dict = dict.fromkeys(parts)
+    for row in flat:
+        item: dict = dict.fromkeys(layout.absent)
         pos = 0
-        for name, t in zip(names, tensors, strict=True):
-            width = t.shape[1]
-            item[name] = flat[i, pos : pos + width].reshape(tuple(parts[name].shape[1:]))
-            pos += width
+        for name, shape in zip(layout.names, layout.shapes, strict=True):
+            size = int(np.prod(shape, dtype=np.int64))
+            item[name] = row[pos : pos + size].reshape(shape)
+            pos += size
         items.append(item)
     return items
 
 
-def process_frames(engine: AttentionEngine, frames: Sequence[Frame], settings: MapSettings,
-                   boxes_inputs: list[tuple[tuple[int, int, int, int], Tensor]] | None = None) -> list[Result]:
-    """A batch of frames (of one size) through preprocessing, one forward pass and the maps.
-
-    ``boxes_inputs``: already preprocessed ``(box, tensor [1, 3, h, w])`` per frame (a still image
-    reuses its own); by default each frame is preprocessed here.
-    """
-    t0 = time.perf_counter()
-    prepared = boxes_inputs or [engine.preprocess_with_box(f.image)[::-1] for f in frames]
-    x = torch.cat([t for _, t in prepared])
-    n = engine.num_prefix + (x.shape[-2] // engine.patch_size) * (x.shape[-1] // engine.patch_size)
-    keep = keep_for(engine, settings, n)
-    if settings.relevance and engine.has_classifier:
-        out = engine.explain(x, keep, settings.target)
-    else:
-        out = engine.run(x, keep)
-    items = compute_maps(engine, out, settings)
-    dt = (time.perf_counter() - t0) * 1000.0 / len(frames)
-    done = time.monotonic_ns()
-    results = []
-    layer = settings.entropy_layer % engine.num_layers
-    for i, (frame, (box, _), m) in enumerate(zip(frames, prepared, items, strict=True)):
-        results.append(_result(engine, frame, box, out, i, m, settings, layer, dt, done))
-    return results
-
-
-def _result(engine: AttentionEngine, frame: Frame, box, out: RunOutput, i: int, m: dict,
-            settings: MapSettings, layer: int, infer_ms: float, done_ns: int) -> Result:
-    finite = bool(m["finite"] > 0.5)
-    topk: list[tuple[str, float]] = []
-    top_ids: tuple[int, ...] = ()
-    if m["top_p"] is not None and finite:
-        top_ids = tuple(int(j) for j in m["top_i"])
-        topk = [(engine.categories[j], float(p)) for p, j in zip(m["top_p"], top_ids, strict=True)]
-    target = int(m["target"]) if m.get("target") is not None else None
-    maps_ = {k: (np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if isinstance(v, np.ndarray) and not finite else v)
-             for k, v in m.items()}
-    query_ok = maps_["query"] is not None
-    return Result(
-        seq=frame.seq,
-        t_capture_ns=frame.t_capture_ns,
-        t_done_ns=done_ns,
-        frame=frame.image,
-        box=box,
-        grid=out.grid,
-        cls=maps_["cls"],
-        rollout=maps_["rollout"],
-        entropy=maps_["entropy"],
-        patch_entropy=maps_["patch_entropy"],
-        patch_entropy_layer=layer,
-        topk=topk,
-        infer_ms=infer_ms,
-        settings=settings,
-        query=maps_["query"] if query_ok else None,
-        query_patch=settings.query_patch if query_ok else None,
-        pts_s=frame.pts_s,
-        num_prefix=out.num_prefix,
-        prefix_share=maps_["prefix_share"],
-        token_norm=maps_["token_norm"],
-        relevance=maps_["relevance"],
-        target=target,
-        target_label=engine.categories[target] if target is not None else None,
-        target_p=float(m["target_p"]) if m.get("target_p") is not None else None,
-        classifier=engine.has_classifier,
-        top_ids=top_ids,
-        problem=None if finite else "the model's output has NaN or inf values: these maps are blank",
-        attn=out.attn[i] if out.attn is not None else None,
-        fused=out.fused[i] if out.fused is not None and "fused" in settings.need else None,
-    )
+def compute_maps(engine: AttentionEngine, out: RunOutput, settings: MapSettings, k: int = 5) -> list[dict]:
+    """Per-item maps of one batch (see :func:`maps_tensor`), with the one device-to-host copy."""
+    flat, layout = maps_tensor(engine, out, settings, k)
+    return unpack_maps(flat.cpu().numpy(), layout)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ No GUI and no threads here: the window, screenshots, the recorder and the headle
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from live_attention.config import MODES
+from live_attention.core import maps
 from live_attention.core.frame_maps import patch_entropy_for, query_for
 from live_attention.datatypes import Extras, Result, Status, View
 
@@ -22,6 +25,8 @@ MODE_TITLES = {
     "entropy": "Attention entropy",
     "query": "Patch query",
     "flow": "Attention flow",
+    "relevance": "Class relevance",
+    "norms": "Token norms",
 }
 MODE_EXPLAIN = {
     "attention": "where the class token looks in this layer",
@@ -30,6 +35,8 @@ MODE_EXPLAIN = {
     "entropy": "bright = spread out, dark = focused",
     "query": "where the selected patch looks",
     "flow": "max-flow from each patch to the class token",
+    "relevance": "which patches made the model say this class (gradients x attention)",
+    "norms": "boxes: high-norm outlier tokens (what registers remove)",
 }
 _CV_MAPS = {
     "inferno": cv2.COLORMAP_INFERNO,
@@ -52,7 +59,8 @@ HELP_LINES = (
     ("Left / Right", "head (past the ends: all heads)"),
     ("0 / Backspace", "all heads fused"),
     ("F", "fusion: mean / max / min"),
-    ("1-6, M", "mode: attention rollout heads entropy query flow"),
+    ("1-8, M", "mode: attention rollout heads entropy query flow relevance norms"),
+    ("T / click a label", "the class relevance explains (7)"),
     ("A", "animate through the layers"),
     ("Space", "freeze the frame"),
     ("Click", "pick the query patch (mode 5)"),
@@ -112,16 +120,40 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
     if view.mode == "flow":
         if extras is None or extras.flow is None or extras.flow_seq != result.seq:
             return None, "freeze (Space) and press 6 to compute flow"
-        return extras.flow, "all layers, heads fused (mean)"
+        return extras.flow, f"all layers, heads fused ({result.settings.fusion})"
+    if view.mode == "relevance":
+        if not result.classifier:
+            return None, "this model has no classifier: there is no class to explain"
+        if result.relevance is None:
+            return None, "computing relevance..."
+        return result.relevance, f"for {explained(result)}, all layers"
+    if view.mode == "norms":
+        if result.token_norm is None:
+            return None, "token norms were not kept for this frame"
+        n = int(norm_outliers(result.token_norm[layer]).sum())
+        return result.token_norm[layer], f"after {lname}: {n} high-norm outlier token{'s' if n != 1 else ''}"
     raise ValueError(view.mode)
 
 
+def explained(result: Result) -> str:
+    """``tabby cat (62%)``: the class relevance explains, and its probability."""
+    name = result.target_label or "the top class"
+    return f"{name} ({result.target_p * 100:.0f}%)" if result.target_p is not None else name
+
+
+def norm_outliers(norms: np.ndarray) -> np.ndarray:
+    """Bool [P]: high-norm outlier tokens (:func:`live_attention.core.maps.norm_outliers`)."""
+    return maps.norm_outliers(torch.from_numpy(np.asarray(norms, np.float32))).numpy()
+
+
 def heads_label(view: View, result) -> str:
-    """How the heads enter what is shown, per mode (rollout and flow always fuse them)."""
-    if view.mode == "rollout":
+    """How the heads enter what is shown, per mode (rollout, flow and relevance always fuse them)."""
+    if view.mode in ("rollout", "flow"):
         return f"heads {result.settings.fusion}"
-    if view.mode == "flow":
+    if view.mode == "relevance":
         return "heads mean"
+    if view.mode == "norms":
+        return "tokens (no heads)"
     if view.head >= 0:
         return f"head {view.head + 1}"
     return "heads averaged" if view.mode == "entropy" else f"heads {view.fusion}"
@@ -257,6 +289,10 @@ def render(
                 _overlay(img, box, normalize(m), result.grid, view)
             if view.mode == "query" and view.query_patch is not None:
                 _mark_patch(img, box, result.grid, view.query_patch)
+            if view.mode == "norms" and result.token_norm is not None:
+                layer = view.resolved_layer(result.num_layers)
+                for patch in np.flatnonzero(norm_outliers(result.token_norm[layer])):
+                    _mark_patch(img, box, result.grid, int(patch), color=(255, 60, 200))
             if view.mode == "entropy":
                 _entropy_panels(img, result, view, extras, scale, box)
             if view.show_hud:
@@ -288,14 +324,14 @@ def _overlay(img, box, values01, grid, view):
     cv2.addWeighted(roi, 1.0 - view.opacity, heat, view.opacity, 0.0, dst=roi)
 
 
-def _mark_patch(img, box, grid, patch):
+def _mark_patch(img, box, grid, patch, color=CYAN):
     x0, y0, x1, y1 = box
     r, c = divmod(patch, grid[1])
     pw, ph = (x1 - x0) / grid[1], (y1 - y0) / grid[0]
     p0 = (int(x0 + c * pw), int(y0 + r * ph))
     p1 = (int(x0 + (c + 1) * pw), int(y0 + (r + 1) * ph))
     cv2.rectangle(img, p0, p1, (0, 0, 0), 4)
-    cv2.rectangle(img, p0, p1, CYAN, 2)
+    cv2.rectangle(img, p0, p1, color, 2)
 
 
 def _caption(img, view, caption, scale, flow_progress=None):
@@ -331,36 +367,39 @@ def _draw_heads(img, result, view, scale):
     h, w = img.shape[:2]
     layer = view.resolved_layer(result.num_layers)
     nh = result.num_heads
+    gh, gw = result.grid
+    aspect = gw / gh  # tiles keep the picture's shape (full-frame grids are not square)
     # Below the HUD and the top-5 panel, the full width.
     top, bottom = int(200 * scale), int(12 * scale)
     avail_h, avail_w = h - top - bottom, w - int(20 * scale)
+    gap = max(2, int(6 * scale))
     best = None
     for cols in range(1, nh + 1):
         rows = math.ceil(nh / cols)
-        cell = min(avail_w // cols, avail_h // rows)
-        if best is None or cell > best[0]:
-            best = (cell, cols, rows)
-    cell, cols, rows = best
-    gap = max(2, int(6 * scale))
-    tile = cell - gap
+        cell_w = min(avail_w / cols, (avail_h / rows - gap) * aspect + gap)
+        if best is None or cell_w > best[0]:
+            best = (cell_w, cols, rows)
+    cell_w, cols, rows = best
+    tile_w = max(8, int(cell_w) - gap)
+    tile_h = max(8, int(tile_w / aspect))
     img[:] = 18  # dark background: the tiles are the picture
-    base = cv2.resize(model_rgb(result), (tile, tile), interpolation=cv2.INTER_AREA)
-    gx0 = (w - cols * cell) // 2
-    gy0 = top + (avail_h - rows * cell) // 2
+    base = cv2.resize(model_rgb(result), (tile_w, tile_h), interpolation=cv2.INTER_AREA)
+    gx0 = (w - cols * (tile_w + gap)) // 2
+    gy0 = top + (avail_h - rows * (tile_h + gap)) // 2
     cls = result.cls[layer]
     for hd in range(nh):
         r, c = divmod(hd, cols)
-        x, y = gx0 + c * cell, gy0 + r * cell
-        heat = heat_rgb(normalize(cls[hd]), result.grid, (tile, tile), view.colormap)
-        blended = cv2.addWeighted(base, 1.0 - view.opacity, heat, view.opacity, 0.0)
-        img[y : y + tile, x : x + tile] = blended
+        x, y = gx0 + c * (tile_w + gap), gy0 + r * (tile_h + gap)
+        heat = heat_rgb(normalize(cls[hd]), result.grid, (tile_w, tile_h), view.colormap)
+        img[y : y + tile_h, x : x + tile_w] = cv2.addWeighted(base, 1.0 - view.opacity, heat, view.opacity, 0.0)
         sel = hd == view.head
-        cv2.rectangle(img, (x - 1, y - 1), (x + tile, y + tile), YELLOW if sel else (60, 60, 60), 3 if sel else 1)
+        cv2.rectangle(img, (x - 1, y - 1), (x + tile_w, y + tile_h), YELLOW if sel else (60, 60, 60), 3 if sel else 1)
         label = f"head {hd + 1}"
         _panel(img, x, y, x + _text_w(label, 0.5 * scale) + int(10 * scale), y + int(24 * scale), 0.5)
         _text(img, label, (x + int(5 * scale), y + int(18 * scale)), 0.5 * scale, YELLOW if sel else WHITE)
     title = f"All {nh} heads of layer {layer + 1}/{result.num_layers}: where the class token looks"
-    _text(img, title, ((w - _text_w(title, 0.75 * scale, 2)) // 2, gy0 - int(14 * scale)), 0.75 * scale, WHITE, 2)
+    st = _fit(title, 0.75 * scale, 2, w - int(20 * scale))
+    _text(img, title, ((w - _text_w(title, st, 2)) // 2, gy0 - int(14 * scale)), st, WHITE, 2)
 
 
 def _entropy_panels(img, result, view, extras, scale, box):
@@ -435,12 +474,19 @@ def _axis_labels(img, first: str, last: str, x0: int, x1: int, y: int, scale: fl
         _text(img, text, (x, y), scale, GREY)
 
 
-def _hud(img, result, view, status, scale):
-    if not view.show_hud:
-        return
-    h, w = img.shape[:2]
-    s = 0.55 * scale
-    lh = int(24 * scale)
+@dataclass(frozen=True)
+class HudLayout:
+    """Where the HUD's parts go on a canvas: the status panel's lines and bottom edge, the top-5 panel,
+    and each of its rows with the class it names (a click on a row picks that class)."""
+
+    lines: tuple[tuple[str, tuple[int, int, int]], ...]
+    status_w: int
+    status_bottom: int
+    top5: tuple[int, int, int, int] | None
+    rows: tuple[tuple[tuple[int, int, int, int], int], ...]  # ((x0, y0, x1, y1), class index)
+
+
+def _status_lines(result, view: View, status: Status) -> list[tuple[str, tuple[int, int, int]]]:
     lines: list[tuple[str, tuple[int, int, int]]] = []
     if status.model:
         lines.append((status.model, WHITE))
@@ -449,6 +495,8 @@ def _hud(img, result, view, status, scale):
         layer = view.resolved_layer(result.num_layers)
         mode_line += f" | layer {layer + 1}/{result.num_layers} | {heads_label(view, result)}"
     lines.append((mode_line, YELLOW))
+    if result is not None and view.mode == "relevance" and result.classifier:
+        lines.append((f"explaining: {explained(result)}", YELLOW))
     perf = []
     if status.capture_fps is not None:
         perf.append(f"capture {status.capture_fps:4.1f} fps")
@@ -465,6 +513,11 @@ def _hud(img, result, view, status, scale):
         lines.append(("  ".join(perf2), GREY))
     if status.source:
         lines.append((f"source {status.source}", GREY))
+    if result is not None and result.num_prefix > 1 and result.prefix_share is not None:
+        layer = view.resolved_layer(result.num_layers)
+        share = result.prefix_share[layer]
+        v = share[view.head] if 0 <= view.head < len(share) else share.mean()
+        lines.append((f"class token -> other prefix tokens: {v * 100:.0f}% (layer {layer + 1})", CYAN))
     flags = []
     if status.capture_state == "ended":
         flags.append("END OF INPUT")
@@ -474,34 +527,83 @@ def _hud(img, result, view, status, scale):
         flags.append("ANIMATING")
     if flags:
         lines.append((" ".join(flags), CYAN))
+    return lines
+
+
+def hud_layout(w: int, h: int, result, view: View, status: Status) -> HudLayout:
+    """The HUD's layout on a ``w``×``h`` canvas (what :func:`render` draws; the frame loop hit-tests it)."""
+    scale = h / 720.0
+    s = 0.55 * scale
+    lh = int(24 * scale)
+    lines = _status_lines(result, view, status)
     tw = max(_text_w(t, s) for t, _ in lines) + int(20 * scale)
-    _panel(img, 0, 0, tw, lh * len(lines) + int(12 * scale))
-    for i, (t, c) in enumerate(lines):
-        _text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
-    y_next = lh * len(lines) + int(12 * scale)
-
-    # Top-5 labels, top right; stacked under the HUD where the canvas is too narrow for both.
-    top5 = None
-    if result is not None and result.topk:
-        s5 = 0.55 * scale
+    bottom = lh * len(lines) + int(12 * scale)
+    top5, rows = None, []
+    entries = _top5_entries(result)
+    if entries:
         bar_w = int(120 * scale)
-        names = [f"{name[:22]}" for name, _ in result.topk]
-        tw5 = max(_text_w(n, s5) for n in names) + bar_w + int(80 * scale)
+        tw5 = max(_text_w(n[:22], s) for n, _, _ in entries) + bar_w + int(80 * scale)
         x0, y0 = w - tw5, 0
-        if x0 < tw + int(10 * scale):
-            x0, y0 = 0, y_next + int(6 * scale)
-        top5 = (x0, y0, x0 + tw5, y0 + lh * (len(names) + 1) + int(10 * scale))
-        _panel(img, *top5)
-        _text(img, "model's guess", (x0 + int(10 * scale), y0 + int(20 * scale)), s5, GREY)
-        for i, ((_, p), n) in enumerate(zip(result.topk, names, strict=True)):
+        if x0 < tw + int(10 * scale):  # too narrow for both: under the status panel
+            x0, y0 = 0, bottom + int(6 * scale)
+        top5 = (x0, y0, x0 + tw5, y0 + lh * (len(entries) + 1) + int(10 * scale))
+        for i, (_, _, cls) in enumerate(entries):
             y = y0 + int(20 * scale) + (i + 1) * lh
-            bx = x0 + int(10 * scale)
-            cv2.rectangle(img, (bx, y - int(12 * scale)), (bx + int(bar_w * p), y + int(2 * scale)),
-                          GREEN if i == 0 else (70, 130, 80), -1)
-            _text(img, f"{p * 100:3.0f}%", (bx + bar_w + int(6 * scale), y), s5, WHITE)
-            _text(img, n, (bx + bar_w + int(60 * scale), y), s5, WHITE if i == 0 else GREY)
+            rows.append(((x0, y - int(17 * scale), x0 + tw5, y + int(7 * scale)), cls))
+    return HudLayout(tuple(lines), tw, bottom, top5, tuple(rows))
 
-    # Banners: untrained, recording, messages, errors; below whatever they would cover.
+
+def _top5_entries(result) -> list[tuple[str, float, int]]:
+    if result is None:
+        return []
+    if not result.classifier:
+        return [("no classifier", -1.0, -1)]
+    ids = result.top_ids or tuple(range(len(result.topk)))
+    return [(name, p, int(i)) for (name, p), i in zip(result.topk, ids, strict=False)]
+
+
+def _hud(img, result, view, status, scale):
+    if not view.show_hud:
+        return
+    h, w = img.shape[:2]
+    lay = hud_layout(w, h, result, view, status)
+    s = 0.55 * scale
+    lh = int(24 * scale)
+    _panel(img, 0, 0, lay.status_w, lay.status_bottom)
+    for i, (t, c) in enumerate(lay.lines):
+        _text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
+    if lay.top5 is not None:
+        _top5(img, lay, _top5_entries(result), result, view, scale)
+    _banners(img, result, status, lay, scale)
+
+
+def _top5(img, lay: HudLayout, entries, result, view: View, scale: float) -> None:
+    """The model's guesses with bars; the class relevance explains is outlined (and clickable)."""
+    s = 0.55 * scale
+    x0, y0 = lay.top5[:2]
+    _panel(img, *lay.top5)
+    if entries[0][2] < 0:
+        _text(img, "no classifier", (x0 + int(10 * scale), y0 + int(20 * scale)), s, GREY)
+        _text(img, "(features only: no class scores)", (x0 + int(10 * scale), y0 + int(44 * scale)), s * 0.8, GREY)
+        return
+    bar_w = int(120 * scale)
+    title = "click a class to explain it" if view.mode == "relevance" else "model's guess"
+    _text(img, title, (x0 + int(10 * scale), y0 + int(20 * scale)), s, GREY)
+    explaining = result.target if view.mode == "relevance" else None
+    for i, ((name, p, cls), (row, _)) in enumerate(zip(entries, lay.rows, strict=True)):
+        y = row[3] - int(7 * scale)
+        bx = x0 + int(10 * scale)
+        cv2.rectangle(img, (bx, y - int(12 * scale)), (bx + int(bar_w * p), y + int(2 * scale)),
+                      GREEN if i == 0 else (70, 130, 80), -1)
+        _text(img, f"{p * 100:3.0f}%", (bx + bar_w + int(6 * scale), y), s, WHITE)
+        _text(img, name[:22], (bx + bar_w + int(60 * scale), y), s, WHITE if i == 0 else GREY)
+        if cls == explaining:
+            cv2.rectangle(img, row[:2], (row[2] - 1, row[3]), YELLOW, max(1, int(2 * scale)))
+
+
+def _banners(img, result, status: Status, lay: HudLayout, scale: float) -> None:
+    """Untrained, recording, errors, messages: one under the other, below whatever they would cover."""
+    w = img.shape[1]
     banners = []
     if status.untrained:
         banners.append(("UNTRAINED MODEL (random weights): these maps mean nothing", RED))
@@ -513,8 +615,9 @@ def _hud(img, result, view, status, scale):
         banners.append((result.problem, RED))
     if status.message:
         banners.append((status.message, CYAN))
-    y = y_next + int(8 * scale)
+    y = lay.status_bottom + int(8 * scale)
     bh = int(34 * scale)
+    top5 = lay.top5
     for text, color in banners:
         sb = _fit(text, 0.6 * scale, 2, w - int(30 * scale))
         bw = _text_w(text, sb, 2) + int(24 * scale)

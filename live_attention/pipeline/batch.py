@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.frame_maps import flow_for, process_frames
+from live_attention.core.frame_maps import flow_for
 from live_attention.core.render import canvas_size, render
+from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
 from live_attention.pipeline.loop import EntropyHistory
 
@@ -95,6 +96,7 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 
 def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) -> Callable[[list[Item]], list[Result]]:
     """The results stage of ``render``: a batch of frames through the engine (frames of one size)."""
+    runner = StepRunner(engine)  # on a GPU each batch shape is captured once and replayed
 
     def fn(items: list[Item]) -> list[Result]:
         out: list[Result] = []
@@ -107,7 +109,7 @@ def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) 
                 end += 1
             frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s)
                       for it in items[start:end]]
-            out.extend(process_frames(engine, frames, settings))
+            out.extend(process_frames(engine, frames, settings, runner=runner))
             start = end
         return out
 

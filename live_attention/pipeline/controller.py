@@ -27,6 +27,7 @@ class KeyOutcome:
     toggle_record: bool = False
     flow: bool = False
     freeze_changed: bool = False
+    cycle_target: bool = False
 
 
 _MODE_KEYS = {str(i + 1): mode for i, mode in enumerate(MODES)}
@@ -90,8 +91,14 @@ class Controller:
             out.screenshot = True
         elif k == "r":
             out.toggle_record = True
+        elif k == "t":
+            out.cycle_target = True
         self.view = v
         return out
+
+    def set_target(self, target: int | None) -> None:
+        """Explain ``target`` (a class index; None: each frame's top-1) in the relevance view."""
+        self.view = replace(self.view, target=target, mode="relevance")
 
     def step_animation(self) -> None:
         """Advance the animated layer by one, wrapping around."""
@@ -110,6 +117,21 @@ def patch_at(result: Result, x: float, y: float) -> int | None:
     c = min(gw - 1, int((x - x0) / (x1 - x0) * gw))
     r = min(gh - 1, int((y - y0) / (y1 - y0) * gh))
     return r * gw + c
+
+
+def next_target(result: Result, current: int | None) -> int | None:
+    """``T``: the next of the frame's top-5 classes to explain; after the fifth, back to following the
+    top-1 (None)."""
+    ids = list(result.top_ids)
+    if not ids:
+        return current
+    k = ids.index(current) if current in ids else 0
+    return None if k + 1 >= len(ids) else ids[k + 1]
+
+
+def top_label(result: Result, cls: int) -> str:
+    """The label of class ``cls`` among the frame's top-5 ('?' when it is not among them)."""
+    return dict(zip(result.top_ids, (n for n, _ in result.topk), strict=False)).get(cls, "?")
 
 
 def describe_change(before: View, after: View) -> str | None:

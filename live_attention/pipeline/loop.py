@@ -36,10 +36,10 @@ import numpy as np
 
 from live_attention.core.flow import FlowCancelled
 from live_attention.core.frame_maps import flow_for
-from live_attention.core.render import canvas_size, render
+from live_attention.core.render import canvas_size, hud_layout, render
 from live_attention.datatypes import Extras, Result, Status, View
 from live_attention.io.outputs import save_png
-from live_attention.pipeline.controller import Controller, describe_change, patch_at
+from live_attention.pipeline.controller import Controller, describe_change, next_target, patch_at, top_label
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +266,7 @@ class FrameLoop:
         self._last_render = 0.0
         self._last_anim = time.monotonic()
         self._settings: dict[str, Any] = {}
+        self._status: Status | None = None  # the status of the picture on screen (for hit tests)
         self.quit = False
 
     @property
@@ -346,6 +347,17 @@ class FrameLoop:
             self._screenshot()
         if out.toggle_record:
             self._toggle_record()
+        if out.cycle_target:
+            self._cycle_target()
+
+    def _cycle_target(self) -> None:
+        res = self.shown
+        if res is None or not res.classifier:
+            self.say("this model has no classifier: there is no class to explain", 3.0)
+            return
+        target = next_target(res, self.view.target)
+        self.controller.set_target(target)
+        self.say(f"explaining: {top_label(res, target) if target is not None else 'the top class of each frame'}", 2.0)
 
     def _set_frozen(self, frozen: bool) -> None:
         self.feed.freeze(self.shown if frozen else None)
@@ -357,6 +369,15 @@ class FrameLoop:
         res = self.shown
         if res is None:
             return
+        if self.rgb is not None and self.view.show_hud and self._status is not None:
+            ch, cw = self.rgb.shape[:2]
+            lay = hud_layout(cw, ch, res, self.view, self._status)
+            for (x0, y0, x1, y1), cls in lay.rows:
+                if cls >= 0 and x0 <= fx * cw < x1 and y0 <= fy * ch < y1:  # a label of the top-5
+                    self.controller.set_target(cls)
+                    self.say(f"explaining: {top_label(res, cls)}", 2.0)
+                    self._dirty = True
+                    return
         h, w = res.frame.shape[:2]
         patch = patch_at(res, fx * w, fy * h)
         if patch is None:
@@ -426,7 +447,7 @@ class FrameLoop:
         res = self.shown
         job = self.flow_job
         progress = job.progress if job is not None and not job.done else None
-        status = self.feed.status(self.message, progress)
+        status = self._status = self.feed.status(self.message, progress)
         self.display.update(status, res, self.view)
         if self.display.wants_pixels or status.recording:
             t = time.perf_counter()

@@ -20,9 +20,9 @@ import numpy as np
 
 from live_attention.config import RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.frame_maps import process_frames
 from live_attention.core.models import PRETRAINED, load_model
 from live_attention.core.render import canvas_size, heads_grid, render
+from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError
 from live_attention.io.outputs import PartialOutput

@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.frame_maps import process_frames
+from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Result
 from live_attention.io.capture import LatestSlot
 
@@ -69,6 +69,7 @@ class InferenceWorker(threading.Thread):
         self._problem: tuple[str, float] | None = None
         self._still: tuple[object, tuple, torch.Tensor] | None = None  # (image, box, input) of a still
         self._last: Result | None = None
+        self.runner = StepRunner(engine)  # CUDA graphs on a GPU, kept between frames
         self.infer_ms = 0.0
         self.processed = 0
         self.skipped = 0
@@ -120,14 +121,14 @@ class InferenceWorker(threading.Thread):
         settings = settings or self._settings
         prepared = None
         if frame.still and self._still is not None and self._still[0] is frame.image:
-            prepared = [(self._still[1], self._still[2])]  # a still image: preprocessed once
+            prepared = [(self._still[2], self._still[1])]  # a still image: preprocessed once
         elif frame.still:
             x, box = self.engine.preprocess_with_box(frame.image)
             self._still = (frame.image, box, x)
-            prepared = [(box, x)]
+            prepared = [(x, box)]
         else:
             self._still = None
-        return process_frames(self.engine, [frame], settings, prepared)[0]
+        return process_frames(self.engine, [frame], settings, prepared, self.runner)[0]
 
     def _next(self) -> tuple[Frame, MapSettings] | None:
         with self._lock:
