@@ -100,9 +100,9 @@ def test_stale_display_is_the_same_one_line_error(clip, capsys, monkeypatch):
 
 def test_bench_runs_and_prints_figures(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--skip", "engine", "--skip", "pipeline", "--skip", "record", "--reps", "2",
-                 "--json", str(out)]) == 0
+    assert main(["bench", "--only", "demo", "--only", "renderer", "--reps", "2", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "engine.run / plain forward, fp32" in text and "render 720p, mode heads" in text
+    assert "render 720p, mode relevance" in text and "live step: 720p frame to maps on the host" in text
     data = json.loads(out.read_text())
-    assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0
+    assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_ms"] > 0
