@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,72 +135,78 @@ def run(
     ``view`` is one view for every frame or a function of the result (export: each frame's recorded
     view). ``size``: the output size (default: :func:`canvas_size` of the first frame).
     """
-    stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch))
-    drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
-    written = [0]
-    view_of = view if callable(view) else (lambda _r, v=view: v)
+    p = _Pipeline(status, sink, view if callable(view) else (lambda _r, v=view: v), batch, residual, size)
+    return p.run(items, results, workers or default_workers(), EntropyHistory(entropy_seconds), progress)
 
-    def decode() -> None:
+
+class _Pipeline:
+    """The stages of :func:`run` and the bounded queues between them."""
+
+    def __init__(self, status: Status, sink, view_of, batch: int, residual: float, size) -> None:
+        self.status, self.sink, self.view_of = status, sink, view_of
+        self.batch, self.residual, self.size = batch, residual, size
+        self.stop = threading.Event()
+        self.decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch))
+        self.drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
+        self.written = 0
+
+    def decode(self, items: Iterable[Item]) -> None:
         for item in items:
-            if not _put(decoded, item, stop):
+            if not _put(self.decoded, item, self.stop):
                 return
-        _put(decoded, _END, stop)
+        _put(self.decoded, _END, self.stop)
 
-    def encode() -> None:
-        while True:
-            fut = _get(drawn, stop)
-            if fut is _END:
-                return
-            rgb, pts = fut.result()
-            sink(rgb, pts)
-            written[0] += 1
+    def encode(self) -> None:
+        while (fut := _get(self.drawn, self.stop)) is not _END:
+            rgb, pts = fut.result()  # in input order, whichever drawing thread finished first
+            self.sink(rgb, pts)
+            self.written += 1
 
-    def draw(res: Result, v: View, extras: Extras, out_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    def draw(self, res: Result, v: View, extras: Extras, size: tuple[int, int]) -> tuple[np.ndarray, float]:
         if v.mode == "flow" and (res.fused is not None or res.attn is not None):
             extras = Extras(extras.entropy_history, extras.entropy_times, extras.entropy_seconds,
-                            flow=flow_for(res, residual), flow_seq=res.seq)
-        return render(res.frame, res, v, status, extras, size=out_size), float(res.pts_s or 0.0)
+                            flow=flow_for(res, self.residual), flow_seq=res.seq)
+        return render(res.frame, res, v, self.status, extras, size=size), float(res.pts_s or 0.0)
 
-    history = EntropyHistory(entropy_seconds)
-    stages = [_Stage("decode", decode), _Stage("encode", encode)]
-    for s in stages:
-        s.start()
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="draw")
-    out_size = size
-    try:
-        done = False
-        while not done:
-            chunk: list[Item] = []
-            while len(chunk) < batch:
-                item = _get(decoded, stop)
-                if item is _END:
-                    done = True
-                    break
-                chunk.append(item)
-            _raise_from(stages)
-            if not chunk:
-                break
-            for res in results(chunk):
-                history.add(float(res.pts_s or 0.0), res)
-                out_size = out_size or canvas_size(res.frame.shape)
-                fut: Future = pool.submit(draw, res, view_of(res), history.extras(), out_size)
-                if not _put(drawn, fut, stop):
-                    break
-            if progress is not None:
-                progress(written[0])
-            _raise_from(stages)
-        _put(drawn, _END, stop)
-        stages[1].join()
-        _raise_from(stages)
-        if progress is not None:
-            progress(written[0])
-        return written[0]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
+    def take(self) -> tuple[list[Item], bool]:
+        """Up to a batch of decoded items, and whether the input has ended."""
+        chunk: list[Item] = []
+        while len(chunk) < self.batch:
+            item = _get(self.decoded, self.stop)
+            if item is _END:
+                return chunk, True
+            chunk.append(item)
+        return chunk, False
+
+    def run(self, items, results, workers: int, history: EntropyHistory, progress) -> int:
+        stages = [_Stage("decode", lambda: self.decode(items)), _Stage("encode", self.encode)]
         for s in stages:
-            s.join(timeout=5)
+            s.start()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="draw")
+        try:
+            done = False
+            while not done:
+                chunk, done = self.take()
+                _raise_from(stages)
+                for res in results(chunk) if chunk else []:
+                    history.add(float(res.pts_s or 0.0), res)  # in order, on this thread
+                    self.size = self.size or canvas_size(res.frame.shape)
+                    if not _put(self.drawn, pool.submit(self.draw, res, self.view_of(res), history.extras(),
+                                                        self.size), self.stop):
+                        break
+                if progress is not None:
+                    progress(self.written)
+            _put(self.drawn, _END, self.stop)
+            stages[1].join()
+            _raise_from(stages)
+            if progress is not None:
+                progress(self.written)
+            return self.written
+        finally:
+            self.stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for s in stages:
+                s.join(timeout=5)
 
 
 def _raise_from(stages: list[_Stage]) -> None:
