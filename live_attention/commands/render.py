@@ -28,7 +28,7 @@ from live_attention.config import load_config
 from live_attention.errors import UserError
 from live_attention.io.outputs import partial_path
 from live_attention.pipeline.distributed import render_on_ray
-from live_attention.pipeline.jobs import Job, Renderer, plan_jobs
+from live_attention.pipeline.jobs import Job, Renderer, plan_jobs, report_lines
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(job: Job, frames: int, expected: int | None) -> None:
-    if expected and frames < expected:
-        print(f"live-attention: warning: {job.input} ended after {frames} of the {expected} frames it "
-              "announces (a truncated or damaged file?)", file=sys.stderr)
-    print(f"live-attention: wrote {job.output} ({frames} frames)", file=sys.stderr)
+    for line in report_lines(job, frames, expected):
+        print(f"live-attention: {line}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:

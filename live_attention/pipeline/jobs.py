@@ -163,3 +163,11 @@ class Renderer:
         return n, total
 
 
+def report_lines(job: Job, frames: int, expected: int | None) -> list[str]:
+    """What a finished input says (locally and on Ray): a warning for a short file, then where it went."""
+    lines = []
+    if expected and frames < expected:
+        lines.append(f"warning: {job.input} ended after {frames} of the {expected} frames it announces "
+                     "(a truncated or damaged file?)")
+    lines.append(f"wrote {job.output} ({frames} frames)")
+    return lines
