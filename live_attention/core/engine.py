@@ -16,6 +16,7 @@ the input transform in :mod:`live_attention.core.preprocess`.
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -263,7 +264,7 @@ class AttentionEngine:
         self.has_classifier = f.num_classes > 0
         self.multilabel = bool(multilabel)
         own = f.image_size[0]
-        spec = preprocess or Preprocess(crop_size=own, resize_size=own)
+        spec = preprocess or f.default_preprocess() or Preprocess(crop_size=own, resize_size=own)
         self.preprocess_spec = spec
         self.configure_input(input_size, full_frame)
         if not self.has_classifier:
@@ -294,7 +295,7 @@ class AttentionEngine:
             n = int(input_size)
             if n < p or n % p:
                 raise UserError(f"--input-size {n} must be a positive multiple of the patch size {p}")
-            resize = max(n, int(round(n * spec.resize_size / spec.crop_size)))
+            resize = max(n, math.floor(n * spec.resize_size / spec.crop_size))  # timm: floor(size / crop_pct)
             spec = replace(spec, crop_size=n, resize_size=resize)
         if spec.crop_size % p:
             raise UserError(f"the model takes {spec.crop_size} px, not a multiple of its patch size {p}")

@@ -13,8 +13,12 @@ frame at patch 8 has 4,801 tokens: all layers' full attention would not fit in m
   produces weights, so every block is switched to the eager path and ``attn_drop`` is hooked (its input is
   the softmax). A forward pass that reaches fewer blocks than the model has raises.
 * **Hugging Face** transformers (``ViTModel``, ``ViTForImageClassification``, ``Dinov2Model``, Dinov2
-  with registers, ``CLIPVisionModel``): the model is switched to eager attention and each layer's
-  attention module is hooked; its second output is the probabilities.
+  with registers, ``CLIPVisionModel``, DeiT with its distillation token): the model is switched to eager
+  attention and each layer's attention module is hooked; its second output is the probabilities.
+
+Each family also knows its model's own pre-processing where the module carries it
+(:meth:`Family.default_preprocess`: timm's data config, a transformers model type's image-processor
+defaults).
 
 Position embeddings are interpolated for other input sizes the way each library does it (bicubic over
 the patch grid, prefix tokens untouched), so any multiple of the patch size works, square or not.
@@ -22,6 +26,8 @@ the patch grid, prefix tokens untouched), so any multiple of the patch size work
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 from typing import Protocol
 
@@ -29,7 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from live_attention.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocess
 from live_attention.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class LayerSink(Protocol):
@@ -64,9 +73,18 @@ class Family:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self._blocks: list[nn.Module] = []
 
     def forward(self, x: Tensor, sink: LayerSink) -> Tensor | None:
         raise NotImplementedError
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, first to last (the model-randomisation test re-initialises the top ones)."""
+        return list(self._blocks)
+
+    def default_preprocess(self) -> Preprocess | None:
+        """The model's own input transform as far as the module knows it (None: it does not)."""
+        return None
 
     # Hooked families (timm, transformers): the hooks report through these.
     _sink: LayerSink | None = None
@@ -130,6 +148,7 @@ class TorchvisionFamily(Family):
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
         enc = module.encoder
+        self._blocks = list(enc.layers)
         self.num_layers = len(enc.layers)
         self.num_heads = int(enc.layers[0].num_heads)
         self.hidden_dim = int(module.hidden_dim)
@@ -211,30 +230,43 @@ class TimmFamily(Family):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
+        from timm.layers import Attention, PatchEmbed
+
         if getattr(module, "cls_token", None) is None:
             raise UserError("this timm model has no class token: live-attention needs a ViT with a class token")
+        pe = module.patch_embed
+        if not isinstance(pe, PatchEmbed):
+            raise UserError(f"this timm model embeds patches with {type(pe).__name__} (a CNN stem?): "
+                            "live-attention reads plain ViTs (one convolution per patch)")
         blocks = module.blocks
+        for blk in blocks:
+            attn = getattr(blk, "attn", None)
+            # Attention subclasses only: DiffAttention's map is a difference of two softmaxes, and the
+            # parallel blocks compute attention inline; neither has one probability matrix to hook.
+            if not isinstance(attn, Attention) or not hasattr(attn, "attn_drop"):
+                kind = type(attn).__name__ if attn is not None else type(blk).__name__
+                raise UserError(f"this timm model computes attention with {kind}: live-attention reads timm ViTs "
+                                "with the standard softmax attention")
+        self._blocks = list(blocks)
         self.num_layers = len(blocks)
         self.num_heads = int(blocks[0].attn.num_heads)
         self.hidden_dim = int(module.embed_dim)
-        pe = module.patch_embed
         self.patch_size = int(pe.patch_size[0])
         self.image_size = (int(pe.img_size[0]), int(pe.img_size[1])) if pe.img_size is not None else (224, 224)
         self.num_prefix = int(getattr(module, "num_prefix_tokens", 1))
-        self.num_classes = int(getattr(module, "num_classes", 0) or 0)
+        # A CLIP-style tower's head projects into the text-image space: no classes to name.
+        self.num_classes = 0 if timm_head_is_projection(module) else int(getattr(module, "num_classes", 0) or 0)
         self._enable_any_size()
         for i, blk in enumerate(blocks):
             attn = blk.attn
             if hasattr(attn, "fused_attn"):
                 attn.fused_attn = False  # fused attention never produces weights
-            if not hasattr(attn, "attn_drop"):
-                raise UserError("this timm model's attention has no attn_drop: cannot capture its weights")
             attn.attn_drop.register_forward_hook(lambda _m, _i, out, i=i: self._report_attention(i, out))
             blk.register_forward_hook(lambda _m, _i, out, i=i: self._report_block(i, out))
 
     def _enable_any_size(self) -> None:
         """timm's ``dynamic_img_size``: position embeddings resampled per input size (any multiple of the
-        patch), set on a model built without it."""
+        patch), set on a model built without it (what ``create_model(..., dynamic_img_size=True)`` sets)."""
         from timm.layers import Format
 
         m = self.module
@@ -250,6 +282,61 @@ class TimmFamily(Family):
         out = self._hooked_forward(lambda: self.module(x))
         return out if self.num_classes else None
 
+    def default_preprocess(self) -> Preprocess:
+        return timm_preprocess(self.module)
+
+
+# Words in a timm name or tag that mark a contrastive image-text tower (CLIP, MetaCLIP, TinyCLIP, Apple's
+# MobileCLIP, Perception Encoder core): without "ft" in the tag its head is a projection, not classes.
+_TOWER_WORDS = ("clip", "pe_core")
+
+
+def timm_head_is_projection(module: nn.Module) -> bool:
+    """True for a timm CLIP-style image tower whose ``head`` is the image-text projection its pretrained
+    configuration names (e.g. ``vit_base_patch16_clip_224.openai``: 512 outputs, no classes); False for
+    fine-tuned tags (``..._ft_in1k``), a head built with another ``num_classes``, and everything else."""
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    arch = str(cfg.get("architecture") or "")
+    tag = str(cfg.get("tag") or "")
+    classes = int(getattr(module, "num_classes", 0) or 0)
+    if not classes or classes != int(cfg.get("num_classes") or 0):
+        return False  # no head, or a head of the user's own (built with another num_classes)
+    tower = any(w in arch or w in tag for w in _TOWER_WORDS)
+    return tower and "ft" not in tag.split("_")
+
+
+def timm_preprocess(module: nn.Module) -> Preprocess:
+    """timm's eval transform for ``module`` (``resolve_data_config`` + ``transforms_imagenet_eval``): resize
+    the shorter side to ``floor(size / crop_pct)``, centre-crop ``size``, the configured mean, std and
+    interpolation. ``size``: the data config's, or the size the module was built for when that differs."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=module)
+    size = int(cfg["input_size"][-1])
+    built = getattr(getattr(module, "patch_embed", None), "img_size", None)
+    if built is not None and int(built[-1]) != size:
+        size = int(built[-1])  # built for another size than its weights' (a custom model): use its own
+    crop_pct = float(cfg.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT when the config has none
+    mode = cfg.get("crop_mode") or "center"
+    if mode != "center":
+        logger.info("timm crop_mode %r approximated by a centre crop of the shorter side", mode)
+    interp = cfg.get("interpolation") or "bicubic"
+    if interp not in INTERPOLATIONS:
+        logger.info("timm interpolation %r approximated by bicubic", interp)
+        interp = "bicubic"
+    return Preprocess(crop_size=size, resize_size=max(size, math.floor(size / crop_pct)), mean=rgb3(cfg["mean"]),
+                      std=rgb3(cfg["std"]), interpolation=interp)
+
+
+def rgb3(v) -> tuple[float, float, float]:
+    """A per-channel value (three numbers, or one for all three)."""
+    vals = [float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)]
+    if len(vals) == 1:
+        vals *= 3
+    if len(vals) != 3:
+        raise UserError(f"the model's configuration gives {len(vals)} channel values, not 3 (RGB)")
+    return vals[0], vals[1], vals[2]
+
 
 # --------------------------------------------------------------------------------------------------
 # Hugging Face transformers
@@ -258,7 +345,35 @@ class TimmFamily(Family):
 
 HF_CLASSES = ("ViTModel", "ViTForImageClassification", "Dinov2Model", "Dinov2ForImageClassification",
               "Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification", "CLIPVisionModel",
-              "DeiTModel", "DeiTForImageClassification")
+              "DeiTModel", "DeiTForImageClassification", "DeiTForImageClassificationWithTeacher")
+
+# The image processors' own defaults per model type, for a model without a preprocessor_config.json:
+# (resize of the shorter side at crop 224, mean, std, interpolation). ViTImageProcessor resizes to
+# 224×224 without a crop; DeiT's to 256 then crops 224; BiT (DINOv2) and CLIP resize the shorter side.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HF_DEFAULT_PREPROCESS: dict[str, tuple[int, tuple[float, ...], tuple[float, ...], str]] = {
+    "vit": (224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"),
+    "deit": (256, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+    "dinov2": (256, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+    "clip": (224, CLIP_MEAN, CLIP_STD, "bicubic"),
+}
+
+
+def hf_model_type(config) -> str:
+    """``vit``, ``deit``, ``dinov2`` (with or without registers) or ``clip`` (any CLIP vision config)."""
+    t = str(getattr(config, "model_type", "") or "vit")
+    for k in ("dinov2", "clip", "deit"):
+        if t.startswith(k):
+            return k
+    return "vit"
+
+
+def hf_default_preprocess(config, size: int) -> Preprocess:
+    """The model type's image-processor defaults, scaled to the model's input ``size``."""
+    resize, mean, std, interp = HF_DEFAULT_PREPROCESS[hf_model_type(config)]
+    return Preprocess(crop_size=size, resize_size=max(size, resize * size // 224), mean=rgb3(mean), std=rgb3(std),
+                      interpolation=interp)
 
 
 class HFFamily(Family):
@@ -281,13 +396,18 @@ class HFFamily(Family):
         size = vision.image_size
         self.image_size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         name = type(module).__name__
-        self.num_prefix = 1 + int(getattr(vision, "num_register_tokens", 0) or 0) + (1 if name.startswith("DeiT") else 0)
-        self.num_classes = int(cfg.num_labels) if name.endswith("ForImageClassification") else 0
-        self._interpolate = not name.startswith("Dinov2")  # Dinov2 always interpolates
+        emb = _hf_embeddings(module)
+        # Class token, then DeiT's distillation token, then DINOv2's registers.
+        distill = getattr(emb, "distillation_token", None) is not None
+        self.num_prefix = 1 + int(distill) + int(getattr(vision, "num_register_tokens", 0) or 0)
+        self.num_classes = int(cfg.num_labels) if "ForImageClassification" in name else 0
+        # ViT, DeiT and CLIP interpolate position embeddings only when asked; DINOv2 always does.
+        self._interpolate = "interpolate_pos_encoding" in inspect.signature(module.forward).parameters
         attns, layers = _hf_modules(module)
         if len(attns) != self.num_layers or len(layers) != self.num_layers:
             raise UserError(f"{name}: found {len(attns)} attention modules for {self.num_layers} layers: "
                             "live-attention cannot read this model's attention")
+        self._blocks = list(layers)
         for i, (a, layer) in enumerate(zip(attns, layers, strict=True)):
             a.register_forward_hook(lambda _m, _i, out, i=i: self._on_attn(i, out))
             layer.register_forward_hook(lambda _m, _i, out, i=i: self._report_block(i, out[0] if isinstance(out, tuple) else out))
@@ -303,6 +423,19 @@ class HFFamily(Family):
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         out = self._hooked_forward(lambda: self.module(pixel_values=x, **kwargs))
         return out.logits if self.num_classes else None
+
+    def default_preprocess(self) -> Preprocess:
+        """The model type's image-processor defaults (a checkpoint's preprocessor_config.json, which
+        :func:`live_attention.core.models.load_model` reads, says more)."""
+        return hf_default_preprocess(self.module.config, self.image_size[0])
+
+
+def _hf_embeddings(module: nn.Module) -> nn.Module | None:
+    """The patch-embedding module (the one holding the class token)."""
+    for _name, mod in module.named_modules():
+        if any(hasattr(mod, a) for a in ("cls_token", "class_embedding")):
+            return mod
+    return None
 
 
 def _hf_modules(module: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:

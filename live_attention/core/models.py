@@ -20,7 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import urllib.error
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,14 @@ from torch import nn
 
 from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from live_attention.core.families import (
+    HF_CLASSES,
+    hf_default_preprocess,
+    rgb3,
+    timm_head_is_projection,
+    timm_preprocess,
+)
+from live_attention.core.preprocess import Preprocess
 from live_attention.core.weights import (
     apply_state_dict,
     file_sha256,
@@ -46,7 +56,6 @@ TORCHVISION_MODELS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"
 DEMO_MODEL = "demo"
 PRETRAINED = ("imagenet", "default", "pretrained")  # --weights words for "the model's own published weights"
 MODEL_HELP = "vit_b_16 (default), vit_b_32, vit_l_16, vit_l_32, vit_h_14, timm:NAME[.TAG], hf:ORG/NAME, hf:DIR, or demo"
-_PIL_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
 
 def load_model(
@@ -177,22 +186,25 @@ def _load_torchvision(name: str, w: str, opts: dict[str, Any]) -> AttentionEngin
 
 
 # --------------------------------------------------------------------------------------------------
-# timm
+# The optional libraries and the Hugging Face hub cache
 # --------------------------------------------------------------------------------------------------
 
 
-def _need(module_name: str, extra: str):
+def _need(module_name: str, extra: str, package: str | None = None):
+    """Import an optional library, or a one-line error naming the pip command that installs it."""
     import importlib
 
     try:
         return importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(
-            f"{module_name} is not installed: pip install 'live-attention[{extra}]' (or pip install {extra})"
+            f"{module_name} is not installed: pip install 'live-attention[{extra}]' "
+            f"(or pip install {package or module_name})"
         ) from exc
 
 
 def _hub_cache() -> str:
+    """The Hugging Face hub cache folder in use (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
     try:
         from huggingface_hub import constants
 
@@ -201,32 +213,60 @@ def _hub_cache() -> str:
         return str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
 
 
-def _offline_env() -> None:
-    """Our offline switch also switches the hub libraries' own (set before they read it)."""
-    if offline():
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+@contextmanager
+def _hub_session() -> Iterator[None]:
+    """While a model loads: our offline switch also switches huggingface_hub's (which reads
+    ``HF_HUB_OFFLINE`` once, at import, into ``huggingface_hub.constants`` and consults that at every
+    call), and the libraries' progress bars and load reports stay off the console."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None
+    before = constants.HF_HUB_OFFLINE if constants is not None else None
+    if constants is not None and offline():
+        constants.HF_HUB_OFFLINE = True
+    quiet = _quiet_transformers()
+    try:
+        yield
+    finally:
+        quiet()
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = before
 
 
-def _missing_pretrained(what: str, exc: BaseException) -> WeightsError:
+def _quiet_transformers():
+    """Silence transformers' progress bars and load reports (what did not load is checked here, and
+    logged at debug level); returns the function that restores them."""
+    tf = sys.modules.get("transformers")
+    if tf is None:  # timm alone: nothing to quiet (and no reason to import transformers)
+        return lambda: None
+    tlog = tf.utils.logging
+    level, bars = tlog.get_verbosity(), tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+    def restore() -> None:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+    return restore
+
+
+def _missing_pretrained(what: str, exc: BaseException, repo: str | None = None) -> WeightsError:
     reason = "offline mode is set" if offline() else f"the download failed ({first_sentence(exc, 120)})"
+    where = f"{_hub_cache()}, repo {repo}" if repo else _hub_cache()
     return WeightsError(
-        f"pretrained weights for {what} are not in the Hugging Face hub cache ({_hub_cache()}) and {reason}: "
-        "run once online to cache them, or pass --weights PATH to a local checkpoint, or --weights random"
+        f"{what} is not in the Hugging Face hub cache ({where}) and {reason}: run once online to cache it, "
+        "or pass --weights PATH to a local checkpoint, or --weights random"
     )
 
 
-def _timm_preprocess(module: nn.Module) -> Preprocess:
-    from timm.data import resolve_data_config
+# --------------------------------------------------------------------------------------------------
+# timm
+# --------------------------------------------------------------------------------------------------
 
-    cfg = resolve_data_config({}, model=module)
-    size = int(cfg["input_size"][-1])
-    crop_pct = float(cfg.get("crop_pct") or 1.0)
-    if cfg.get("crop_mode", "center") != "center":
-        logger.info("timm crop_mode %r approximated by a centre crop", cfg.get("crop_mode"))
-    interp = cfg.get("interpolation", "bicubic")
-    return Preprocess(crop_size=size, resize_size=max(size, int(size / crop_pct)), mean=tuple(cfg["mean"]),
-                      std=tuple(cfg["std"]), interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic")
+_TIMM_VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
 
 
 def _timm_categories(module: nn.Module) -> list[str] | None:
@@ -242,28 +282,49 @@ def _timm_categories(module: nn.Module) -> list[str] | None:
     return list(names) if names else None
 
 
+def _timm_pretrained_cfg(timm: Any, spec: str) -> Any:
+    """The pretrained configuration ``spec`` names (its default tag without one), or a one-line error
+    listing the tags there are."""
+    arch, _, tag = spec.partition(".")
+    try:
+        cfg = timm.models.get_pretrained_cfg(spec)
+    except RuntimeError as exc:  # "Invalid pretrained tag (x) for arch."
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(arch) if "." in n]
+        some = ", ".join(tags[:6]) + (", ..." if len(tags) > 6 else "")
+        hint = f"use one of {some}" if tags else "it has no published weights: use --weights random or PATH"
+        raise UserError(f"timm has no tag {tag!r} for {arch}: {hint}") from exc
+    return cfg
+
+
 def _load_timm(spec: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
     if not spec:
         raise UserError("timm: needs a model name, e.g. --model timm:vit_small_patch8_224.dino")
-    _offline_env()
     timm = _need("timm", "timm")
     arch = spec.split(".", 1)[0]
     if not timm.is_model(arch):
         raise UserError(f"timm has no model {arch!r}: see timm.list_models('vit_*') for names")
+    where = timm.models.model_entrypoint(arch).__module__
+    if where not in _TIMM_VIT_MODULES:  # before any download: a ResNet's weights would be wasted
+        raise UserError(f"timm:{arch} is not a ViT with a class token ({where}): use a timm vit_* or deit_* model")
     kind = _weights_kind(w)
+    cfg = _timm_pretrained_cfg(timm, spec)
+    if kind == "pretrained" and (cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file)):
+        raise UserError(f"timm has no published weights for {spec}: use --weights PATH or --weights random")
     try:
-        module = timm.create_model(spec, pretrained=kind == "pretrained")
-    except RuntimeError as exc:
-        if "pretrained" in str(exc).lower() or "no pretrained" in str(exc).lower():
-            raise UserError(f"timm has no pretrained weights for {spec}: check the tag, or use --weights PATH") from exc
-        raise
-    except (OSError, ValueError) as exc:  # the hub's errors are OSError (LocalEntryNotFoundError, HTTP)
-        raise _missing_pretrained(f"timm:{spec}", exc) from exc
-    label, sha = _local_weights(module, w, kind, f"timm:{spec}", spec.split(".", 1)[1] if "." in spec else "timm default")
-    tag = spec.split(".", 1)[1] if "." in spec else ""
-    if "clip" in arch and "ft_in" not in tag and getattr(module, "num_classes", 0):
-        module.reset_classifier(0)  # a CLIP tower's head is an embedding projection, not classes
-    return AttentionEngine(module, preprocess=_timm_preprocess(module), categories=_timm_categories(module),
+        with _hub_session():
+            module = timm.create_model(spec, pretrained=kind == "pretrained")
+    except OSError as exc:  # the hub's errors: LocalEntryNotFoundError, HTTP errors, URLError
+        raise _missing_pretrained(f"timm:{spec}", exc, cfg.hf_hub_id if cfg is not None else None) from exc
+    except RuntimeError as exc:  # a cached file that does not fit (load_state_dict)
+        if kind != "pretrained":
+            raise
+        raise WeightsError(f"the cached weights of timm:{spec} do not fit the model: {first_sentence(exc)} "
+                           f"(delete them from {_hub_cache()}, or pass --weights PATH)") from exc
+    tag = str(module.pretrained_cfg.get("tag") or "")
+    label, sha = _local_weights(module, w, kind, f"timm:{spec}", tag or "timm default")
+    if timm_head_is_projection(module):
+        module.reset_classifier(0)  # a CLIP tower's head is an image-text projection, not classes
+    return AttentionEngine(module, preprocess=timm_preprocess(module), categories=_timm_categories(module),
                            name=f"timm:{spec}", weights_label=label, weights_sha256=sha, untrained=kind == "random",
                            **opts)
 
@@ -281,17 +342,12 @@ _HF_BY_TYPE = {
     "clip_vision_model": "CLIPVisionModel",
     "deit": "DeiTModel",
 }
-_HF_DEFAULT_PRE = {  # the image processors' defaults, where a checkpoint has no preprocessor_config.json
-    "vit": dict(crop=224, resize=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interp="bilinear"),
-    "dinov2": dict(crop=224, resize=256, mean=IMAGENET_MEAN, std=IMAGENET_STD, interp="bicubic"),
-    "clip": dict(crop=224, resize=224, mean=(0.48145466, 0.4578275, 0.40821073),
-                 std=(0.26862954, 0.26130258, 0.27577711), interp="bicubic"),
-}
+# PIL's resampling codes, as a preprocessor_config.json gives them (LANCZOS, BOX and HAMMING approximated).
+_PIL_RESAMPLE = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bilinear"}
 
 
 def _hf_class(config: Any):
-    transformers = _need("transformers", "hf")
-    from live_attention.core.families import HF_CLASSES
+    transformers = _need("transformers", "hf", "transformers")
 
     for arch in getattr(config, "architectures", None) or []:
         arch = "CLIPVisionModel" if arch in ("CLIPModel", "CLIPVisionModelWithProjection") else arch
@@ -304,67 +360,135 @@ def _hf_class(config: Any):
     return getattr(transformers, name)
 
 
-def _hf_preprocess(source: str, config: Any, size: int) -> Preprocess:
-    data = None
-    local = Path(source).expanduser()
+def _hf_preprocess_data(where: str) -> dict | None:
+    """The checkpoint's ``preprocessor_config.json`` (from the folder, or the hub cache), or None."""
+    local = Path(where)
     try:
         if local.is_dir():
             f = local / "preprocessor_config.json"
-            data = json.loads(f.read_text()) if f.exists() else None
-        else:
-            from huggingface_hub import hf_hub_download
+            return json.loads(f.read_text()) if f.exists() else None
+        from huggingface_hub import hf_hub_download
 
-            data = json.loads(Path(hf_hub_download(source, "preprocessor_config.json")).read_text())
-    except Exception:  # no processor config: the model type's defaults
-        logger.debug("no preprocessor_config.json for %s", source, exc_info=True)
-    mtype = getattr(config, "model_type", "vit")
-    base = _HF_DEFAULT_PRE.get("dinov2" if mtype.startswith("dinov2") else "clip" if mtype.startswith("clip") else "vit")
+        with _hub_session():
+            return json.loads(Path(hf_hub_download(where, "preprocessor_config.json")).read_text())
+    except Exception:  # no processor config (or not cached): the model type's defaults
+        logger.debug("no preprocessor_config.json for %s", where, exc_info=True)
+        return None
+
+
+def hf_preprocess(data: dict | None, config: Any, size: int) -> Preprocess:
+    """A Hugging Face image processor's eval transform, from its ``preprocessor_config.json`` ``data``:
+    resize (``size.shortest_edge``, or ``size.height``/an int: the processor squashes to that size, we keep
+    the aspect and crop), centre crop ``crop_size`` when ``do_center_crop``, ``resample`` (a PIL code),
+    ``image_mean``/``image_std`` when ``do_normalize``. Without ``data``: the model type's defaults."""
     if not data:
-        return Preprocess(crop_size=size, resize_size=max(size, base["resize"] * size // base["crop"]),
-                          mean=base["mean"], std=base["std"], interpolation=base["interp"])
+        return hf_default_preprocess(config, size)
+    base = hf_default_preprocess(config, size)
 
-    def side(v: Any, default: int) -> int:
+    def side(v: Any) -> int | None:
         if isinstance(v, dict):
-            return int(v.get("shortest_edge") or v.get("height") or default)
-        return int(v) if v else default
+            n = v.get("shortest_edge") or v.get("height") or v.get("width")
+            return int(n) if n else None
+        if isinstance(v, (list, tuple)) and v:
+            return int(min(v))
+        return int(v) if v else None
 
-    crop = side(data.get("crop_size"), size) if data.get("do_center_crop", False) else side(data.get("size"), size)
-    resize = max(crop, side(data.get("size"), crop))
-    return Preprocess(crop_size=crop, resize_size=resize, mean=tuple(data.get("image_mean", base["mean"])),
-                      std=tuple(data.get("image_std", base["std"])),
-                      interpolation=_PIL_RESAMPLE.get(int(data.get("resample", 2)), "bilinear"))
+    resize = side(data.get("size")) if data.get("do_resize", True) else None
+    crop = side(data.get("crop_size")) if data.get("do_center_crop", "crop_size" in data) else None
+    if crop is None:
+        crop = resize or size  # no crop: the resized image is the input (its square centre, here)
+    resize = max(crop, resize or crop)
+    if data.get("do_normalize", True):
+        mean, std = rgb3(data.get("image_mean", base.mean)), rgb3(data.get("image_std", base.std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = data.get("resample")
+    interp = _PIL_RESAMPLE.get(int(resample), base.interpolation) if resample is not None else base.interpolation
+    return Preprocess(crop_size=crop, resize_size=resize, mean=mean, std=std, interpolation=interp)
+
+
+def _hf_check_loaded(info: dict, what: str) -> None:
+    """Weights that left part of the model at its random initialisation (a tensor absent, or of another
+    shape) are an error, not a warning; the pooler of a ``ViTModel``, unused here, may be absent."""
+    bad = []
+    for item in info.get("mismatched_keys") or ():
+        if isinstance(item, (tuple, list)) and len(item) == 3:
+            key, ckpt, model = item
+            bad.append(f"{key}: file {tuple(ckpt)}, model {tuple(model)}")
+        else:
+            bad.append(str(item))
+    if bad:
+        bad.sort()
+        raise WeightsError(f"{what} do not fit: {len(bad)} tensors of another shape (e.g. {bad[0]}). "
+                           "Pass --model matching the weights")
+    missing = sorted(k for k in info.get("missing_keys") or () if "pooler." not in f".{k}")
+    if missing:
+        raise WeightsError(f"{what} do not fit: they lack {len(missing)} tensors of the model (e.g. {missing[0]}). "
+                           "Pass --model matching the weights")
+    if info.get("unexpected_keys"):
+        logger.debug("%s: %d tensors not used (e.g. %s)", what, len(info["unexpected_keys"]),
+                     sorted(info["unexpected_keys"])[0])
 
 
 def _load_hf(source: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
     if not source:
         raise UserError("hf: needs a model id or folder, e.g. --model hf:facebook/dinov2-small")
-    _offline_env()
-    transformers = _need("transformers", "hf")
+    transformers = _need("transformers", "hf", "transformers")
     local = Path(source).expanduser()
-    if not local.is_dir() and ("/" not in source or source.startswith((".", "/", "~"))):
+    is_dir = local.is_dir()
+    if not is_dir and (source.count("/") != 1 or source.startswith((".", "/", "~"))):
         raise UserError(f"hf:{source}: no such folder, and not a hub id (ORG/NAME)")
-    where = str(local) if local.is_dir() else source
+    if is_dir and not (local / "config.json").is_file():
+        raise WeightsError(f"hf:{source}: no config.json in {local}: give a folder written by save_pretrained "
+                           "(config.json and the weights), or a hub id ORG/NAME")
+    where = str(local) if is_dir else source
     kind = _weights_kind(w)
     try:
-        config = transformers.AutoConfig.from_pretrained(where)
-        cls = _hf_class(config)
-        if kind == "pretrained":
-            module = cls.from_pretrained(where, attn_implementation="eager")
-        else:
-            module = cls(getattr(config, "vision_config", config) if cls.__name__ == "CLIPVisionModel" else config)
+        with _hub_session():
+            config = transformers.AutoConfig.from_pretrained(where)
+            cls = _hf_class(config)
+            if cls.__name__ == "CLIPVisionModel":
+                config = getattr(config, "vision_config", config)
+            config._attn_implementation = "eager"
+            if kind == "pretrained":
+                module, info = cls.from_pretrained(where, config=config, attn_implementation="eager",
+                                                   ignore_mismatched_sizes=True, output_loading_info=True)
+                _hf_check_loaded(info, f"the weights of hf:{source}")
+            elif kind == "random":
+                module = cls(config)
+            else:
+                module = _hf_from_file(cls, config, Path(w).expanduser(), source)
     except UserError:
         raise
-    except (OSError, ValueError) as exc:
-        if local.is_dir():
+    except OSError as exc:  # the hub's errors (not cached, offline, HTTP), or a folder without a config
+        if is_dir:
             raise WeightsError(f"cannot load the Hugging Face model in {local}: {first_sentence(exc)} "
                                "(is it a save_pretrained folder?)") from exc
-        raise _missing_pretrained(f"hf:{source}", exc) from exc
-    label, sha = _local_weights(module, w, kind, f"hf:{source}", local.name if local.is_dir() else source.split("/")[-1])
+        raise _missing_pretrained(f"hf:{source}", exc, source) from exc
+    except (ValueError, RuntimeError, KeyError) as exc:  # a configuration or checkpoint transformers refuses
+        raise WeightsError(f"cannot load hf:{source}: {first_sentence(exc)} (a ViT, DINOv2, DeiT or CLIP "
+                           "checkpoint saved by transformers is needed)") from exc
+    if kind == "file":
+        label, sha = Path(w).expanduser().name, file_sha256(Path(w).expanduser())
+    else:
+        label, sha = ("random", None) if kind == "random" else (local.name if is_dir else source.split("/")[-1], None)
     vision = getattr(module.config, "vision_config", None) or module.config
     size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
     id2label = getattr(module.config, "id2label", None) or {}
     categories = [id2label.get(i, id2label.get(str(i), f"class {i}")) for i in range(len(id2label))]
-    return AttentionEngine(module, preprocess=_hf_preprocess(where, module.config, int(size)),
-                           categories=categories if type(module).__name__.endswith("ForImageClassification") else None,
+    classifier = "ForImageClassification" in type(module).__name__
+    return AttentionEngine(module, preprocess=hf_preprocess(_hf_preprocess_data(where), module.config, int(size)),
+                           categories=categories if classifier else None,
                            name=f"hf:{source}", weights_label=label, weights_sha256=sha,
                            untrained=kind == "random", **opts)
+
+
+def _hf_from_file(cls: Any, config: Any, path: Path, source: str) -> nn.Module:
+    """``--weights PATH`` for a Hugging Face model: loaded safely here, then through transformers' own
+    loader, which maps the checkpoint's key names (a file saved by ``save_pretrained`` or from the hub
+    uses the library's original names) onto the model; every tensor must fit."""
+    state = load_weights_file(path)
+    module, info = cls.from_pretrained(None, config=config, state_dict=state, attn_implementation="eager",
+                                       ignore_mismatched_sizes=True, output_loading_info=True)
+    _hf_check_loaded(info, f"weights file {path} for hf:{source}")
+    return module

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import torch
@@ -22,9 +23,14 @@ _NESTED = ("state_dict", "model", "module", "model_state_dict")
 
 
 def offline() -> bool:
-    """True when no download may be tried: ``LIVE_ATTENTION_OFFLINE``, or the hub libraries' own switches."""
+    """True when no download may be tried: ``LIVE_ATTENTION_OFFLINE``, or the hub libraries' own switches
+    (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``; huggingface_hub keeps what it read at import in
+    ``huggingface_hub.constants``, which counts too once it is imported)."""
     flags = ("LIVE_ATTENTION_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(f, "").strip().lower() not in ("", "0", "false", "no") for f in flags)
+    if any(os.environ.get(f, "").strip().lower() not in ("", "0", "false", "no") for f in flags):
+        return True
+    hub = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(hub, "HF_HUB_OFFLINE", False))
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
