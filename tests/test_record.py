@@ -18,8 +18,8 @@ import pytest
 
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.step import process_frames
 from live_attention.core.render import render
+from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, View
 from live_attention.errors import UserError
 from live_attention.io.recorder import Recorder, bench_recording

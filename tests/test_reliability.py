@@ -19,9 +19,9 @@ import torch
 from live_attention.commands.cli import main
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.step import process_frames
 from live_attention.core.models import load_model
 from live_attention.core.render import axis_labels, render
+from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError, WeightsError
 from live_attention.io import recording

@@ -1,0 +1,227 @@
+"""``live-attention evaluate``: every map kind scored by the faithfulness measures, on one engine.
+
+Map kinds: ``cls`` (the class token's attention in the last layer, heads mean-fused), ``rollout``,
+``flow`` (attention flow), ``relevance`` (class-specific, Chefer et al. 2021) and ``random`` (the floor).
+Each is scored by the pointing game (where object boxes are known: the demo scenes), the deletion and
+insertion curves and their areas, and the model-randomisation check
+(:mod:`live_attention.core.faithfulness`). Runs on the caller's thread; everything is batched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from live_attention.core import faithfulness as fth
+from live_attention.core import maps
+from live_attention.core.engine import AttentionEngine, Keep
+from live_attention.core.flow import attention_flow_mixed
+from live_attention.demo.synthetic import make_dataset
+from live_attention.errors import UserError
+from live_attention.io.video import IMAGE_EXTENSIONS, read_image
+
+KINDS = ("cls", "rollout", "flow", "relevance", "random")
+KIND_NAMES = {
+    "cls": "CLS attention, last layer",
+    "rollout": "attention rollout",
+    "flow": "attention flow",
+    "relevance": "class relevance (Chefer)",
+    "random": "random (floor)",
+}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image and what to explain in it: ``targets`` are (class, box or None); none means the model's top-1."""
+
+    image: np.ndarray
+    targets: tuple[tuple[int, tuple[int, int, int, int] | None], ...] = ()
+    name: str = ""
+
+
+def demo_items(n: int, seed: int = 1234, size: int = 64, num_targets: int = 2) -> list[Item]:
+    """Synthetic demo scenes with ``num_targets`` shapes of different classes, each with its box."""
+    images, labels, boxes = make_dataset(n, size, seed=seed, num_targets=num_targets)
+    return [Item(img, tuple((int(c), tuple(int(v) for v in boxes[i, c])) for c in np.flatnonzero(labels[i])),
+                 f"scene {i}") for i, img in enumerate(images)]
+
+
+def folder_items(folder: str | Path, limit: int | None = None) -> list[Item]:
+    """The images of a folder (sorted), each explained for the model's top-1 class (no boxes)."""
+    d = Path(folder).expanduser()
+    if not d.is_dir():
+        raise UserError(f"--images {d}: not a folder")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
+    items = [Item(img, (), p.name) for p in files if (img := read_image(p)) is not None]
+    if not items:
+        raise UserError(f"--images {d}: no readable images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return items
+
+
+@dataclass
+class KindScore:
+    pointing: float | None = None
+    pointed: int = 0
+    curves: dict[str, list[float]] = field(default_factory=dict)  # mean probability per step, per order
+    areas: dict[str, float] = field(default_factory=dict)
+    randomisation_rho: float | None = None
+
+
+@dataclass
+class Evaluation:
+    model: str
+    images: int
+    pairs: int
+    seconds: float
+    kinds: dict[str, KindScore]
+    randomised_layers: int
+
+
+class Evaluator:
+    """Computes every map kind for (image, class) pairs and scores them.
+
+    Args:
+        engine: the model (with a classifier: deletion curves follow a class's probability).
+        kinds: which map kinds (default all).
+        batch: images per forward pass.
+        seed: for the random map and the re-initialised weights.
+    """
+
+    def __init__(self, engine: AttentionEngine, kinds: Sequence[str] = KINDS, batch: int = 128, seed: int = 0) -> None:
+        if not engine.has_classifier:
+            raise UserError(f"{engine.name} has no classifier: faithfulness follows a class's probability")
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise UserError(f"unknown map kind {sorted(unknown)[0]!r}: use {', '.join(KINDS)}")
+        self.engine, self.kinds, self.batch, self.seed = engine, tuple(kinds), batch, seed
+
+    # ---------------------------------------------------------------------------------------------
+    def _batches(self, n: int):
+        for i in range(0, n, self.batch):
+            yield slice(i, min(n, i + self.batch))
+
+    def _probability(self, targets: Tensor) -> Callable[[Tensor], Tensor]:
+        eng = self.engine
+
+        def fn(images: Tensor) -> Tensor:
+            out = []
+            for sl in self._batches(len(images)):
+                logits = eng.run(images[sl], Keep.parts()).logits
+                out.append(eng.probabilities(logits).gather(1, targets[sl, None].to(logits.device))[:, 0].cpu())
+            return torch.cat(out)
+
+        return fn
+
+    def maps(self, x: Tensor, targets: Tensor, kinds: Sequence[str]) -> dict[str, Tensor]:
+        """Each kind's patch map [M, P] for the pairs (``x`` [M, 3, H, W], ``targets`` [M])."""
+        eng = self.engine
+        out: dict[str, list[Tensor]] = {k: [] for k in kinds}
+        g = torch.Generator().manual_seed(self.seed)
+        for sl in self._batches(len(x)):
+            xb = x[sl]
+            agnostic = {"cls", "rollout", "flow"} & set(kinds)
+            if agnostic:
+                run = eng.run(xb, Keep.parts(rows=(0,), fused="mean"))
+                npf = run.num_prefix
+                if "cls" in kinds:
+                    out["cls"].append(run.rows[:, -1, :, 0, npf:].mean(1).cpu())
+                if "rollout" in kinds:
+                    out["rollout"].append(maps.rollout_cls_from_fused(run.fused, num_prefix=npf)[:, -1].cpu())
+                if "flow" in kinds:
+                    mixed = maps.mix_fused(run.fused.float(), num_prefix=npf)
+                    out["flow"].append(attention_flow_mixed(mixed, npf).cpu())
+            if "relevance" in kinds:
+                out["relevance"].append(eng.relevance(xb, targets[sl])[1].cpu())
+            if "random" in kinds:
+                p = (x.shape[-2] // eng.patch_size) * (x.shape[-1] // eng.patch_size)
+                out["random"].append(torch.rand(len(xb), p, generator=g))
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def run(self, items: Sequence[Item], randomise: int | None = None,
+            progress: Callable[[str], None] | None = None) -> Evaluation:
+        """Score every kind on ``items``; ``randomise``: how many top blocks the randomisation check
+        re-initialises (default: the top half)."""
+        t0 = time.perf_counter()
+        say = progress or (lambda _m: None)
+        eng = self.engine
+        boxes: list = []
+        x_all = torch.cat([eng.preprocess(it.image) for it in items])
+        if len({tuple(t.shape) for t in x_all}) != 1:
+            raise UserError("evaluate needs images of one input size: use the centre crop (no --full-frame)")
+        top1 = torch.cat([eng.run(x_all[sl], Keep.parts()).logits.argmax(-1).cpu() for sl in self._batches(len(x_all))])
+        idx, targets = [], []
+        for i, it in enumerate(items):
+            for cls, box in it.targets or ((int(top1[i]), None),):
+                idx.append(i)
+                targets.append(cls)
+                boxes.append(box)
+        xs = x_all[torch.tensor(idx)]
+        t = torch.tensor(targets)
+        grid = (xs.shape[-2] // eng.patch_size, xs.shape[-1] // eng.patch_size)
+        say(f"maps for {len(idx)} (image, class) pairs")
+        maps_ = self.maps(xs, t, self.kinds)
+        prob = self._probability(t)
+        scores: dict[str, KindScore] = {}
+        # A patch's size in the pixels of the box coordinates (the scenes are made at the model's size).
+        cell = (items[0].image.shape[1] / grid[1], items[0].image.shape[0] / grid[0])
+        for kind in self.kinds:
+            say(f"perturbation curves: {KIND_NAMES[kind]}")
+            sc = KindScore()
+            with_box = [j for j, b in enumerate(boxes) if b is not None]
+            if with_box:
+                hits = [fth.pointing_hit(maps_[kind][j], grid, boxes[j], cell) for j in with_box]
+                sc.pointing, sc.pointed = float(np.mean(hits)), len(hits)
+            for order in fth.ORDERS:
+                curves = fth.perturbation_curves(prob, xs, maps_[kind], grid, eng.patch_size, order)
+                sc.curves[order] = [round(float(v), 4) for v in curves.mean(0)]
+                sc.areas[order] = float(fth.area(curves).mean())
+            scores[kind] = sc
+        n_blocks = randomise if randomise is not None else max(1, eng.num_layers // 2)
+        say(f"model randomisation: top {n_blocks} of {eng.num_layers} blocks re-initialised")
+        learned = {k: v for k, v in maps_.items() if k != "random"}
+        blocks = eng.family.blocks()[-n_blocks:]
+        saved = [{k: v.clone() for k, v in b.state_dict().items()} for b in blocks]
+        try:
+            fth.reinitialise(blocks, self.seed)
+            for b in blocks:
+                b.to(device=eng.device, dtype=eng.dtype)
+            after = self.maps(xs, t, list(learned))
+        finally:
+            for b, state in zip(blocks, saved, strict=True):
+                b.load_state_dict(state)
+        for kind in learned:
+            scores[kind].randomisation_rho = float(np.mean(fth.spearman(learned[kind], after[kind])))
+        return Evaluation(eng.name, len(items), len(idx), time.perf_counter() - t0, scores, n_blocks)
+
+
+def table(ev: Evaluation) -> str:
+    """The results as a Markdown table, best marked per column."""
+    head = ("| map | pointing game | deletion AUC (lower is better) | insertion AUC (higher is better) "
+            "| randomisation ρ (lower: the map depends on the weights) |\n|---|---|---|---|---|")
+    rows = []
+    for kind, sc in ev.kinds.items():
+        point = f"{sc.pointing:.3f} ({sc.pointed})" if sc.pointing is not None else "n/a (no boxes)"
+        rho = f"{sc.randomisation_rho:.3f}" if sc.randomisation_rho is not None else "-"
+        rows.append(f"| {KIND_NAMES[kind]} | {point} | {sc.areas['deletion']:.3f} | {sc.areas['insertion']:.3f} "
+                    f"| {rho} |")
+    return "\n".join([head, *rows])
+
+
+def most_faithful(ev: Evaluation) -> str:
+    """One sentence naming the map that wins the most measures (pointing, deletion, insertion)."""
+    wins: dict[str, int] = dict.fromkeys(ev.kinds, 0)
+    measures = [("deletion", min), ("insertion", max)]
+    for order, pick in measures:
+        wins[pick(ev.kinds, key=lambda k, o=order: ev.kinds[k].areas[o])] += 1
+    pointed = {k: s.pointing for k, s in ev.kinds.items() if s.pointing is not None}
+    if pointed:
+        wins[max(pointed, key=pointed.get)] += 1
+    best = max(wins, key=wins.get)
+    total = len(measures) + bool(pointed)
+    return f"Most faithful by these measures: {KIND_NAMES[best]} (best on {wins[best]} of {total})."

@@ -1,0 +1,88 @@
+"""Faithfulness measures (pointing game, deletion and insertion, randomisation) and ``live-attention evaluate``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from live_attention.commands.cli import main
+from live_attention.core import faithfulness as fth
+from live_attention.core.models import load_model
+from live_attention.pipeline.evaluation import Evaluator, demo_items
+
+
+def test_pointing_hit_is_the_argmax_cell_meeting_the_box():
+    m = np.zeros(16)
+    m[6] = 1.0  # row 1, col 2 of a 4x4 grid: pixels x 16..24, y 8..16 at 8 px a patch
+    assert fth.pointing_hit(m, (4, 4), (20, 10, 30, 12), (8, 8))
+    assert not fth.pointing_hit(m, (4, 4), (24, 10, 30, 12), (8, 8))  # exclusive ends: x0 = 24 misses
+
+
+def test_deletion_removes_the_most_relevant_patches_first_and_insertion_puts_them_back_first():
+    maps = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
+    d = fth.patch_masks(maps, (2, 2), patch=2, order="deletion", steps=4)
+    i = fth.patch_masks(maps, (2, 2), patch=2, order="insertion", steps=4)
+    assert d.shape == (5, 1, 1, 4, 4)
+    kept_after_one = d[1, 0, 0, ::2, ::2].flatten().tolist()
+    assert kept_after_one == [1.0, 0.0, 1.0, 1.0]  # patch 1 (0.9) went first
+    assert i[1, 0, 0, ::2, ::2].flatten().tolist() == [0.0, 1.0, 0.0, 0.0]  # and comes back first
+    assert d[0].all() and not d[-1].any() and not i[0].any() and i[-1].all()
+
+
+def test_curves_areas_and_ranks():
+    prob = lambda x: x.flatten(1).mean(1)  # noqa: E731: "probability" = mean brightness kept
+    x = torch.ones(1, 3, 4, 4)
+    maps = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
+    c = fth.perturbation_curves(prob, x, maps, (2, 2), 2, "deletion", steps=4)
+    torch.testing.assert_close(c, torch.tensor([[1.0, 0.75, 0.5, 0.25, 0.0]]))
+    assert fth.area(c)[0] == pytest.approx(0.5)
+    assert fth.spearman([[1, 2, 3, 4]], [[10, 20, 30, 40]])[0] == pytest.approx(1.0)
+    assert fth.spearman([[1, 2, 3, 4]], [[4, 3, 2, 1]])[0] == pytest.approx(-1.0)
+
+
+def test_reinitialising_blocks_changes_only_them_and_is_seeded():
+    eng = load_model("demo", device="cpu", precision="fp32")
+    blocks = eng.family.blocks()
+    assert len(blocks) == eng.num_layers
+    before = {k: v.clone() for k, v in eng.module.state_dict().items()}
+    fth.reinitialise(blocks[-1:], seed=3)
+    after = eng.module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".encoder_layer_3." in k for k in changed)
+
+
+@pytest.fixture(scope="module")
+def demo_evaluation():
+    eng = load_model("demo", device="cpu", precision="fp32")
+    return Evaluator(eng, seed=0).run(demo_items(60, seed=99))
+
+
+def test_relevance_beats_rollout_and_random_on_deletion_and_insertion(demo_evaluation):
+    """On the demo model, scenes with two shapes of different classes: the class relevance map is the
+    faithful one (deletion area lower, insertion area higher than rollout's and random's)."""
+    k = demo_evaluation.kinds
+    rel, roll, rnd = k["relevance"].areas, k["rollout"].areas, k["random"].areas
+    msg = f"relevance {rel}, rollout {roll}, random {rnd}"
+    assert rel["deletion"] < roll["deletion"] and rel["deletion"] < rnd["deletion"], msg
+    assert rel["insertion"] > roll["insertion"] and rel["insertion"] > rnd["insertion"], msg
+    assert k["relevance"].pointing > k["rollout"].pointing > k["random"].pointing
+
+
+def test_the_randomisation_check_changes_the_relevance_maps(demo_evaluation):
+    """Adebayo et al.: a map that does not change when the top layers are re-initialised does not
+    depend on what the model learned. Relevance changes."""
+    rho = demo_evaluation.kinds["relevance"].randomisation_rho
+    assert rho is not None and rho < 0.5, rho
+
+
+def test_evaluate_command_prints_and_saves_a_table(tmp_path, capsys):
+    assert main(["evaluate", "--demo", "-n", "20", "--out", str(tmp_path), "--kinds", "cls,relevance,random"]) == 0
+    out = capsys.readouterr().out
+    assert "| class relevance (Chefer) |" in out and "Most faithful by these measures" in out
+    (md,) = tmp_path.glob("*.md")
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert set(data["kinds"]) == {"cls", "relevance", "random"} and len(data["kinds"]["cls"]["curves"]["deletion"]) == 11
+    assert main(["evaluate", "--demo", "--model", "vit_b_32", "--weights", "random"]) == 2  # scenes need the demo model
