@@ -33,7 +33,9 @@ def test_deletion_removes_the_most_relevant_patches_first_and_insertion_puts_the
 
 
 def test_curves_areas_and_ranks():
-    prob = lambda x: x.flatten(1).mean(1)  # noqa: E731: "probability" = mean brightness kept
+    def prob(x):  # the "probability": the mean brightness kept
+        return x.flatten(1).mean(1)
+
     x = torch.ones(1, 3, 4, 4)
     maps = torch.tensor([[4.0, 3.0, 2.0, 1.0]])
     c = fth.perturbation_curves(prob, x, maps, (2, 2), 2, "deletion", steps=4)
