@@ -146,6 +146,11 @@ class Window:
             self.clicks.append(((mx - x) / w, (my - y) / h))
 
     @property
+    def picture_rect(self) -> tuple[float, float, float, float]:
+        """Where the picture is in the window: x, y, width, height in pixels (it is letterboxed)."""
+        return self._img_rect
+
+    @property
     def running(self) -> bool:
         return bool(self.dpg.is_dearpygui_running())
 

@@ -82,16 +82,30 @@ class App:
             env=self.x.env, check=True, timeout=20, capture_output=True,
         )
 
-    def click(self, fx: float, fy: float) -> None:
-        """Click at a fraction of the window."""
+    def _window(self) -> tuple[str, int, int]:
         wid = subprocess.run(["xdotool", "search", "--name", self.title], env=self.x.env,
                              capture_output=True, text=True, check=True).stdout.split()[0]
         geo = subprocess.run(["xdotool", "getwindowgeometry", "--shell", wid], env=self.x.env,
                              capture_output=True, text=True, check=True).stdout
         g = dict(line.split("=") for line in geo.split())
-        w, h = int(g["WIDTH"]), int(g["HEIGHT"])
-        subprocess.run(["xdotool", "mousemove", "--window", wid, str(int(w * fx)), str(int(h * fy)),
-                        "click", "1"], env=self.x.env, check=True, timeout=10)
+        return wid, int(g["WIDTH"]), int(g["HEIGHT"])
+
+    def click(self, fx: float, fy: float) -> None:
+        """Click at a fraction of the window."""
+        wid, w, h = self._window()
+        self.click_at(int(w * fx), int(h * fy))
+
+    def click_at(self, x: int, y: int) -> None:
+        """Click at window pixel (x, y)."""
+        wid, _, _ = self._window()
+        subprocess.run(["xdotool", "mousemove", "--window", wid, str(x), str(y), "click", "1"],
+                       env=self.x.env, check=True, timeout=10)
+
+    def click_canvas(self, state: dict, cx: float, cy: float) -> None:
+        """Click at canvas pixel (cx, cy) of the picture on screen (the state says where it is drawn)."""
+        x, y, w, h = state["picture_rect"]
+        cw, ch = state["canvas"]
+        self.click_at(int(x + cx / cw * w), int(y + cy / ch * h))
 
     def screenshot(self, name: str | None = None) -> np.ndarray:
         time.sleep(0.6)  # the state file is written just before the frame is drawn: let it land

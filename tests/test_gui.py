@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from tests.conftest import cut_clip
@@ -151,3 +152,55 @@ def test_window_on_demo_source_keys_and_recording(xserver, tmp_path):
                           "stream=nb_read_frames", "-of", "csv=p=0", str(folder / "overlay.mp4")],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert int(out) == manifest["end"]["frames"]
+
+
+def _in_box(point, box, margin: float) -> bool:
+    x, y = point
+    x0, y0, x1, y1 = box
+    return x0 - margin <= x <= x1 + margin and y0 - margin <= y <= y1 + margin
+
+
+def test_relevance_target_follows_t_and_clicks_on_the_demo(xserver, tmp_path):
+    """Class relevance in the real window (demo source, several shapes at once): T moves the explained
+    class through the top-5 and the map moves to that shape; a click on a top-5 label picks its class."""
+    from live_attention.demo.synthetic import DemoScene
+
+    app = App(xserver, ["--source", "demo"], tmp_path)
+    try:
+        scene = DemoScene(width=960, height=720, seed=0, num_targets=3)  # what --source demo draws
+        s = app.wait(lambda s: s.get("seq") is not None and s.get("pts_s") is not None, 60, "first result")
+        for _ in range(20):  # freeze on a frame with at least two shapes
+            s = app.wait(lambda s: s.get("pts_s") is not None, 10, "a frame")
+            if len(scene.target_boxes(s["pts_s"])) >= 2:
+                app.key("space")
+                s = app.wait(lambda s: s["view"]["frozen"], 20, "freeze")
+                if len(scene.target_boxes(s["pts_s"])) >= 2:
+                    break
+                app.key("space")
+            time.sleep(0.5)
+        boxes = dict(scene.target_boxes(s["pts_s"]))
+        assert len(boxes) >= 2, boxes
+        app.key("7")
+        s = app.wait(lambda s: s["view"]["mode"] == "relevance" and s.get("relevance_peak"), 30, "relevance")
+        first = s["explaining"]
+        peaks = {first: s["relevance_peak"]}
+        shots = [app.screenshot("relevance-a")]
+        app.key("t")
+        s = app.wait(lambda s: s.get("explaining") is not None and s["explaining"] != first, 30, "T: next class")
+        peaks[s["explaining"]] = s["relevance_peak"]
+        shots.append(app.screenshot("relevance-b"))
+        assert s["view"]["target"] == s["top_ids"][1]
+        margin = 960 / 8 / 2  # a patch cell may overlap a box by half a patch
+        for cls, peak in peaks.items():
+            assert cls in boxes and _in_box(peak, boxes[cls], margin), (cls, peak, boxes)
+        assert np.hypot(*np.subtract(*peaks.values())) > 60, "the map moves between the shapes"
+        assert differs(center(shots[0]), center(shots[1]))
+        # A click on the label of a present class that is not explained now.
+        row = next(r for r in s["hud_rows"] if r[4] in boxes and r[4] != s["explaining"])
+        app.click_canvas(s, (row[0] + row[2]) / 2, (row[1] + row[3]) / 2)
+        s = app.wait(lambda s: s.get("explaining") == row[4], 30, "click on a label")
+        assert s["view"]["target"] == row[4] and _in_box(s["relevance_peak"], boxes[row[4]], margin)
+        app.key("q")
+        assert app.close(15) == 0
+    finally:
+        app.close(1)

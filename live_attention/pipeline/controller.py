@@ -119,6 +119,14 @@ def patch_at(result: Result, x: float, y: float) -> int | None:
     return r * gw + c
 
 
+def patch_center(result: Result, patch: int) -> tuple[float, float]:
+    """The frame pixel at the centre of ``patch`` (the inverse of :func:`patch_at`)."""
+    x0, y0, x1, y1 = result.box
+    gh, gw = result.grid
+    r, c = divmod(int(patch), gw)
+    return x0 + (c + 0.5) * (x1 - x0) / gw, y0 + (r + 0.5) * (y1 - y0) / gh
+
+
 def next_target(result: Result, current: int | None) -> int | None:
     """``T``: the next of the frame's top-5 classes to explain; after the fifth, back to following the
     top-1 (None)."""

@@ -39,7 +39,14 @@ from live_attention.core.frame_maps import flow_for
 from live_attention.core.render import canvas_size, hud_layout, render
 from live_attention.datatypes import Extras, Result, Status, View
 from live_attention.io.outputs import save_png
-from live_attention.pipeline.controller import Controller, describe_change, next_target, patch_at, top_label
+from live_attention.pipeline.controller import (
+    Controller,
+    describe_change,
+    next_target,
+    patch_at,
+    patch_center,
+    top_label,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -466,13 +473,26 @@ class FrameLoop:
         self._new = False
         self._last_render = now
         self._dirty = False
-        self.states.write(self.view, status, {
-            **self.feed.state(),
-            "seq": res.seq if res is not None else None,
-            "t_capture_ns": res.t_capture_ns if res is not None else None,
-            "top1": res.topk[0][0] if res is not None and res.topk else None,
-            "flow_done": bool(job is not None and job.done),
-        })
+        if self.states.path is not None:
+            self.states.write(self.view, status, {**self.feed.state(), **self._shown_state(res, status),
+                                                  "flow_done": bool(job is not None and job.done)})
+
+    def _shown_state(self, res: Result | None, status: Status) -> dict[str, Any]:
+        """What is on screen, for automation and tests: the frame, its labels, where relevance peaks,
+        and where the top-5 rows are (canvas pixels) and the picture is (window pixels)."""
+        if res is None:
+            return {"seq": None}
+        state: dict[str, Any] = {
+            "seq": res.seq, "t_capture_ns": res.t_capture_ns, "pts_s": res.pts_s,
+            "top1": res.topk[0][0] if res.topk else None, "top_ids": list(res.top_ids), "explaining": res.target,
+            "relevance_peak": (patch_center(res, int(np.argmax(res.relevance))) if res.relevance is not None else None),
+            "picture_rect": getattr(self.display, "picture_rect", None),
+        }
+        if self.rgb is not None:
+            h, w = self.rgb.shape[:2]
+            lay = hud_layout(w, h, res, self.view, status)
+            state.update(canvas=[w, h], hud_rows=[[*box, cls] for box, cls in lay.rows])
+        return state
 
 
 # --------------------------------------------------------------------------------------------------
