@@ -30,17 +30,14 @@ FLOW_MAX_TOKENS = 1025  # max-flow over L·N² edges: beyond about 1,000 tokens 
 FP16_FUSED_TOKENS = 1024  # store the fused matrices in fp16 from this many tokens on
 
 
-def fused_bytes(num_layers: int, num_tokens: int) -> int:
-    return num_layers * num_tokens * num_tokens * (2 if num_tokens >= FP16_FUSED_TOKENS else 4)
+def fused_dtype(engine: AttentionEngine, num_tokens: int) -> torch.dtype:
+    """How the fused layer matrices are stored: fp16 on an accelerator past 1,024 tokens, else fp32."""
+    return torch.float16 if num_tokens >= FP16_FUSED_TOKENS and engine.device.type != "cpu" else torch.float32
 
 
-def rollout_fits(num_layers: int, num_tokens: int) -> bool:
-    return fused_bytes(num_layers, num_tokens) <= FUSED_BUDGET_BYTES
-
-
-def too_big_note(what: str, num_layers: int, num_tokens: int) -> str:
-    gb = fused_bytes(num_layers, num_tokens) / 2**30
-    return f"{what} needs {gb:.1f} GB at {num_tokens} tokens: use a smaller --input-size"
+def fused_bytes(engine: AttentionEngine, num_tokens: int) -> int:
+    """Bytes of one frame's fused layer matrices (what rollout and flow need) at ``num_tokens`` tokens."""
+    return engine.num_layers * num_tokens * num_tokens * fused_dtype(engine, num_tokens).itemsize
 
 
 def keep_layers(engine: AttentionEngine, settings: MapSettings) -> tuple[int, ...]:
@@ -58,14 +55,13 @@ def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | N
     rows = [0]
     if settings.query_patch is not None and 0 <= settings.query_patch < n - engine.num_prefix:
         rows.append(engine.num_prefix + settings.query_patch)
-    fits = rollout_fits(engine.num_layers, n)
     return Keep(
         attn="attn" in settings.need,
         rows=tuple(rows),
-        fused=settings.fusion if fits else None,
+        fused=settings.fusion if fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
         entropy_layers=keep_layers(engine, settings),
         norms=True,
-        dtype=torch.float16 if n >= FP16_FUSED_TOKENS and engine.device.type != "cpu" else torch.float32,
+        dtype=fused_dtype(engine, n),
     )
 
 

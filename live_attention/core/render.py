@@ -15,7 +15,7 @@ import torch
 
 from live_attention.config import MODES
 from live_attention.core import maps
-from live_attention.core.frame_maps import patch_entropy_for, query_for
+from live_attention.core.frame_maps import FLOW_MAX_TOKENS, patch_entropy_for, query_for
 from live_attention.datatypes import Extras, Result, Status, View
 
 MODE_TITLES = {
@@ -118,6 +118,9 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
         r, c = divmod(view.query_patch, result.grid[1])
         return m, f"patch row {r + 1}, col {c + 1}, {lname}, {hname}"
     if view.mode == "flow":
+        tokens = result.num_patches + result.num_prefix
+        if tokens > FLOW_MAX_TOKENS:
+            return None, f"attention flow over {tokens} tokens would take hours: use an --input-size with at most {FLOW_MAX_TOKENS}"
         if extras is None or extras.flow is None or extras.flow_seq != result.seq:
             return None, "freeze (Space) and press 6 to compute flow"
         return extras.flow, f"all layers, heads fused ({result.settings.fusion})"
