@@ -553,7 +553,11 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = [p for p in (args.only or DEFAULT_PARTS) if p not in args.skip]
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled: a caller's thread keeps its own mode
+        return _run(args, parts)
+
+
+def _run(args, parts: list[str]) -> int:
     rep = Report()
     print(f"live-attention bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, python {platform.python_version()}"

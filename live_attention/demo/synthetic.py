@@ -1,36 +1,41 @@
-"""Synthetic scenes for the demo model: one target shape among look-alike distractors on a busy background.
+"""Synthetic scenes for the demo model: one to three target shapes among look-alikes on a busy background.
 
 Pure numpy and OpenCV. The task, at the model's input size (64 px by default):
 
 * **Classes** (:data:`CLASS_NAMES`) are shapes: circle, square, triangle, cross, drawn nearly upright.
-* **The target** is the one object drawn in the *target style*: a bright, fully saturated fill of a random
-  hue **and** a thick white outline. Exactly one per training image; its shape is the label.
-* **Distractors** (2 to 4) are the same four shapes, at the same sizes, in one of two decoy styles: *hollow*
-  (a white/light-grey outline around the background, no fill) or *dull* (a dim, desaturated fill, no
-  outline). Neither the outline alone nor a fill alone marks the target, and every shape occurs among the
-  distractors, so the model has to find the target before it can name it.
+* **Targets** are the objects drawn in the *target style*: a bright, fully saturated fill of a random hue
+  **and** a thick white outline. A scene holds 1 to :data:`MAX_TARGETS` of them, each of a different class;
+  the labels are multi-hot (which shapes appear in the target style).
+* **Distractors** (2 to 4, as many as fit) are the same four shapes, at the same sizes, in one of two decoy
+  styles: *hollow* (a white/light-grey outline around the background, no fill) or *dull* (a dim, desaturated
+  fill, no outline). Neither the outline alone nor a fill alone marks a target, and every shape occurs among
+  the distractors, so the model has to find the targets before it can name them.
 * **Background**: low-frequency colour blobs (moderately saturated, so never as vivid as a target), a few
   faint lines and pixel noise over everything, objects included.
 
-Images are rendered at 2× and downsampled with area averaging (anti-aliased edges). The target's box is the
-tight box of the output pixels its mask touches, ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive.
+No two objects overlap and none is clipped by the border. Scenes may be square or not (``size=(h, w)``);
+object sizes follow the shorter side, as a full-frame view of a camera picture resized to a shorter side of
+:data:`MODEL_SIZE` would show them. Images are rendered at 2× and downsampled with area averaging
+(anti-aliased edges). Each target's box is the tight box of the output pixels its mask touches,
+``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive.
 
 :class:`DemoScene` animates the same world at camera size for the live ``demo`` source: a drifting background,
-1-2 targets circling the centre on a wobbling orbit (half a turn apart, so they never overlap) whose class
-changes every few seconds, and distractors on slow Lissajous paths, all inside the central square that the
-model's centre crop sees.
+1-3 targets circling the centre on a wobbling orbit (evenly spaced, so they never overlap) whose classes and
+number change every few seconds, and distractors on slow Lissajous paths, all inside the central square that
+the model's centre crop sees.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 NUM_CLASSES = len(CLASS_NAMES)
+MAX_TARGETS = 3  # a scene holds 1 to MAX_TARGETS targets, each of a different class
 MODEL_SIZE = 64  # the demo model's input size, in pixels; object sizes below are in these units
 
 # Object circumradius range in model pixels: target boxes of 13-25 px, about 1.6-3 patches of 8 px.
@@ -167,62 +172,117 @@ def _pt(p: tuple[float, float]) -> tuple[int, int]:
 # Still scenes
 # --------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Scene:
+    """One still scene.
+
+    Attributes:
+        image: BGR uint8 ``h``×``w``×3.
+        labels: multi-hot int64 [C]: 1 for each class drawn in the target style.
+        boxes: int64 [C, 4]: each present class's box (x0, y0, x1, y1; x1/y1 exclusive); (0, 0, 0, 0), an empty
+            box, for an absent class.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    boxes: np.ndarray
+
 
 @dataclass(frozen=True)
 class _Obj:
     label: int
-    cx: float
-    cy: float
     r: float
     theta: float
+    thickness: int
+    reach: float  # radius around (cx, cy) that holds every pixel the object draws, outline included
+    cx: float = 0.0
+    cy: float = 0.0
+
+    def polygon(self) -> np.ndarray:
+        return shape_polygon(self.label, self.cx, self.cy, self.r, self.theta)
 
 
-def _place(rng: np.random.Generator, size: float, r: float, others: list[_Obj], gap: float) -> _Obj | None:
-    margin = r * 1.15 + 1.0
+def _shape(rng: np.random.Generator, label: int, r: float) -> _Obj:
+    """Shape ``label`` of circumradius ``r`` with a random tilt and outline thickness, not yet placed."""
+    theta = float(rng.uniform(-MAX_TILT, MAX_TILT))
+    th = max(1, int(round(r * rng.uniform(0.14, 0.22))))
+    reach = float(np.hypot(*shape_polygon(label, 0.0, 0.0, r, theta).T).max()) + th / 2 + 1.0
+    return _Obj(label, r, theta, th, reach)
+
+
+def _place(rng: np.random.Generator, obj: _Obj, h: int, w: int, others: list[_Obj], gap: float) -> _Obj | None:
+    """``obj`` at a random spot wholly inside ``h``×``w`` and more than ``gap`` clear of ``others``, or None."""
+    m = obj.reach
+    if 2 * m >= min(h, w):
+        return None
     for _ in range(40):
-        cx, cy = rng.uniform(margin, size - margin, size=2)
-        if all(math.hypot(cx - o.cx, cy - o.cy) > (r + o.r) * 1.1 + gap for o in others):
-            return _Obj(0, float(cx), float(cy), r, 0.0)
+        cx, cy = rng.uniform(m, w - m), rng.uniform(m, h - m)
+        if all(math.hypot(cx - o.cx, cy - o.cy) > m + o.reach + gap for o in others):
+            return replace(obj, cx=float(cx), cy=float(cy))
     return None
 
 
-def make_scene(rng: np.random.Generator, size: int = MODEL_SIZE) -> tuple[np.ndarray, int, Box]:
-    """One scene: (BGR uint8 ``size``×``size``×3 image, target label, target box ``(x0, y0, x1, y1)``).
+def _place_targets(rng: np.random.Generator, labels: list[int], h: int, w: int, k: float) -> list[_Obj]:
+    """One target per label, none overlapping; a layout that does not fit is drawn again with new sizes."""
+    for _ in range(200):
+        placed: list[_Obj] = []
+        for label in labels:
+            o = _place(rng, _shape(rng, label, rng.uniform(*TARGET_RADIUS) * k), h, w, placed, gap=2.0 * k)
+            if o is None:
+                break
+            placed.append(o)
+        else:
+            return placed
+    raise RuntimeError(f"cannot fit {len(labels)} targets in a {w}×{h} scene")
 
-    Object sizes scale with ``size / MODEL_SIZE``.
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if min(h, w) < 16:
+        raise ValueError(f"scene too small: {w}×{h} (height and width must be at least 16)")
+    return h, w
+
+
+def make_scene(
+    rng: np.random.Generator, size: int | tuple[int, int] = MODEL_SIZE, num_targets: int | None = None
+) -> Scene:
+    """One scene of ``size`` (an int for a square, or (height, width)) with ``num_targets`` targets of different
+    classes (None: 1 to :data:`MAX_TARGETS`, uniformly) and 2-4 distractors where they fit.
+
+    Object sizes scale with the shorter side: ``min(h, w) / MODEL_SIZE`` output pixels per model pixel.
     """
+    h, w = _hw(size)
+    n = int(rng.integers(1, MAX_TARGETS + 1)) if num_targets is None else int(num_targets)
+    if not 1 <= n <= NUM_CLASSES:
+        raise ValueError(f"num_targets must be 1..{NUM_CLASSES}, got {num_targets}")
     ss = _SUPERSAMPLE
-    k = size / MODEL_SIZE  # output pixels per model pixel
-    big = size * ss
-    img = background(rng, big, big, scale=k * ss)
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    label = int(rng.integers(NUM_CLASSES))
-    tr = rng.uniform(*TARGET_RADIUS) * k * ss
-    target = _place(rng, big, tr, [], 0.0)
-    assert target is not None
-    target = _Obj(label, target.cx, target.cy, tr, float(rng.uniform(-MAX_TILT, MAX_TILT)))
-    placed = [target]
+    k = min(h, w) / MODEL_SIZE * ss  # supersampled pixels per model pixel
+    bh, bw = h * ss, w * ss
+    img = background(rng, bh, bw, scale=k).astype(np.uint8)
+    labels = [int(c) for c in rng.choice(NUM_CLASSES, size=n, replace=False)]
+    targets = _place_targets(rng, labels, bh, bw, k)
+    placed = list(targets)
     for _ in range(int(rng.integers(2, 5))):
-        dr = rng.uniform(*DISTRACTOR_RADIUS) * k * ss
-        o = _place(rng, big, dr, placed, gap=1.0 * k * ss)
-        if o is None:
+        d = _place(rng, _shape(rng, int(rng.integers(NUM_CLASSES)), rng.uniform(*DISTRACTOR_RADIUS) * k),
+                   bh, bw, placed, gap=1.0 * k)
+        if d is None:
             continue
-        o = _Obj(int(rng.integers(NUM_CLASSES)), o.cx, o.cy, dr, float(rng.uniform(-MAX_TILT, MAX_TILT)))
-        placed.append(o)
-        poly = shape_polygon(o.label, o.cx, o.cy, o.r, o.theta)
-        th = max(1, int(round(o.r * rng.uniform(0.14, 0.22))))
+        placed.append(d)
         if rng.random() < 0.5:  # hollow: outline only
-            _draw_shape(img, poly, None, _outline_grey(rng), th)
+            _draw_shape(img, d.polygon(), None, _outline_grey(rng), d.thickness)
         else:  # dull fill, no outline
-            _draw_shape(img, poly, _dull_colour(rng), None, 0)
-    mask = np.zeros((big, big), np.uint8)
-    poly = shape_polygon(label, target.cx, target.cy, target.r, target.theta)
-    th = max(1, int(round(target.r * rng.uniform(0.14, 0.22))))
-    _draw_shape(img, poly, target_colour(rng), _outline_grey(rng), th, mask=mask)
-    out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if ss != 1 else img
+            _draw_shape(img, d.polygon(), _dull_colour(rng), None, 0)
+    multi_hot = np.zeros(NUM_CLASSES, np.int64)
+    boxes = np.zeros((NUM_CLASSES, 4), np.int64)
+    for t in targets:
+        mask = np.zeros((bh, bw), np.uint8)
+        _draw_shape(img, t.polygon(), target_colour(rng), _outline_grey(rng), t.thickness, mask=mask)
+        multi_hot[t.label] = 1
+        boxes[t.label] = _mask_box(mask, ss)
+    out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
     noise = rng.normal(0, rng.uniform(4, 12), size=out.shape)
     out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
-    return out, label, _mask_box(mask, ss)
+    return Scene(out, multi_hot, boxes)
 
 
 def _mask_box(mask: np.ndarray, ss: int) -> Box:
@@ -230,15 +290,19 @@ def _mask_box(mask: np.ndarray, ss: int) -> Box:
     return (int(xs.min()) // ss, int(ys.min()) // ss, -(-(int(xs.max()) + 1) // ss), -(-(int(ys.max()) + 1) // ss))
 
 
-def make_dataset(n: int, size: int = MODEL_SIZE, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` scenes, deterministic per ``seed``: images uint8 [n, size, size, 3] (BGR), labels int64 [n],
-    boxes int64 [n, 4] (x0, y0, x1, y1; x1/y1 exclusive)."""
+def make_dataset(
+    n: int, size: int | tuple[int, int] = MODEL_SIZE, seed: int = 0, num_targets: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` scenes from :func:`make_scene`, deterministic per ``seed``: images uint8 [n, h, w, 3] (BGR),
+    multi-hot labels int64 [n, C], per-class boxes int64 [n, C, 4] ((0, 0, 0, 0) for absent classes)."""
+    h, w = _hw(size)
     rng = np.random.default_rng(seed)
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = np.empty(n, np.int64)
-    boxes = np.empty((n, 4), np.int64)
+    images = np.empty((n, h, w, 3), np.uint8)
+    labels = np.empty((n, NUM_CLASSES), np.int64)
+    boxes = np.empty((n, NUM_CLASSES, 4), np.int64)
     for i in range(n):
-        images[i], labels[i], boxes[i] = make_scene(rng, size)
+        s = make_scene(rng, (h, w), num_targets)
+        images[i], labels[i], boxes[i] = s.image, s.labels, s.boxes
     return images, labels, boxes
 
 
@@ -260,8 +324,10 @@ class DemoScene:
     """Moving synthetic objects for the live ``demo`` source; ``frame(t)`` is a pure function of ``t``.
 
     Everything moves inside the central ``min(width, height)`` square, the part a centre crop keeps, at a
-    size that matches the training scenes once that square is resized to :data:`MODEL_SIZE`. Target 0 is
-    always visible; with ``num_targets=2`` a second target joins on every other class period.
+    size that matches the training scenes once that square is resized to :data:`MODEL_SIZE`. Up to
+    ``num_targets`` (1-3) targets of different classes share one orbit, evenly spaced so they never overlap;
+    each class period (``period`` seconds) every target changes class and the number shown changes:
+    all of them in the first period, then one, two, ... up to ``num_targets`` again.
     """
 
     def __init__(
@@ -269,14 +335,15 @@ class DemoScene:
         width: int = 640,
         height: int = 480,
         seed: int = 0,
-        num_targets: int = 2,
+        num_targets: int = MAX_TARGETS,
         num_distractors: int = 3,
         period: float = 4.0,
     ) -> None:
         if width < 32 or height < 32:
             raise ValueError(f"demo scene too small: {width}×{height}")
-        if num_targets not in (1, 2):
-            raise ValueError("num_targets must be 1 or 2")
+        if not 1 <= num_targets <= MAX_TARGETS:
+            raise ValueError(f"num_targets must be 1..{MAX_TARGETS}, got {num_targets}")
+        self.num_targets = int(num_targets)
         self.width, self.height, self.seed = int(width), int(height), int(seed)
         self.period = float(period)
         self.side = min(self.width, self.height)
@@ -293,7 +360,7 @@ class DemoScene:
         grain = cv2.resize(grain, (bg.shape[1], bg.shape[0]), interpolation=cv2.INTER_NEAREST)
         self._bg = np.clip(bg + grain, 0, 255).astype(np.float32)
         self._bg_phase = rng.uniform(0, 2 * math.pi, size=2)
-        # Targets share one orbit around the centre, half a turn apart, so two never overlap.
+        # Targets share one orbit around the centre, evenly spaced, so they never overlap.
         self._orbit = dict(
             w=rng.uniform(0.04, 0.06) * rng.choice([-1.0, 1.0]),  # mean turns per second
             wa=rng.uniform(0.6, 1.0),  # angular wobble, radians
@@ -308,7 +375,7 @@ class DemoScene:
                 dict(
                     r=rng.uniform(9.5, 11.0) * self.k,
                     wobble=rng.uniform(0.1, 0.25),
-                    label0=first_label + 2 * i,  # two targets never share a class
+                    label0=first_label + i,  # all change class together, so they never share one
                     hue0=rng.uniform(0, 180),
                 )
             )
@@ -343,16 +410,20 @@ class DemoScene:
         o = self._orbit
         margin = r * 1.15 + 0.02 * self.side
         r_max = self.side / 2.0 - margin  # the whole shape stays inside the central square
-        r_min = min(r_max, 1.25 * r)  # two targets half a turn apart stay clear of each other
+        # Targets 2π/n apart at radii >= 1.3 r / sin(π/n) are more than 1.3 (r_i + r_j) apart, which clears
+        # every shape's reach (at most 1.25 r, outline included).
+        n = max(2, self.num_targets)
+        r_min = min(r_max, 1.3 * r / math.sin(math.pi / n))
         rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o["rf"] * t + o["p"][0]))
         phi = 2 * math.pi * o["w"] * t + o["wa"] * math.sin(2 * math.pi * o["wf"] * t + o["p"][1]) + o["p"][2]
-        phi += math.pi * i
+        phi += 2 * math.pi * i / n
         cx = self.x_off + self.side / 2.0 + rho * math.cos(phi)
         cy = self.y_off + self.side / 2.0 + rho * math.sin(phi)
         return cx, cy
 
     def _visible(self, i: int, t: float) -> bool:
-        return i == 0 or int(math.floor(t / self.period)) % 2 == 1
+        cycle = int(math.floor(t / self.period))
+        return i < 1 + (cycle - 1) % self.num_targets  # all, then 1, 2, ... per class period
 
     def targets(self, t: float) -> list[DemoTarget]:
         """The visible targets at time ``t``, in drawing order."""

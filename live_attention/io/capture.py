@@ -479,7 +479,7 @@ class ImageSource:
 
 
 class DemoSource:
-    """Moving coloured objects on a textured background (``live_attention.synthetic.DemoScene``).
+    """Moving coloured objects on a textured background (``live_attention.demo.synthetic.DemoScene``).
 
     Not live: it never disconnects, and the capture thread paces it at ``fps``. Frame n shows the
     scene at t = n / fps, reported as ``pts_s``: the scene's own clock, which paces it like a video
@@ -517,8 +517,9 @@ class DemoSource:
             raise SourceError(
                 f"the demo scene is unavailable ({exc}): reinstall live-attention, or use a video file"
             ) from exc
-        # One target at a time, as in training: the model names it and a room sees the two agree.
-        self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed, num_targets=1)
+        # One to three targets of different classes, as in training: the multi-label model names each, and
+        # class-specific relevance (--target) picks out one.
+        self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed, num_targets=3)
         self._n = 0
 
     def read(self) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 Map kinds: ``cls`` (the class token's attention in the last layer, heads mean-fused), ``rollout``,
 ``flow`` (attention flow), ``relevance`` (class-specific, Chefer et al. 2021) and ``random`` (the floor).
 Each is scored by the pointing game (where object boxes are known: the demo scenes), the deletion and
-insertion curves and their areas, and the model-randomisation check
+insertion curves and their areas, and the cascading model-randomisation check
 (:mod:`live_attention.core.faithfulness`). Runs on the caller's thread; everything is batched.
 """
 
@@ -70,7 +70,7 @@ class KindScore:
     pointed: int = 0
     curves: dict[str, list[float]] = field(default_factory=dict)  # mean probability per step, per order
     areas: dict[str, float] = field(default_factory=dict)
-    randomisation_rho: float | None = None
+    randomisation: dict[int, float] = field(default_factory=dict)  # blocks re-initialised (from the top) -> ρ
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Evaluation:
     pairs: int
     seconds: float
     kinds: dict[str, KindScore]
-    randomised_layers: int
+    cascade: tuple[int, ...]  # how many top blocks were re-initialised at each randomisation step
 
 
 class Evaluator:
@@ -143,10 +143,11 @@ class Evaluator:
                 out["random"].append(torch.rand(len(xb), p, generator=g))
         return {k: torch.cat(v) for k, v in out.items()}
 
-    def run(self, items: Sequence[Item], randomise: int | None = None,
+    def run(self, items: Sequence[Item], cascade: Sequence[int] | None = None,
             progress: Callable[[str], None] | None = None) -> Evaluation:
-        """Score every kind on ``items``; ``randomise``: how many top blocks the randomisation check
-        re-initialises (default: the top half)."""
+        """Score every kind on ``items``. ``cascade``: the randomisation check re-initialises the top
+        blocks cumulatively, as Adebayo et al. do, and measures ρ after each step (default: the top
+        block, the top half, all blocks)."""
         t0 = time.perf_counter()
         say = progress or (lambda _m: None)
         eng = self.engine
@@ -182,34 +183,47 @@ class Evaluator:
                 sc.curves[order] = [round(float(v), 4) for v in curves.mean(0)]
                 sc.areas[order] = float(fth.area(curves).mean())
             scores[kind] = sc
-        n_blocks = randomise if randomise is not None else max(1, eng.num_layers // 2)
-        say(f"model randomisation: top {n_blocks} of {eng.num_layers} blocks re-initialised")
+        steps = cascade_steps(eng.num_layers, cascade)
         learned = {k: v for k, v in maps_.items() if k != "random"}
-        blocks = eng.family.blocks()[-n_blocks:]
+        blocks = eng.family.blocks()
         saved = [{k: v.clone() for k, v in b.state_dict().items()} for b in blocks]
         try:
-            fth.reinitialise(blocks, self.seed)
-            for b in blocks:
-                b.to(device=eng.device, dtype=eng.dtype)
-            after = self.maps(xs, t, list(learned))
+            done = 0
+            for n in steps:
+                say(f"model randomisation: top {n} of {eng.num_layers} blocks re-initialised")
+                fth.reinitialise(blocks[len(blocks) - n : len(blocks) - done], self.seed + n)
+                done = n
+                after = self.maps(xs, t, list(learned))
+                for kind in learned:
+                    scores[kind].randomisation[n] = float(np.mean(fth.spearman(learned[kind], after[kind])))
         finally:
             for b, state in zip(blocks, saved, strict=True):
                 b.load_state_dict(state)
-        for kind in learned:
-            scores[kind].randomisation_rho = float(np.mean(fth.spearman(learned[kind], after[kind])))
-        return Evaluation(eng.name, len(items), len(idx), time.perf_counter() - t0, scores, n_blocks)
+        return Evaluation(eng.name, len(items), len(idx), time.perf_counter() - t0, scores, steps)
+
+
+def cascade_steps(num_layers: int, cascade: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The randomisation cascade: the top block, the top half, all blocks (or the steps given)."""
+    steps = cascade or (1, max(1, num_layers // 2), num_layers)
+    return tuple(sorted({min(max(1, int(n)), num_layers) for n in steps}))
+
+
+RANDOMISATION_FAILS = 0.5  # ρ above this after every block is re-initialised: the map ignores the weights
 
 
 def table(ev: Evaluation) -> str:
-    """The results as a Markdown table, best marked per column."""
-    head = ("| map | pointing game | deletion AUC (lower is better) | insertion AUC (higher is better) "
-            "| randomisation ρ (lower: the map depends on the weights) |\n|---|---|---|---|---|")
+    """The results as a Markdown table: one column per randomisation step."""
+    steps = " | ".join(f"ρ, top {n} re-init." for n in ev.cascade)
+    head = (f"| map | pointing game | deletion AUC (lower is better) | insertion AUC (higher is better) | {steps} |\n"
+            f"|---|---|---|---|{'---|' * len(ev.cascade)}")
     rows = []
     for kind, sc in ev.kinds.items():
         point = f"{sc.pointing:.3f} ({sc.pointed})" if sc.pointing is not None else "n/a (no boxes)"
-        rho = f"{sc.randomisation_rho:.3f}" if sc.randomisation_rho is not None else "-"
+        rhos = " | ".join(f"{sc.randomisation[n]:.3f}" if n in sc.randomisation else "-" for n in ev.cascade)
+        if sc.randomisation and sc.randomisation[max(sc.randomisation)] > RANDOMISATION_FAILS:
+            rhos += " (does not change: fails)"
         rows.append(f"| {KIND_NAMES[kind]} | {point} | {sc.areas['deletion']:.3f} | {sc.areas['insertion']:.3f} "
-                    f"| {rho} |")
+                    f"| {rhos} |")
     return "\n".join([head, *rows])
 
 
