@@ -153,6 +153,14 @@ class RunOutput:
     targets: Tensor | None = None
 
 
+def _fp32_rows(p: Tensor) -> Tensor:
+    """Probabilities as fp32 rows summing to 1: a bf16 or fp16 softmax is renormalised after the cast."""
+    if p.dtype == torch.float32:
+        return p
+    p = p.float()
+    return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
 class _Collector:
     """Receives each layer's attention during a forward pass (a ``LayerSink``) and keeps what ``keep`` says."""
 
@@ -178,9 +186,9 @@ class _Collector:
         p = probs.detach()
         k = self.keep
         if k.attn:
-            self.full[layer] = p.to(k.dtype)
+            self.full[layer] = _fp32_rows(p).to(k.dtype)
         if self.rows:
-            self.row_parts[layer] = p[:, :, list(self.rows)].float()
+            self.row_parts[layer] = _fp32_rows(p[:, :, list(self.rows)])
         if k.fused is not None:
             # Mean in fp32 without an fp32 copy of the whole [B, H, N, N]; max and min are exact in any dtype.
             f = p.mean(dim=1, dtype=torch.float32) if k.fused == "mean" else maps.fuse_heads(p, k.fused).float()
@@ -189,7 +197,7 @@ class _Collector:
             self.entropy[layer] = maps.row_entropy(p)
 
     def attention_rows(self, layer: int, probs: Tensor) -> None:
-        self.row_parts[layer] = probs.detach().float()
+        self.row_parts[layer] = _fp32_rows(probs.detach())
 
     def block_output(self, layer: int, tokens: Tensor) -> None:
         if self.keep.norms:
