@@ -456,3 +456,31 @@ def test_the_unsafe_pickle_error_is_whole(tmp_path):
         load_model("vit_b_32", weights=str(p), device="cpu")
     msg = str(info.value)
     assert msg.endswith("(save the model's state_dict(), or use .safetensors)") and "Weights only load" not in msg
+
+
+def test_a_frame_in_flight_when_the_view_freezes_is_not_shown():
+    """Freeze while the worker is busy with the next frame: the frozen view keeps the frame it froze
+    on, and the held frame's own recomputations (other settings) still come through."""
+    from tests.test_capture import FakeCamera
+    from tests.test_pipeline import engine as slow_engine
+
+    cam = FakeCamera([10_000], period=0.01)
+    s = LiveSession(Config(), slow_engine(delay=0.2), cam)
+    s.start()
+    try:
+        assert wait_for(lambda: s.results.peek() is not None)
+        shown = s.latest()
+        s.freeze(shown)  # the worker is in the middle of a newer frame
+        seen = set()
+        end = time.monotonic() + 0.6  # the frame in flight lands, then the held one is computed again
+        while time.monotonic() < end:
+            seen.add(s.latest().seq)
+            time.sleep(0.005)
+        assert seen == {shown.seq}
+        s.set_settings(fusion="max")
+        assert wait_for(lambda: s.latest().settings.fusion == "max")
+        assert s.latest().seq == shown.seq
+        s.freeze(None)
+        assert wait_for(lambda: s.latest().seq > shown.seq)
+    finally:
+        s.stop()

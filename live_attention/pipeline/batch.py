@@ -23,13 +23,16 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import cv2
 import numpy as np
+from torch import Tensor
 
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.frame_maps import flow_for
+from live_attention.core.preprocess import Box
 from live_attention.core.render import canvas_size, render
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
@@ -42,21 +45,23 @@ _END = object()
 
 @dataclass(frozen=True)
 class Item:
-    """One input frame: its position, picture and media time."""
+    """One input frame: its position, picture and media time; ``prepared`` is its model input and box
+    when the decode thread already made them."""
 
     index: int
     image: np.ndarray
     pts_s: float
+    prepared: tuple[Tensor, Box] | None = None
 
 
 def default_batch(engine: AttentionEngine) -> int:
     """Frames per forward pass: large on a GPU (launches amortised), small on a CPU (little to gain,
     and a small batch keeps the other stages fed)."""
-    return 32 if engine.device.type == "cuda" else 4
+    return 32 if engine.device.type == "cuda" else 8
 
 
 def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    return max(2, min(4, os.cpu_count() or 2))
 
 
 class _Stage(threading.Thread):
@@ -94,6 +99,13 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
                 return _END
 
 
+def preprocessor(engine: AttentionEngine) -> Callable[[Item], Item]:
+    """For the decode thread: each frame's model input made there (the resize and normalisation run
+    beside the model instead of before it). Only the immutable transform is used, never the module."""
+    spec, device = engine.preprocess_spec, engine.device
+    return lambda it: replace(it, prepared=spec.apply(it.image, device))
+
+
 def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) -> Callable[[list[Item]], list[Result]]:
     """The results stage of ``render``: a batch of frames through the engine (frames of one size)."""
     runner = StepRunner(engine)  # on a GPU each batch shape is captured once and replayed
@@ -107,9 +119,10 @@ def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) 
             end = start
             while end < len(items) and items[end].image.shape == shape:
                 end += 1
-            frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s)
-                      for it in items[start:end]]
-            out.extend(process_frames(engine, frames, settings, runner=runner))
+            run = items[start:end]
+            frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s) for it in run]
+            prepared = [it.prepared for it in run] if all(it.prepared is not None for it in run) else None
+            out.extend(process_frames(engine, frames, settings, prepared, runner))
             start = end
         return out
 
@@ -129,14 +142,23 @@ def run(
     residual: float = 0.5,
     size: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    prepare: Callable[[Item], Item] | None = None,
 ) -> int:
     """Run every item through ``results``, the renderer and ``sink(rgb, pts_s)``; returns the frames written.
 
     ``view`` is one view for every frame or a function of the result (export: each frame's recorded
-    view). ``size``: the output size (default: :func:`canvas_size` of the first frame).
+    view). ``size``: the output size (default: :func:`canvas_size` of the first frame). ``prepare``
+    runs on the decode thread (:func:`preprocessor`).
     """
     p = _Pipeline(status, sink, view if callable(view) else (lambda _r, v=view: v), batch, residual, size)
-    return p.run(items, results, workers or default_workers(), EntropyHistory(entropy_seconds), progress)
+    if prepare is not None:
+        items = map(prepare, items)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # frames are drawn in parallel: OpenCV's own threads would only fight them
+    try:
+        return p.run(items, results, workers or default_workers(), EntropyHistory(entropy_seconds), progress)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 class _Pipeline:

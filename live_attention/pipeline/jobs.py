@@ -154,7 +154,8 @@ class Renderer:
                     n = batch.run(batch.video_items(reader), batch.engine_results(self.engine, settings, job.input.name),
                                   view, status, writer.write, batch=self.batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
-                                  size=size, progress=progress.update if progress else None)
+                                  size=size, progress=progress.update if progress else None,
+                                  prepare=batch.preprocessor(self.engine))
             finally:
                 if progress:
                     progress.close()

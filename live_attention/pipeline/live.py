@@ -66,6 +66,7 @@ class LiveSession:
         self.recorder: Recorder | None = None
         self.latency_ms: float | None = None
         self._seen_puts = 0
+        self._frozen: Result | None = None  # the result on screen when the view froze
 
     # ---- lifetime ---------------------------------------------------------------------------------
 
@@ -114,7 +115,11 @@ class LiveSession:
     # ---- the Feed the frame loop reads -------------------------------------------------------------
 
     def latest(self) -> Result | None:
-        return self.results.peek()
+        res = self.results.peek()
+        frozen = self._frozen
+        if frozen is not None and (res is None or res.seq != frozen.seq):
+            return frozen  # a frame that was in flight when the view froze is not shown
+        return res
 
     def wait(self, timeout: float) -> None:
         """Sleep until a result newer than the last one waited for arrives (or ``timeout``)."""
@@ -138,6 +143,7 @@ class LiveSession:
 
     def freeze(self, result: Result | None) -> None:
         """Hold the worker on ``result``'s frame (computed again when settings change), or go live."""
+        self._frozen = result
         if result is None:
             self.worker.hold(None)
             return
