@@ -10,11 +10,15 @@ import importlib
 import os
 from typing import Any
 
-# torch's CPU threads (GNU OpenMP) spin while they wait for each other. When another process holds a
-# core (a browser, a video call) the spinning threads starve the one doing the work: the demo model
-# fell from 30 to 2.5 fps headless. A passive wait policy keeps it at 30 fps. libgomp reads this once,
-# when torch loads it, so it is set before torch is imported; a user's own value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's CPU threads (GNU OpenMP) spin while they wait for each other, 300,000 turns by default. When
+# another process holds a core (a browser, a video call) the spinning threads starve the one doing the
+# work: the demo model fell from 30 to 2.5 fps headless. Waiting passively after a short spin (10,000
+# turns, a few microseconds) keeps it at 30 fps under load, and bridges the gaps between the model's
+# back-to-back parallel regions when the machine is idle (bench: see the "load" part). libgomp reads
+# these once, when torch loads it, so they are set before torch is imported; a user's own choice wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 __version__ = "0.2.0"
 

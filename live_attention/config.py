@@ -79,7 +79,7 @@ class RecordConfig:
     crf: int = 23
     preset: str = "ultrafast"
     queue_size: int = 64
-    max_lag_s: float = 0.4
+    max_lag_s: float = 0.3
     raw_codec: str = "ffv1"
 
 

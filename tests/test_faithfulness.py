@@ -91,3 +91,43 @@ def test_evaluate_command_prints_and_saves_a_table(tmp_path, capsys):
     data = json.loads(md.with_suffix(".json").read_text())
     assert set(data["kinds"]) == {"cls", "relevance", "random"} and len(data["kinds"]["cls"]["curves"]["deletion"]) == 11
     assert main(["evaluate", "--demo", "--model", "vit_b_32", "--weights", "random"]) == 2  # scenes need the demo model
+
+
+def test_a_session_recorded_without_relevance_exports_it_from_the_raw_frames(tmp_path):
+    """Recorded in another mode: export --mode relevance recomputes it with the manifest's model, and a
+    session recorded in the relevance view keeps each frame's map and class."""
+    import time
+
+    from live_attention.config import Config
+    from live_attention.core.render import render
+    from live_attention.core.step import process_frames
+    from live_attention.datatypes import Frame, MapSettings, View
+    from live_attention.demo.synthetic import DemoScene
+    from live_attention.io.recorder import Recorder
+    from live_attention.io.recording import Session
+    from live_attention.pipeline.replay import ReplayFeed, engine_for_session, export_needs_model
+
+    eng = load_model("demo", device="cpu", precision="fp32")
+    scene = DemoScene(width=320, height=240, seed=0, num_targets=3)
+    paths = {}
+    for name, settings in (("plain", MapSettings()), ("explained", MapSettings(relevance=True, target=2))):
+        rec = Recorder.create(tmp_path / name, eng, Config())
+        rec.start()
+        for i in range(4):
+            img = scene.frame(i / 30)
+            res = process_frames(eng, [Frame(img, i, time.monotonic_ns(), "demo", i / 30)], settings)[0]
+            rec.submit(res, render(img, res, View()), View(mode="relevance" if settings.relevance else "attention"))
+        rec.stop()
+        paths[name] = rec.path
+    explained = Session(paths["explained"])
+    r = explained.result(0)
+    assert r.target == 2 and r.target_label == eng.categories[2] and r.relevance.shape == (eng.num_patches,)
+    plain = Session(paths["plain"])
+    assert plain.result(0).relevance is None and export_needs_model(plain, {"mode": "relevance"})
+    feed = ReplayFeed(plain, engine_for_session(plain), paused=True)
+    shown = feed.prepare(feed.latest(), View(mode="relevance", target=2))
+    assert shown.relevance is not None and shown.target == 2
+    ref = process_frames(eng, [Frame(shown.frame, 0, 0, "t")], MapSettings(relevance=True, target=2))[0]
+    np.testing.assert_allclose(shown.relevance, ref.relevance, rtol=1e-4, atol=1e-6)  # lossless raw frames
+    out = tmp_path / "relevance.mp4"
+    assert main(["export", str(paths["plain"]), "-o", str(out), "--mode", "relevance"]) == 0 and out.exists()

@@ -61,17 +61,17 @@ def tiny_engine(**kw) -> AttentionEngine:
 def test_openmp_threads_wait_passively_in_every_command():
     """Spinning OpenMP threads starved the model under one busy core (30 -> 2.5 fps). The package sets
     a passive wait policy before torch loads libgomp, whatever the command (unless the user set one)."""
-    env = {k: v for k, v in ENV.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in ENV.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}  # as a user starts it
     env["OMP_DISPLAY_ENV"] = "verbose"
     code = "import live_attention, torch; torch.ones(64, 64) @ torch.ones(64, 64)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert "GOMP_SPINCOUNT = '0'" in out.stderr, out.stderr[-2000:]
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in out.stderr and "GOMP_SPINCOUNT = '10000'" in out.stderr, out.stderr[-2000:]
     out = subprocess.run([sys.executable, "-c", "import torch; torch.ones(64, 64) @ torch.ones(64, 64)"],
                          capture_output=True, text=True, env=env, timeout=60)
-    assert "GOMP_SPINCOUNT = '0'" not in out.stderr  # the control: torch alone spins
+    assert "GOMP_SPINCOUNT = '300000'" in out.stderr  # the control: torch alone spins 30 times longer
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, timeout=60)
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr  # a user's own choice wins
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr and "GOMP_SPINCOUNT = '10000'" not in out.stderr  # theirs wins
 
 
 # --------------------------------------------------------------------------------------------------

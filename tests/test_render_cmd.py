@@ -109,3 +109,43 @@ def test_truncated_input_is_rendered_with_a_warning(media, tmp_path, capsys):
     assert "warning" in err and "of the 300 frames" in err
     n = ffprobe_frames(out)
     assert 0 < n < 300 and f"({n} frames)" in err
+
+
+def test_several_inputs_one_output_each_and_a_failing_input_does_not_stop_the_others(clip, media, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(clip.read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video" * 100)
+    out = tmp_path / "out"
+    rc = main(["render", str(folder), str(media / "rocket.jpg"), "-o", str(out), "--model", "demo", "--mode", "rollout"])
+    err = capsys.readouterr().err
+    assert rc == 1, err  # the exit status counts the failed inputs
+    assert "broken.mp4: failed:" in err and "2 of 3 inputs rendered, 1 failed" in err
+    assert ffprobe_frames(out / "a.mp4") == 12 and cv2.imread(str(out / "rocket.png")) is not None
+    assert not (out / "broken.mp4").exists() and not list(out.glob("*.partial.*"))
+    # A folder as -o needs no extension; an existing output is refused before any work.
+    assert main(["render", str(folder), "-o", str(out), "--model", "demo"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_the_batched_path_equals_frame_by_frame(clip):
+    """Batches, the drawing pool and the encoder thread change nothing: the same pictures, in order, at
+    the same times, as one frame at a time."""
+    from live_attention.core.models import load_model
+    from live_attention.datatypes import MapSettings, Status, View
+    from live_attention.io.video import VideoReader
+    from live_attention.pipeline import batch
+
+    eng = load_model("demo", device="cpu", precision="fp32")
+    runs = []
+    for size, workers, prepare in ((5, 3, batch.preprocessor(eng)), (1, 1, None)):
+        out: list = []
+        with VideoReader(clip) as r:
+            n = batch.run(batch.video_items(r), batch.engine_results(eng, MapSettings(), "clip"), View(mode="rollout"),
+                          Status(model="demo"), lambda rgb, t, out=out: out.append((rgb, t)), batch=size,
+                          workers=workers, prepare=prepare)
+        assert n == len(out) == 12
+        runs.append(out)
+    (a, b) = runs
+    assert [t for _, t in a] == [t for _, t in b] == sorted(t for _, t in a)
+    assert max(np.abs(x.astype(int) - y.astype(int)).max() for (x, _), (y, _) in zip(a, b, strict=True)) <= 2

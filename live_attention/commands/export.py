@@ -71,6 +71,10 @@ def main(argv: list[str]) -> int:
     try:
         overrides = view_overrides(args)
         _check_view(session, overrides)
+        engine = None
+        if args.target is not None:  # a class name or index: the session's model says which class that is
+            engine = engine_for_session(session, args.weights, args.device)
+            overrides["target"] = engine.class_index(args.target)
         if args.grid and args.layers_gif:
             raise UserError("--grid and --layers-gif write different files: pick one")
         if args.grid or args.layers_gif:
@@ -87,8 +91,8 @@ def main(argv: list[str]) -> int:
                 out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
                                    "--layers-gif writes an animation")
                 view = replace(export_view(session, index, overrides), mode=overrides.get("mode", "attention"))
-                engine = (engine_for_session(session, args.weights, args.device)
-                          if needs_model(view, session.result(index)) else None)
+                if engine is None and needs_model(view, session.result(index)):
+                    engine = engine_for_session(session, args.weights, args.device)
                 frames = layers_frames(session, index, view, engine)
                 with PartialOutput(out, args.overwrite) as part:
                     if out.suffix.lower() == ".gif":
@@ -100,7 +104,8 @@ def main(argv: list[str]) -> int:
         else:
             out = check_output(args.output, args.overwrite, (".mp4", ".mkv", ".mov"),
                                "a session exports to .mp4 (or .mkv), or --grid to a .png")
-            engine = engine_for_session(session, args.weights, args.device) if export_needs_model(session, overrides) else None
+            if engine is None and export_needs_model(session, overrides):
+                engine = engine_for_session(session, args.weights, args.device)
             progress = Progress(len(session), f"export {session.path.name}")
             try:
                 export_video(session, out, overrides, engine=engine, hud=not args.no_hud, overwrite=args.overwrite,

@@ -6,7 +6,7 @@ A session folder (never reused, never overwritten)::
       manifest.json          model, weights (label, sha256), precision, device, config, versions, sizes
       overlay.mp4            what was shown: H.264, fragmented MP4, pts = capture time (ms, VFR)
       raw.mkv                the camera frames: FFV1 (lossless, bgr0) or MJPEG q2 in Matroska, same pts
-      attention/chunk-NNNNNN.npz   per-frame maps, fp16, one file per <= 0.5 s, written tmp + rename
+      attention/chunk-NNNNNN.npz   per-frame maps, fp16, one file per <= 0.4 s, written tmp + rename
 
 :func:`frame_row` turns a :class:`~live_attention.datatypes.Result` into a row of arrays and
 :meth:`Session.result` turns a row back into a Result (the round trip is tested). The writers of the
@@ -43,7 +43,7 @@ RAW = "raw.mkv"
 ATTN_DIR = "attention"
 FORMAT_VERSION = 2
 CHUNK_FRAMES = 15  # a chunk is flushed after this many frames ...
-CHUNK_SECONDS = 0.5  # ... or this long after its first frame: with the recorder's queue, <= 1 s lost
+CHUNK_SECONDS = 0.4  # ... or this long after its first frame: with the recorder's queue, <= 1 s lost
 TOPK = 5
 _SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
 _VIEW_FIELDS = {f.name for f in fields(View)}
@@ -102,7 +102,7 @@ def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, 
 class ChunkWriter:
     """Per-frame rows buffered in memory and written as one ``.npz`` per chunk (tmp file, fsync, rename).
 
-    A reader only ever sees complete chunks; a crash loses at most the chunk being filled (<= 0.5 s).
+    A reader only ever sees complete chunks; a crash loses at most the chunk being filled (<= 0.4 s).
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:

@@ -113,7 +113,7 @@ def needs_model(view: View, rec: Result) -> bool:
     if view.mode == "rollout":
         return rec.rollout is None or view.fusion != rec.settings.fusion
     if view.mode == "relevance":
-        return rec.relevance is None
+        return rec.relevance is None or (view.target is not None and view.target != rec.target)
     if view.mode == "norms":
         return rec.token_norm is None
     return view.mode in ("query", "flow")
@@ -135,6 +135,7 @@ class Recompute:
             query_patch=view.query_patch if view.mode == "query" else None,
             entropy_layer=view.resolved_layer(rec.num_layers),
             relevance=view.mode == "relevance",
+            target=view.target,
             need=("fused",) if view.mode == "flow" else (),
         )
 
