@@ -57,6 +57,10 @@ class MapSettings:
     target: int | None = None
     relevance: bool = False
     need: tuple[str, ...] = ()
+    views: tuple[str, ...] | None = None
+
+    def wants(self, mode: str) -> bool:
+        return self.views is None or mode in self.views
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +75,9 @@ class Result:
     [L, H, P] for ``query_patch`` or None; ``token_norm`` [L, P] each patch token's output norm after
     each block, or None; ``relevance`` [P] for class ``target`` or None.
     ``topk``: (label, probability) for the model's top classes, empty for a model without a classifier.
-    ``rollout`` is None where the fused layer matrices would not fit in memory (see
+    ``rollout``, ``patch_entropy`` and ``token_norm`` are None where the settings did not ask for
+    them (only the shown view's maps are computed live). ``rollout`` is also None where the fused
+    layer matrices would not fit in memory (see
     :mod:`live_attention.core.frame_maps`). ``attn`` [L, H, N, N] full attention and ``fused``
     [L, N, N] head-fused layer matrices (on the engine's device) are kept only when asked, for flow and
     queries of other patches.
@@ -86,7 +92,7 @@ class Result:
     cls: np.ndarray
     rollout: np.ndarray | None
     entropy: np.ndarray
-    patch_entropy: np.ndarray
+    patch_entropy: np.ndarray | None
     patch_entropy_layer: int
     topk: list[tuple[str, float]]
     infer_ms: float

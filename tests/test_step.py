@@ -133,3 +133,22 @@ def test_process_frames_through_a_captured_step_gives_the_same_results(settings)
         for name in ("cls", "rollout", "entropy", "patch_entropy", "token_norm", "prefix_share"):
             np.testing.assert_allclose(getattr(ra, name), getattr(rb, name), atol=1e-6, err_msg=name)
         assert ra.topk == rb.topk and ra.top_ids == rb.top_ids
+
+
+def test_live_views_compute_only_their_maps_and_a_recording_gets_them_all():
+    from live_attention.datatypes import View
+    from live_attention.pipeline.loop import settings_for
+
+    eng = engine()
+    frame = Frame(np.full((40, 50, 3), 100, np.uint8), 0, 0, "t")
+    keep = keep_for(eng, MapSettings(**settings_for(View(mode="attention"))))
+    assert keep.rows == (0,) and keep.fused is None and keep.entropy_layers == () and not keep.norms and not keep.attn
+    (res,) = process_frames(eng, [frame], MapSettings(**settings_for(View(mode="heads"))))
+    assert res.cls.shape == (3, 2, 16) and res.entropy.shape == (3, 2) and res.topk
+    assert res.rollout is None and res.patch_entropy is None and res.token_norm is None
+    for mode, name in (("rollout", "rollout"), ("entropy", "patch_entropy"), ("norms", "token_norm")):
+        (res,) = process_frames(eng, [frame], MapSettings(**settings_for(View(mode=mode))))
+        assert getattr(res, name) is not None, mode
+    recording = MapSettings(**settings_for(View(mode="attention"), recording=True))
+    (res,) = process_frames(eng, [frame], recording)
+    assert res.rollout is not None and res.patch_entropy is not None and res.token_norm is not None

@@ -49,18 +49,21 @@ def keep_layers(engine: AttentionEngine, settings: MapSettings) -> tuple[int, ..
 
 
 def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | None = None) -> Keep:
-    """What a frame needs kept: the class token's rows (and the query patch's), head-fused layers for
-    rollout (when they fit), row entropies (:func:`keep_layers`), token norms; full attention only when asked."""
+    """What a frame needs kept: the class token's rows (and the query patch's) always; head-fused layers
+    for rollout and flow (when they fit), row entropies (:func:`keep_layers`) and token norms when their
+    views are asked for; full attention only when asked. In the live attention or heads view that is the
+    class token's rows alone, and the model runs its fused attention kernel."""
     n = engine.num_tokens if num_tokens is None else num_tokens
     rows = [0]
     if settings.query_patch is not None and 0 <= settings.query_patch < n - engine.num_prefix:
         rows.append(engine.num_prefix + settings.query_patch)
+    fused = (settings.wants("rollout") or settings.wants("flow") or "fused" in settings.need)
     return Keep(
         attn="attn" in settings.need,
         rows=tuple(rows),
-        fused=settings.fusion if fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
-        entropy_layers=keep_layers(engine, settings),
-        norms=True,
+        fused=settings.fusion if fused and fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
+        entropy_layers=keep_layers(engine, settings) if settings.wants("entropy") else (),
+        norms=settings.wants("norms"),
         dtype=fused_dtype(engine, n),
     )
 
@@ -150,7 +153,7 @@ def compute_maps(engine: AttentionEngine, out: RunOutput, settings: MapSettings,
 
 def patch_entropy_for(result: Result, layer: int) -> np.ndarray | None:
     """Per-patch entropy [H, P] of ``layer``: computed by the worker, or from the kept attention."""
-    if layer == result.patch_entropy_layer:
+    if layer == result.patch_entropy_layer and result.patch_entropy is not None:
         return result.patch_entropy
     if result.attn is None:
         return None

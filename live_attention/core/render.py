@@ -104,7 +104,7 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
     if view.mode == "entropy":
         pe = patch_entropy_for(result, layer)
         if pe is None:
-            return None, f"{lname}: per-patch entropy not recorded for this layer"
+            return None, f"{lname}: per-patch entropy not in this frame yet"
         m = pe[head] if head >= 0 else pe.mean(axis=0)
         return m, f"{lname}, {hname if head >= 0 else 'heads averaged'}"
     if view.mode == "query":

@@ -61,7 +61,8 @@ def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, 
     """One frame's record: maps in fp16, top-5, timestamps, seq, box, view and map settings (JSON).
 
     Maps a frame may lack are stored anyway (zeros) with a flag, so every row of a session has the
-    same arrays: ``has_rollout`` (rollout may not fit at large sizes), ``has_relevance``.
+    same arrays: ``has_rollout`` (rollout may not fit at large sizes), ``has_patch_entropy``,
+    ``has_token_norm``, ``has_relevance``.
     """
     top_p = np.zeros(TOPK, np.float32)
     top_names = [""] * TOPK
@@ -81,7 +82,9 @@ def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, 
         "rollout": np.asarray(result.rollout if result.rollout is not None else np.zeros((L, P)), np.float16),
         "has_rollout": np.bool_(result.rollout is not None),
         "entropy": np.asarray(result.entropy, np.float16),
-        "patch_entropy": np.asarray(result.patch_entropy, np.float16),
+        "patch_entropy": np.asarray(result.patch_entropy if result.patch_entropy is not None else np.zeros((H, P)),
+                                    np.float16),
+        "has_patch_entropy": np.bool_(result.patch_entropy is not None),
         "patch_entropy_layer": np.int16(result.patch_entropy_layer),
         "prefix_share": np.asarray(result.prefix_share if result.prefix_share is not None else np.zeros((L, H)),
                                    np.float16),
@@ -418,7 +421,7 @@ class Session:
             cls=d["cls"][i].astype(np.float32),
             rollout=rollout,
             entropy=d["entropy"][i].astype(np.float32),
-            patch_entropy=d["patch_entropy"][i].astype(np.float32),
+            patch_entropy=self._opt("patch_entropy", i, "has_patch_entropy"),
             patch_entropy_layer=int(d["patch_entropy_layer"][i]) % self.layers if "patch_entropy_layer" in d else self.layers - 1,
             topk=topk,
             infer_ms=float(d["infer_ms"][i]) if "infer_ms" in d else 0.0,

@@ -108,6 +108,10 @@ class LiveSession:
             return f"recording to {self.start_recording(self.cfg.record.dir, view_fn)}"
         return f"recording saved in {self.stop_recording()}"
 
+    @property
+    def recording(self) -> bool:
+        return self.recorder is not None
+
     def submit(self, result: Result, rgb: np.ndarray, view: View) -> None:
         if self.recorder is not None:
             self.recorder.submit(result, rgb, view)

@@ -86,6 +86,7 @@ class Feed(Protocol):
     num_layers: int
     num_heads: int
     can_record: bool
+    recording: bool
 
     def latest(self) -> Result | None: ...
 
@@ -218,9 +219,11 @@ class LoopStats:
     shown: int = 0
 
 
-def settings_for(view: View) -> dict[str, Any]:
-    """The map settings a view asks the worker for."""
+def settings_for(view: View, recording: bool = False) -> dict[str, Any]:
+    """The map settings a view asks the worker for: only the shown mode's maps, every map while recording
+    (a session keeps them all, so replay and export need no model)."""
     return {
+        "views": None if recording else (view.mode,),
         "fusion": view.fusion,
         "entropy_layer": view.layer,
         "query_patch": view.query_patch if view.mode == "query" else None,
@@ -416,7 +419,7 @@ class FrameLoop:
             self._new = False
 
     def _sync_settings(self) -> None:
-        wanted = settings_for(self.view)
+        wanted = settings_for(self.view, self.feed.recording)
         if wanted != self._settings:
             self._settings = wanted
             self.feed.set_settings(**wanted)

@@ -109,7 +109,7 @@ class Player:
 def needs_model(view: View, rec: Result) -> bool:
     """Whether showing ``view`` on the recorded ``rec`` needs maps that were not recorded."""
     if view.mode == "entropy":  # patch entropy was recorded for one layer only
-        return view.resolved_layer(rec.num_layers) != rec.patch_entropy_layer
+        return rec.patch_entropy is None or view.resolved_layer(rec.num_layers) != rec.patch_entropy_layer
     if view.mode == "rollout":
         return rec.rollout is None or view.fusion != rec.settings.fusion
     if view.mode == "relevance":
@@ -137,6 +137,7 @@ class Recompute:
             relevance=view.mode == "relevance",
             target=view.target,
             need=("fused",) if view.mode == "flow" else (),
+            views=(view.mode,),
         )
 
     def result(self, index: int, rec: Result, view: View) -> Result:
@@ -156,6 +157,7 @@ class ReplayFeed:
     the recording, recomputed where the view needs more (when a model is loaded)."""
 
     can_record = False
+    recording = False
 
     def __init__(self, session: Session, engine: AttentionEngine | None = None, paused: bool = False) -> None:
         self.session = session
