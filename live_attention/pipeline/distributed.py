@@ -35,6 +35,7 @@ import signal
 import socket
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -268,7 +269,7 @@ def _render(ray: Any, jobs: list[Job], cfg: Config, hud: bool, batch_size: int |
     _say(f"rendering {n} input{'s' if n != 1 else ''} on Ray: {plan.describe()}")
     actors = [worker_cls.remote(wcfg, hud, batch_size, plan.draw_threads) for _ in range(plan.count)]
     try:
-        failed = _run_pool(ray, ActorPool([]), actors, original)
+        failed = _PoolRun(ray, ActorPool([]), actors, original).run()
     finally:
         for actor in actors:  # also on Ctrl-C: a worker stops mid-job, its output kept as NAME.partial.EXT
             ray.kill(actor)
@@ -277,86 +278,98 @@ def _render(ray: Any, jobs: list[Job], cfg: Config, hud: bool, batch_size: int |
     return failed
 
 
-def _run_pool(ray: Any, pool: Any, actors: list[Any], original: dict[Job, Job]) -> int:
-    """Feed the jobs (keys of ``original``: absolute paths; values: as the user gave them) to the workers
-    as they come up; returns how many failed twice."""
-    from collections import deque
+class _PoolRun:
+    """Feeds the jobs (keys of ``original``: absolute paths; values: as the user gave them) to the workers
+    as they come up, retries a failed input once, and counts the inputs that failed twice."""
 
-    from ray.exceptions import RayActorError
+    def __init__(self, ray: Any, pool: Any, actors: list[Any], original: dict[Job, Job]) -> None:
+        self.ray, self.pool, self.original = ray, pool, original
+        self.attempts = dict.fromkeys(original, 0)
+        self.unfinished = set(original)
+        # actor id -> its jobs, oldest first. The pool gives a worker one job at a time, but hands it the
+        # next one (inside get_next_unordered) before the error of the one it died on reaches us.
+        self.running: dict[str, deque[Job]] = {}
+        self.ids: dict[int, str] = {}  # id(actor handle) -> actor id, once its engine has loaded
+        self.starting = {actor.ready.remote(): actor for actor in actors}
+        self.load_errors: list[str] = []  # why workers could not load the model: an error if none could
+        self.warned = 0
+        self.failed = 0
 
-    attempts = dict.fromkeys(original, 0)
-    unfinished = set(original)
-    # actor id -> its jobs, oldest first. The pool gives a worker one job at a time, but hands it the
-    # next one (inside get_next_unordered) before the error of the one it died on reaches us.
-    running: dict[str, deque[Job]] = {}
-    ids: dict[int, str] = {}  # id(actor handle) -> actor id, once its engine has loaded
-    starting = {actor.ready.remote(): actor for actor in actors}
-    load_errors: list[str] = []  # why workers could not load the model: an error if none could
-    warned = 0
-    failed = 0
-
-    def start(actor: Any, job: Job) -> Any:
-        running.setdefault(ids[id(actor)], deque()).append(job)
-        attempts[job] += 1
+    def start(self, actor: Any, job: Job) -> Any:
+        self.running.setdefault(self.ids[id(actor)], deque()).append(job)
+        self.attempts[job] += 1
         return actor.render.remote(job)
 
-    def finish(job: Job, error: str | None) -> None:
-        nonlocal failed
-        unfinished.discard(job)
+    def finish(self, job: Job, error: str | None) -> None:
+        self.unfinished.discard(job)
         if error is not None:
-            failed += 1
-            _say(f"{original[job].input}: failed: {error}")
+            self.failed += 1
+            _say(f"{self.original[job].input}: failed: {error}")
 
-    for job in original:
-        pool.submit(start, job)  # no worker is ready yet: the pool queues them
-    while unfinished:
-        if starting:  # workers join the pool as their engines load; block on them only when nothing runs
-            busy = pool.has_next()
-            came, _ = ray.wait(list(starting), num_returns=len(starting) if busy else 1, timeout=0 if busy else POLL_S)
-            for ref in came:
-                actor = starting.pop(ref)
-                try:
-                    aid, where, error = ray.get(ref)
-                except RayActorError as exc:
-                    aid, where, error = "", "", f"the Ray worker died while loading the model ({type(exc).__name__})"
-                if error is None:
-                    logger.info("Ray worker %s ready at %s", aid, where)
-                    ids[id(actor)] = aid
-                    pool.push(actor)  # takes a queued job at once
-                else:
-                    load_errors.append(error + (f" (at {where})" if where else ""))
-                    ray.kill(actor)
-            if ids:  # the others go on; a worker that cannot load is said once, not for every input
-                for error in load_errors[warned:]:
-                    _say(f"warning: a Ray worker cannot load the model, the others go on: {error}")
-                warned = len(load_errors)
-        if not pool.has_next():
-            if starting:
-                continue
-            if not ids:
-                raise UserError(f"the Ray workers cannot load the model: {load_errors[0]}")
-            # Jobs are left but no worker runs them: every worker died and Ray gave up restarting them.
-            for job in [j for j in original if j in unfinished]:
-                finish(job, "no Ray worker left to render it (they died: see their logs)")
-            break
+    def admit(self) -> None:
+        """Workers join the pool as their engines load; block on them only when nothing runs."""
+        from ray.exceptions import RayActorError
+
+        busy = self.pool.has_next()
+        came, _ = self.ray.wait(list(self.starting), num_returns=len(self.starting) if busy else 1,
+                                timeout=0 if busy else POLL_S)
+        for ref in came:
+            actor = self.starting.pop(ref)
+            try:
+                aid, where, error = self.ray.get(ref)
+            except RayActorError as exc:
+                aid, where, error = "", "", f"the Ray worker died while loading the model ({type(exc).__name__})"
+            if error is None:
+                logger.info("Ray worker %s ready at %s", aid, where)
+                self.ids[id(actor)] = aid
+                self.pool.push(actor)  # takes a queued job at once
+            else:
+                self.load_errors.append(error + (f" (at {where})" if where else ""))
+                self.ray.kill(actor)
+        if self.ids:  # the others go on; a worker that cannot load is said once, not for every input
+            for error in self.load_errors[self.warned:]:
+                _say(f"warning: a Ray worker cannot load the model, the others go on: {error}")
+            self.warned = len(self.load_errors)
+
+    def take(self) -> None:
+        """One finished job: reported, retried once, or counted as failed."""
+        from ray.exceptions import RayActorError
+
         try:
-            out: Outcome = pool.get_next_unordered(timeout=POLL_S)
+            out: Outcome = self.pool.get_next_unordered(timeout=POLL_S)
         except TimeoutError:
-            continue
+            return
         except RayActorError as exc:  # its worker died on it, and again on Ray's retry
-            jobs = running.get(exc.actor_id or "")
+            jobs = self.running.get(exc.actor_id or "")
             if not jobs:  # Ray did not say which worker: the job cannot be told, so stop loudly
                 raise
-            finish(jobs.popleft(), f"the Ray worker rendering it died, also on the retry ({type(exc).__name__}: "
-                   "a crash, or out of memory? see the worker's log)")
-            continue
-        running[out.worker].remove(out.job)
+            self.finish(jobs.popleft(), f"the Ray worker rendering it died, also on the retry ({type(exc).__name__}: "
+                        "a crash, or out of memory? see the worker's log)")
+            return
+        self.running[out.worker].remove(out.job)
         if out.error is None:
-            _report(original[out.job], out)
-            finish(out.job, None)
-        elif attempts[out.job] < ATTEMPTS:
-            _say(f"{original[out.job].input}: trying again after: {out.error}")
-            pool.submit(start, out.job)
+            _report(self.original[out.job], out)
+            self.finish(out.job, None)
+        elif self.attempts[out.job] < ATTEMPTS:
+            _say(f"{self.original[out.job].input}: trying again after: {out.error}")
+            self.pool.submit(self.start, out.job)
         else:
-            finish(out.job, out.error)
-    return failed
+            self.finish(out.job, out.error)
+
+    def run(self) -> int:
+        for job in self.original:
+            self.pool.submit(self.start, job)  # no worker is ready yet: the pool queues them
+        while self.unfinished:
+            if self.starting:
+                self.admit()
+            if not self.pool.has_next():
+                if self.starting:
+                    continue
+                if not self.ids:
+                    raise UserError(f"the Ray workers cannot load the model: {self.load_errors[0]}")
+                # Jobs are left but no worker runs them: every worker died and Ray gave up restarting them.
+                for job in [j for j in self.original if j in self.unfinished]:
+                    self.finish(job, "no Ray worker left to render it (they died: see their logs)")
+                break
+            self.take()
+        return self.failed
