@@ -366,7 +366,7 @@ def test_the_hud_labels_and_the_maps_always_come_from_one_result(monkeypatch, tm
         assert by_picture[id(rgb)] is result  # the recorder gets the picture with the result it shows
 
 
-def test_frozen_reads_as_frozen_no_model_fps(tmp_path):
+def test_frozen_reads_as_frozen_no_model_fps_no_drops(tmp_path):
     engine = load_model("demo", device="cpu")
     session = LiveSession(Config(), engine, open_source("demo", width=320, height=240))
     session.start()
@@ -377,6 +377,11 @@ def test_frozen_reads_as_frozen_no_model_fps(tmp_path):
         assert wait_for(lambda: session.worker.holding)
         st = session.status()
         assert st.infer_fps is None and st.latency_ms is None
+        # Frames that arrive while frozen are left unread on purpose: the HUD does not call them dropped.
+        before, puts = st.dropped, session.frames.puts
+        assert wait_for(lambda: session.frames.puts >= puts + 10)  # the demo source goes on at 30 fps
+        assert session.frames.overwritten > 0
+        assert session.status().dropped == before
     finally:
         session.stop()
 

@@ -192,7 +192,7 @@ class LiveSession:
             capture_fps=self.capture.fps,
             infer_fps=None if frozen else self.worker.fps,
             latency_ms=None if frozen else self.latency_ms,
-            dropped=self.frames.overwritten,
+            dropped=self.worker.dropped,
             recording=rec,
             message=message,
             error=err,

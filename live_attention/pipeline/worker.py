@@ -66,6 +66,8 @@ class InferenceWorker(threading.Thread):
         self._wake = threading.Event()
         self._held: Frame | None = None
         self._held_done: MapSettings | None = None  # the settings the held frame was last computed with
+        self._hold_mark = 0  # frames.overwritten when the freeze began
+        self._ignored = 0  # frames left unread during earlier freezes
         self._problem: tuple[str, float] | None = None
         self._still: tuple[object, tuple, torch.Tensor] | None = None  # (image, box, input) of a still
         self._last: Result | None = None
@@ -107,8 +109,21 @@ class InferenceWorker(threading.Thread):
     def hold(self, frame: Frame | None) -> None:
         """Freeze on ``frame`` (computed again whenever the settings change), or go live again with None."""
         with self._lock:
+            if frame is not None and self._held is None:
+                self._hold_mark = self.frames.overwritten
+            elif frame is None and self._held is not None:
+                self._ignored += self.frames.overwritten - self._hold_mark
             self._held, self._held_done = frame, None
         self._wake.set()
+
+    @property
+    def dropped(self) -> int:
+        """Camera frames the model could not keep up with. Frames that arrive while frozen are left
+        unread on purpose: they are not counted."""
+        with self._lock:
+            now = self.frames.overwritten
+            frozen = now - self._hold_mark if self._held is not None else 0
+            return now - self._ignored - frozen
 
     @property
     def holding(self) -> bool:
