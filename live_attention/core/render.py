@@ -408,14 +408,16 @@ def _draw_heads(img, result, view, scale):
 def _entropy_panels(img, result, view, extras, scale, box):
     h, w = img.shape[:2]
     L, H = result.entropy.shape
-    # Fit the layer x head grid into the margin right of the picture the model saw when there is one.
-    margin = w - box[2] - int(90 * scale)
+    # Fit the layer x head grid into the margin right of the picture the model saw when there is one,
+    # or at least into the width of its panel's title (which covers the picture anyway), so that a small
+    # model's grid is still readable from the back of a room.
+    title_w = _text_w("CLS entropy: layer x head", 0.5 * scale)
+    room = max(w - box[2] - int(90 * scale), title_w)
     cell = min(22 * scale, (h * 0.42) / L)
-    if margin >= 8 * scale * H:
-        cell = min(cell, margin / H)
+    if room >= 8 * scale * H:
+        cell = min(cell, room / H)
     cell = int(max(6, cell))
     pw, ph = H * cell, L * cell
-    title_w = _text_w("CLS entropy: layer x head", 0.5 * scale)
     # The grid sits right; the panel is at least as wide as its title.
     x0 = min(w - pw - int(30 * scale), w - int(16 * scale) - title_w + int(50 * scale))
     y0 = int(195 * scale)
