@@ -750,3 +750,39 @@ def test_resample_pos_embed_keeps_prefix_and_own_grid():
     out = resample_pos_embed(pos, (2, 6), (4, 4), 3)
     assert out.shape == (1, 3 + 12, 8) and torch.equal(out[:, :3], pos[:, :3])
     assert math.isfinite(out.abs().sum().item())
+
+
+def test_an_unreachable_hub_is_one_probe_and_one_line_not_a_minute_of_retries(tmp_path, monkeypatch, small_timm):
+    """No offline switch, no network: one quick connection attempt, then the cache alone (huggingface_hub
+    retried for a minute with a warning a line), and the message says the hub cannot be reached."""
+    import socket
+
+    import huggingface_hub.constants as hc
+
+    from live_attention.core import models
+
+    tries: list[object] = []
+
+    def refuse(*args, **_kwargs):
+        tries.append(args[:2])
+        raise OSError("no network")
+
+    for var in ("LIVE_ATTENTION_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *models.PROXY_VARIABLES):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    (tmp_path / "hub").mkdir()
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    models.forget_hub_probe()
+    try:
+        for name in ("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", "hf:acme/absent"):
+            with pytest.raises(WeightsError) as info:
+                load_model(name, weights="pretrained", device="cpu")
+            msg = str(info.value)
+            assert "huggingface.co cannot be reached" in msg and "--weights PATH" in msg and "\n" not in msg
+        assert len(tries) == 1 and hc.HF_HUB_OFFLINE is False  # probed once; the switch is restored
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # behind a proxy the proxy decides: no probe
+        assert models.hub_unreachable("https://huggingface.co") is False
+    finally:
+        models.forget_hub_probe()

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import functools
 import os
+import socket
 import sys
 import urllib.error
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -213,23 +216,65 @@ def _hub_cache() -> str:
         return str(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub")
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def hub_unreachable(endpoint: str) -> bool:
+    """True when the hub's host cannot be resolved or connected to (no network): then nothing is
+    downloaded and what is cached is used, instead of huggingface_hub retrying for a minute. Behind a
+    proxy there is no probe: the proxy decides. Probed once per process."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return False
+    return _cannot_connect(endpoint)
+
+
+@functools.lru_cache(maxsize=4)
+def _cannot_connect(endpoint: str, timeout: float = 3.0) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def forget_hub_probe() -> None:
+    """Probe the hub again next time (after the network came back; tests)."""
+    _cannot_connect.cache_clear()
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
 @contextmanager
 def _hub_session() -> Iterator[None]:
     """While a model loads: our offline switch also switches huggingface_hub's (which reads
     ``HF_HUB_OFFLINE`` once, at import, into ``huggingface_hub.constants`` and consults that at every
-    call), and the libraries' progress bars and load reports stay off the console."""
+    call), so does a hub that cannot be reached; the libraries' progress bars, load reports and retry
+    warnings stay off the console unless ``-v``."""
     try:
         from huggingface_hub import constants
     except ImportError:
         constants = None
     before = constants.HF_HUB_OFFLINE if constants is not None else None
-    if constants is not None and offline():
+    if constants is not None and (offline() or hub_unreachable(_hub_endpoint())):
         constants.HF_HUB_OFFLINE = True
     quiet = _quiet_transformers()
+    hub_log = logging.getLogger("huggingface_hub")
+    hub_level = hub_log.level
+    if not logger.isEnabledFor(logging.DEBUG):
+        hub_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
         quiet()
+        hub_log.setLevel(hub_level)
         if constants is not None:
             constants.HF_HUB_OFFLINE = before
 
@@ -254,7 +299,12 @@ def _quiet_transformers():
 
 
 def _missing_pretrained(what: str, exc: BaseException, repo: str | None = None) -> WeightsError:
-    reason = "offline mode is set" if offline() else f"the download failed ({first_sentence(exc, 120)})"
+    if offline():
+        reason = "offline mode is set"
+    elif hub_unreachable(_hub_endpoint()):
+        reason = f"{urllib.parse.urlsplit(_hub_endpoint()).hostname} cannot be reached (no network?)"
+    else:
+        reason = f"the download failed ({first_sentence(exc, 120)})"
     where = f"{_hub_cache()}, repo {repo}" if repo else _hub_cache()
     return WeightsError(
         f"{what} is not in the Hugging Face hub cache ({where}) and {reason}: run once online to cache it, "
