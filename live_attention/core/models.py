@@ -17,9 +17,9 @@ Names::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import functools
 import os
 import socket
 import sys
