@@ -171,6 +171,7 @@ class Status:
     message: str | None = None
     error: str | None = None
     flow_progress: float | None = None  # 0..1 while computing
+    takes_clicks: bool = False  # shown in a window: the HUD may invite clicks on its labels
 
 
 @dataclass(frozen=True)

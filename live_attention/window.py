@@ -67,6 +67,7 @@ class Window:
 
     wants_pixels = True
     waits_for_results = False
+    takes_clicks = True
 
     def __init__(self, title: str = TITLE, width: int = 1280, height: int = 800, vsync: bool = True,
                  max_fps: float = 60.0) -> None:

@@ -153,6 +153,26 @@ def test_window_on_demo_source_keys_and_recording(xserver, tmp_path):
                          capture_output=True, text=True, check=True).stdout.strip()
     assert int(out) == manifest["end"]["frames"]
 
+    # Replay the session: T explains the next of the recorded top-5, and a click on a label its own class
+    # (a replay once had no class indices: T did nothing and a click picked the class of another row).
+    app = App(xserver, ["replay", "--paused", str(folder)], tmp_path, title="live-attention replay")
+    try:
+        s = app.wait(lambda s: s.get("seq") is not None and s.get("top_ids"), 60, "replay's first frame")
+        app.key("7")
+        s = app.wait(lambda s: s["view"]["mode"] == "relevance" and s.get("hud_rows"), 30, "relevance")
+        app.key("t")
+        s = app.wait(lambda s: s["view"]["target"] is not None, 30, "T in replay")
+        assert s["view"]["target"] == s["top_ids"][1]
+        row = s["hud_rows"][2]
+        app.click_canvas(s, (row[0] + row[2]) / 2, (row[1] + row[3]) / 2)
+        s = app.wait(lambda s: s["view"]["target"] == s["top_ids"][2], 30, "a click on the third label")
+        assert row[4] == s["top_ids"][2]
+        app.wait(lambda s: s.get("explaining") == row[4], 30, "its relevance, recomputed from the raw frame")
+        app.key("q")
+        assert app.close(15) == 0
+    finally:
+        app.close(1)
+
 
 def _in_box(point, box, margin: float) -> bool:
     x, y = point

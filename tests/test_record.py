@@ -18,13 +18,14 @@ import pytest
 
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.render import render
+from live_attention.core.render import hud_layout, render
 from live_attention.core.step import process_frames
-from live_attention.datatypes import Frame, MapSettings, View
+from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
 from live_attention.io.recorder import Recorder, bench_recording
 from live_attention.io.recording import MANIFEST, Session, new_session_dir
 from live_attention.io.video import write_gif
+from live_attention.pipeline.controller import next_target
 from live_attention.pipeline.replay import Player, export_video, grid_picture, layers_frames
 from tests.conftest import MEDIA, tiny_vit
 
@@ -122,8 +123,17 @@ def test_roundtrip_same_maps_and_manifest(tmp_path):
         for name in ("cls", "rollout", "entropy", "patch_entropy"):
             np.testing.assert_allclose(getattr(got, name), getattr(r, name), rtol=2e-3, atol=2e-3)
         assert [n for n, _ in got.topk] == [n for n, _ in r.topk]
+        # The class indices too: T and a click on a label in replay explain the class shown there.
+        assert got.top_ids == r.top_ids and len(r.top_ids) == len(r.topk) == 5
+        assert next_target(got, None) == r.top_ids[1]
+        rows = hud_layout(960, 720, got, View(mode="relevance"), Status()).rows
+        assert [cls for _, cls in rows] == list(r.top_ids)  # a click on a label picks that label's class
+        unknown = hud_layout(960, 720, replace(got, top_ids=()), View(mode="relevance"), Status()).rows
+        assert [cls for _, cls in unknown] == [-1] * 5  # ids unknown: not clickable, never a wrong class
         assert got.seq == r.seq and got.t_capture_ns == r.t_capture_ns and got.box == r.box
         assert s.view(i) == view
+    del s.data["top_ids"]  # a session recorded before the ids were: they come from the model's class names
+    assert s.result(3).top_ids == results[3].top_ids
     for i in (7, 2, 11, 0, 3):  # random access: seeks back and forth in raw.mkv
         assert np.array_equal(s.raw.get(i), results[i].frame), i
     s.close()
@@ -189,8 +199,8 @@ CHILD = textwrap.dedent("""
     from live_attention.config import Config, RecordConfig
     from live_attention.core.engine import AttentionEngine
     from live_attention.core.step import process_frames
-    from live_attention.core.render import render
-    from live_attention.datatypes import Frame, MapSettings, View
+    from live_attention.core.render import hud_layout, render
+    from live_attention.datatypes import Frame, MapSettings, Status, View
     from live_attention.io.recorder import Recorder
 
     engine = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32", name="tiny")

@@ -563,7 +563,7 @@ def _top5_entries(result) -> list[tuple[str, float, int]]:
         return []
     if not result.classifier:
         return [("no classifier", -1.0, -1)]
-    ids = result.top_ids or tuple(range(len(result.topk)))
+    ids = result.top_ids or (-1,) * len(result.topk)  # class indices unknown: the labels are not clickable
     return [(name, p, int(i)) for (name, p), i in zip(result.topk, ids, strict=False)]
 
 
@@ -578,21 +578,22 @@ def _hud(img, result, view, status, scale):
     for i, (t, c) in enumerate(lay.lines):
         _text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
     if lay.top5 is not None:
-        _top5(img, lay, _top5_entries(result), result, view, scale)
+        _top5(img, lay, _top5_entries(result), result, view, status, scale)
     _banners(img, result, status, lay, scale)
 
 
-def _top5(img, lay: HudLayout, entries, result, view: View, scale: float) -> None:
+def _top5(img, lay: HudLayout, entries, result, view: View, status: Status, scale: float) -> None:
     """The model's guesses with bars; the class relevance explains is outlined (and clickable)."""
     s = 0.55 * scale
     x0, y0 = lay.top5[:2]
     _panel(img, *lay.top5)
-    if entries[0][2] < 0:
+    if not result.classifier:
         _text(img, "no classifier", (x0 + int(10 * scale), y0 + int(20 * scale)), s, GREY)
         _text(img, "(features only: no class scores)", (x0 + int(10 * scale), y0 + int(44 * scale)), s * 0.8, GREY)
         return
     bar_w = int(120 * scale)
-    title = "click a class to explain it" if view.mode == "relevance" else "model's guess"
+    clickable = view.mode == "relevance" and status.takes_clicks and entries[0][2] >= 0
+    title = "click a class to explain it" if clickable else "model's guess"
     _text(img, title, (x0 + int(10 * scale), y0 + int(20 * scale)), s, GREY)
     explaining = result.target if view.mode == "relevance" else None
     for i, ((name, p, cls), (row, _)) in enumerate(zip(entries, lay.rows, strict=True)):

@@ -66,8 +66,11 @@ def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, 
     """
     top_p = np.zeros(TOPK, np.float32)
     top_names = [""] * TOPK
+    top_ids = np.full(TOPK, -1, np.int32)  # the class indices (T and clicks on a label need them)
     for i, (name, p) in enumerate(result.topk[:TOPK]):
         top_p[i], top_names[i] = p, name
+    for i, cls in enumerate(result.top_ids[:TOPK]):
+        top_ids[i] = cls
     L, H, P = result.cls.shape
     return {
         "seq": np.int64(result.seq),
@@ -97,6 +100,7 @@ def frame_row(result: Result, view: View, pts_ms: int, t0_ns: int) -> dict[str, 
         "target_p": np.float32(result.target_p if result.target_p is not None else np.nan),
         "top_p": top_p,
         "top_names": np.asarray(top_names, dtype="<U64"),
+        "top_ids": top_ids,
         "view": np.asarray(json.dumps(asdict(view), sort_keys=True)),
         "settings": np.asarray(json.dumps(asdict(result.settings), sort_keys=True, default=list)),
     }
@@ -411,6 +415,11 @@ class Session:
         grid = tuple(int(g) for g in d["grid"][i]) if "grid" in d else self.grid
         target_p = float(d["target_p"][i]) if "target_p" in d and np.isfinite(d["target_p"][i]) else None
         names = self.manifest["model"].get("category_names") or []
+        if "top_ids" in d:
+            top_ids = tuple(int(c) for c in d["top_ids"][i][: len(topk)] if c >= 0)
+        else:  # recorded before the ids were: from the names, where the model's class names are known
+            index = {n: k for k, n in enumerate(names)}
+            top_ids = tuple(index[n] for n, _ in topk) if all(n in index for n, _ in topk) else ()
         return Result(
             seq=int(d["seq"][i]),
             t_capture_ns=int(d["t_capture_ns"][i]),
@@ -424,6 +433,7 @@ class Session:
             patch_entropy=self._opt("patch_entropy", i, "has_patch_entropy"),
             patch_entropy_layer=int(d["patch_entropy_layer"][i]) % self.layers if "patch_entropy_layer" in d else self.layers - 1,
             topk=topk,
+            top_ids=top_ids if len(top_ids) == len(topk) else (),
             infer_ms=float(d["infer_ms"][i]) if "infer_ms" in d else 0.0,
             settings=self.settings(i),
             pts_s=float(d["pts_ms"][i]) / 1000.0,

@@ -457,14 +457,18 @@ class FrameLoop:
         res = self.shown
         job = self.flow_job
         progress = job.progress if job is not None and not job.done else None
-        status = self._status = self.feed.status(self.message, progress)
+        status = self.feed.status(self.message, progress)
+        if getattr(self.display, "takes_clicks", False):
+            status = replace(status, takes_clicks=True)
+        self._status = status
         self.display.update(status, res, self.view)
+        drawn = res  # with what the view needs added (replay recomputes what was not recorded)
         if self.display.wants_pixels or status.recording:
             t = time.perf_counter()
             if res is None:
                 rgb = render(None, None, self.view, status, size=self.rgb.shape[1::-1] if self.rgb is not None else None)
             else:
-                shown = self.prepared = self.feed.prepare(res, self.view)
+                shown = drawn = self.prepared = self.feed.prepare(res, self.view)
                 extras = self.history.extras(job.flow if job is not None and job.done else None,
                                              job.result.seq if job is not None else None)
                 rgb = render(shown.frame, shown, self.view, status, extras, size=canvas_size(shown.frame.shape))
@@ -477,7 +481,7 @@ class FrameLoop:
         self._last_render = now
         self._dirty = False
         if self.states.path is not None:
-            self.states.write(self.view, status, {**self.feed.state(), **self._shown_state(res, status),
+            self.states.write(self.view, status, {**self.feed.state(), **self._shown_state(drawn, status),
                                                   "flow_done": bool(job is not None and job.done)})
 
     def _shown_state(self, res: Result | None, status: Status) -> dict[str, Any]:
