@@ -11,7 +11,7 @@ import torch
 from live_attention.commands.cli import main
 from live_attention.core import faithfulness as fth
 from live_attention.core.models import load_model
-from live_attention.pipeline.evaluation import Evaluator, demo_items
+from live_attention.pipeline.evaluation import Evaluation, Evaluator, KindScore, demo_items, most_faithful
 
 
 def test_pointing_hit_is_the_argmax_cell_meeting_the_box():
@@ -131,3 +131,22 @@ def test_a_session_recorded_without_relevance_exports_it_from_the_raw_frames(tmp
     np.testing.assert_allclose(shown.relevance, ref.relevance, rtol=1e-4, atol=1e-6)  # lossless raw frames
     out = tmp_path / "relevance.mp4"
     assert main(["export", str(paths["plain"]), "-o", str(out), "--mode", "relevance"]) == 0 and out.exists()
+
+
+def test_the_random_floor_is_never_called_most_faithful():
+    """Where the random map wins a measure no map beat chance there; it is the floor, not a candidate."""
+    floor = KindScore(pointing=0.9, areas={"deletion": 0.1, "insertion": 0.9})
+    roll = KindScore(pointing=0.5, areas={"deletion": 0.3, "insertion": 0.6})
+    ev = Evaluation("m", 2, 2, 1.0, {"rollout": roll, "random": floor}, (1,))
+    assert most_faithful(ev) == "Most faithful by these measures: attention rollout (best on 3 of 3)."
+    assert most_faithful(Evaluation("m", 2, 2, 1.0, {"random": floor}, (1,))).startswith("Only the random floor")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--images", "/nonexistent/folder"], "--images /nonexistent/folder: not a folder"),  # before any model
+    (["--demo", "--cascade", "9"], "this model has 4 blocks, give counts from 1 to 4"),
+])
+def test_evaluate_arguments_are_checked_first_in_one_line(args, says, capsys):
+    assert main(["evaluate", *args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err and "Traceback" not in err

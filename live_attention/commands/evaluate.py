@@ -67,17 +67,19 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     name = args.model or ("demo" if args.demo else "vit_b_16")
+    if args.demo and name != "demo":
+        raise UserError("--demo scenes are what the demo model knows: use --model demo, or --images DIR")
+    cascade = _cascade(args.cascade)  # what the user typed is checked before the model loads
+    items = None if args.demo else folder_items(args.images, args.count)
     engine = load_model(name, args.weights, args.device, args.precision)
+    if cascade and max(cascade) > engine.num_layers:
+        raise UserError(f"--cascade {args.cascade}: this model has {engine.num_layers} blocks, "
+                        f"give counts from 1 to {engine.num_layers}")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     evaluator = Evaluator(engine, kinds, batch=args.batch, seed=args.seed)
-    if args.demo:
-        if name != "demo":
-            raise UserError("--demo scenes are what the demo model knows: use --model demo, or --images DIR")
+    if items is None:
         items = demo_items(args.count, seed=1234 + args.seed, size=engine.image_size)
-    else:
-        items = folder_items(args.images, args.count)
     print(f"live-attention evaluate: {engine.describe()}, {len(items)} images", file=sys.stderr)
-    cascade = _cascade(args.cascade)
     ev = evaluator.run(items, cascade, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     text = table(ev)
     verdict = most_faithful(ev)
