@@ -208,8 +208,13 @@ def test_missing_and_corrupt_files(tmp_path):
         load_model("vit_b_32", weights=str(tmp_path / "nope.pth"), device="cpu")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(WeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="not a PyTorch or safetensors checkpoint"):
         load_model("vit_b_32", weights=str(bad), device="cpu")
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_model("vit_b_32", weights=str(truncated), device="cpu")
     notdict = tmp_path / "list.pth"
     torch.save([1, 2, 3], notdict)
     with pytest.raises(WeightsError, match="state dict"):
@@ -262,3 +267,22 @@ def test_timm_capture_failure_is_loud():
     m.blocks[1].attn.fused_attn = True  # as if a timm version ignored the switch
     with pytest.raises(RuntimeError, match="captured attention from 1 of 2"):
         eng.run(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"", "is empty"),
+    (b"not weights\n", "is not a PyTorch or safetensors checkpoint"),
+    (b"<html><body>404</body></html>", "is not a PyTorch or safetensors checkpoint"),
+])
+@pytest.mark.parametrize("name", ["w.pth", "w.bin", "w.safetensors"])
+def test_a_file_that_is_no_checkpoint_says_what_it_is_not(tmp_path, content, says, name):
+    """Told from the first bytes, whatever the name (a text file was called a pickle of Python objects)."""
+    from live_attention.core.weights import load_weights_file
+    from live_attention.demo.model import read_checkpoint
+
+    p = tmp_path / name
+    p.write_bytes(content)
+    for load in (load_weights_file, read_checkpoint):
+        with pytest.raises(WeightsError) as info:
+            load(p)
+        assert says in str(info.value) and "\n" not in str(info.value)

@@ -64,8 +64,9 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise WeightsError(f"weights file not found: {p} (check the path, or use --weights imagenet)")
     if p.is_dir():
         raise WeightsError(f"weights path is a folder, not a file: {p} (pass the checkpoint file inside it)")
+    kind = checkpoint_kind(p, f"weights file {p}")
     try:
-        if p.suffix.lower() == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             obj: object = load_file(str(p), device="cpu")
@@ -89,6 +90,25 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise WeightsError(f"weights file {p} does not hold a state dict of tensors")
     check_finite(obj, f"weights file {p}")
     return obj
+
+
+def checkpoint_kind(p: Path, source: str) -> str:
+    """``"torch"`` (a zip archive or a legacy pickle) or ``"safetensors"``, told from the file's first bytes
+    whatever its name; anything else (empty, text, an image, HTML from a failed download) is a one-line
+    WeightsError saying what it is not."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {source}: {first_sentence(exc)}") from exc
+    if not head:
+        raise WeightsError(f"{source} is empty (an interrupted download or copy?): fetch it again")
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) >= 9 and head[8:9] == b"{":  # an 8-byte header length, then the JSON header
+        return "safetensors"
+    raise WeightsError(f"{source} is not a PyTorch or safetensors checkpoint (it starts with {head[:8]!r}): "
+                       "pass a .pth, .pt, .bin or .safetensors file saved from the model")
 
 
 def check_finite(state: dict[str, Tensor], source: str) -> None:

@@ -18,6 +18,7 @@ without ``multilabel`` (the first, single-label demo model) is read as single-la
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from torchvision.models.vision_transformer import ConvStemConfig, VisionTransfor
 
 from live_attention.core.engine import AttentionEngine, resolve_device
 from live_attention.core.preprocess import Preprocess
-from live_attention.core.weights import apply_state_dict, file_sha256, first_sentence
+from live_attention.core.weights import apply_state_dict, checkpoint_kind, file_sha256, first_sentence
 from live_attention.demo.synthetic import CLASS_NAMES
 from live_attention.errors import WeightsError
 
@@ -119,11 +120,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.is_dir():
         raise WeightsError(f"demo weights path is a folder, not a file: {p}")
     source = f"demo weights {p}"
+    if checkpoint_kind(p, source) != "torch":
+        raise WeightsError(f"{source} is a safetensors file: a demo checkpoint is a .pt file made by "
+                           "`python -m live_attention.demo.train`")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unsafe-global errors alike
-        raise WeightsError(f"cannot read {source}: {first_sentence(exc)} (re-train it with "
-                           "`python -m live_attention.demo.train`, or pass the shipped weights)") from exc
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(f"cannot read {source}: it holds Python objects, not only tensors, and a safe load "
+                           "refuses them (a demo checkpoint is made by `python -m live_attention.demo.train`)") from exc
+    except Exception as exc:  # zip errors, truncated files
+        raise WeightsError(f"cannot read {source}: {first_sentence(exc)} (a damaged file? make it again with "
+                           "`python -m live_attention.demo.train`)") from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise WeightsError(f"{source} holds no 'state_dict': it is not a demo-model checkpoint")
     state = obj["state_dict"]
