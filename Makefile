@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/live-attention $(ARGS)
 
 demo: $(STAMP)
-	$(BIN)/live-attention --source demo $(ARGS)
+	$(BIN)/live-attention --config configs/demo.toml $(ARGS)
 
 # Debian/Ubuntu tools the GUI, video and recording tests use (installed only when missing).
 system-deps:

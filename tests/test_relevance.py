@@ -9,6 +9,7 @@ import torch
 
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine
+from live_attention.core.models import load_model
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings
 from live_attention.errors import UserError
@@ -148,3 +149,16 @@ def test_no_gradients_on_the_live_path_unless_the_relevance_view_is_on(monkeypat
         (on,) = process_frames(eng, [frame], MapSettings(relevance=True, target=4))
     assert calls and on.relevance.shape == (16,) and on.target == 4
     assert on.target_label == "class 4" and 0.0 <= on.target_p <= 1.0
+
+
+def test_target_names_and_indices_and_a_one_line_error_listing_the_classes():
+    eng = load_model("demo", device="cpu")
+    assert eng.class_index("square") == eng.categories.index("square")
+    assert eng.class_index("tri") == eng.categories.index("triangle")  # an unambiguous prefix
+    assert eng.class_index("2") == 2 and eng.class_index(None) is None
+    with pytest.raises(UserError) as info:
+        eng.class_index("not a class")
+    msg = str(info.value)
+    assert "circle, square, triangle, cross" in msg and "0..3" in msg and "\n" not in msg
+    with pytest.raises(UserError, match="0..3"):
+        eng.class_index("7")

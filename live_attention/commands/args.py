@@ -147,8 +147,8 @@ class Progress:
         if self.total:
             frac = min(1.0, done / self.total)
             bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (self.total - done) / max(rate, 1e-6)
-            line = f"{self.label} [{bar}] {done}/{self.total} {rate:.1f} fps, {eta:.0f} s left"
+            left = f"{(self.total - done) / rate:.0f} s left" if done else "starting"
+            line = f"{self.label} [{bar}] {done}/{self.total} {rate:.1f} fps, {left}"
         else:
             line = f"{self.label} {done} frames {rate:.1f} fps"
         sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))

@@ -442,7 +442,11 @@ class AttentionEngine:
         if hits:
             some = ", ".join(self.categories[i] for i in hits[:4])
             raise UserError(f"--target {t!r} matches several classes ({some}...): give more of the name or an index")
-        raise UserError(f"--target {t!r} is not one of {self.name}'s classes: give a label or an index")
+        if len(self.categories) <= 12:
+            raise UserError(f"--target {t!r} is not one of {self.name}'s classes: give one of "
+                            f"{', '.join(self.categories)}, or an index 0..{self.num_classes - 1}")
+        raise UserError(f"--target {t!r} is not one of {self.name}'s {self.num_classes} classes: give a label "
+                        f"(such as {self.categories[0]!r}) or an index 0..{self.num_classes - 1}")
 
     # ---------------------------------------------------------------------------------------------
     def probabilities(self, logits: Tensor) -> Tensor:

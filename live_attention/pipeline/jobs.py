@@ -170,5 +170,5 @@ def report_lines(job: Job, frames: int, expected: int | None) -> list[str]:
     if expected and frames < expected:
         lines.append(f"warning: {job.input} ended after {frames} of the {expected} frames it announces "
                      "(a truncated or damaged file?)")
-    lines.append(f"wrote {job.output} ({frames} frames)")
+    lines.append(f"wrote {job.output} ({frames} frame{'' if frames == 1 else 's'})")
     return lines
