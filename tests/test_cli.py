@@ -51,6 +51,14 @@ def test_no_display_is_a_one_line_error(clip, capsys, monkeypatch):
     assert "no display" in err and "--headless" in err and len(err.splitlines()) == 1
 
 
+def test_replay_of_a_wrong_folder_says_so_even_without_a_display(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["replay", str(tmp_path / "nosession")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "no display" not in err and "nosession" in err and len(err.splitlines()) == 1
+
+
 def one_line_error(args: list[str], capsys) -> str:
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    check_display("use `live-attention export` instead")
-    session = Session(args.session)
+    session = Session(args.session)  # a wrong folder is said first, display or not
     try:
+        check_display("use `live-attention export` instead")
         engine = None if args.no_model else engine_for_session(session, args.weights, args.device)
         feed = ReplayFeed(session, engine, paused=args.paused)
         view = replace(session.view(0), frozen=args.paused, animating=False)
