@@ -149,3 +149,23 @@ def test_the_batched_path_equals_frame_by_frame(clip):
     (a, b) = runs
     assert [t for _, t in a] == [t for _, t in b] == sorted(t for _, t in a)
     assert max(np.abs(x.astype(int) - y.astype(int)).max() for (x, _), (y, _) in zip(a, b, strict=True)) <= 2
+
+
+def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path):
+    """Three coffee.jpg from three folders, and a coffee.png: four outputs, none written twice."""
+    from live_attention.pipeline.jobs import plan_jobs
+
+    files = []
+    for d in ("a", "b", "b2"):
+        (tmp_path / d).mkdir()
+        files.append(tmp_path / d / "coffee.jpg")
+    files[2] = tmp_path / "b2" / "x" / "coffee.jpg"
+    files[2].parent.mkdir()
+    files.append(tmp_path / "a" / "coffee.png")
+    for f in files:
+        f.write_bytes(b"")
+    jobs = plan_jobs([str(f) for f in files], str(tmp_path / "out"), overwrite=False)
+    names = [j.output.name for j in jobs]
+    assert names == ["coffee.png", "b-coffee-jpg.png", "x-coffee-jpg.png", "a-coffee-png.png"]
+    dup = plan_jobs([str(files[0])] * 3, str(tmp_path / "out2"), overwrite=False)
+    assert [j.output.name for j in dup] == ["coffee.png", "a-coffee-jpg.png", "a-coffee-jpg-2.png"]

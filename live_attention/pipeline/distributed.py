@@ -219,7 +219,7 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def _absolute(job: Job) -> Job:
     """Workers do not share the driver's working folder: send absolute paths."""
-    return Job(job.input.absolute(), job.output.absolute())
+    return replace(job, input=job.input.absolute(), output=job.output.absolute())
 
 
 def _worker_config(cfg: Config, plan: WorkerPlan) -> Config:

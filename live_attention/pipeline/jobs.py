@@ -43,6 +43,7 @@ class Job:
 
     input: Path
     output: Path
+    renamed: bool = False  # its name clashed with another input's: the output also names its folder
 
     @property
     def is_image(self) -> bool:
@@ -76,13 +77,17 @@ def plan_jobs(inputs: list[str], output: str, overwrite: bool) -> list[Job]:
     out.mkdir(parents=True, exist_ok=True)
     jobs, seen = [], set()
     for f in files:
-        target = out / (f.stem + (".png" if f.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"))
-        if target in seen:
-            target = out / f"{f.stem}{f.suffix.replace('.', '-')}{target.suffix}"
+        ext = ".png" if f.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"
+        target = out / (f.stem + ext)
+        if target in seen:  # the same name from another folder or with another extension: say which
+            base = f"{f.parent.name or 'input'}-{f.stem}{f.suffix.replace('.', '-')}"
+            target, k = out / (base + ext), 2
+            while target in seen:
+                target, k = out / f"{base}-{k}{ext}", k + 1
         seen.add(target)
         if target.exists() and not overwrite:
             raise UserError(f"{target} already exists: choose another folder or pass --overwrite")
-        jobs.append(Job(f, target))
+        jobs.append(Job(f, target, renamed=target.stem != f.stem))
     return jobs
 
 
@@ -170,5 +175,6 @@ def report_lines(job: Job, frames: int, expected: int | None) -> list[str]:
     if expected and frames < expected:
         lines.append(f"warning: {job.input} ended after {frames} of the {expected} frames it announces "
                      "(a truncated or damaged file?)")
-    lines.append(f"wrote {job.output} ({frames} frame{'' if frames == 1 else 's'})")
+    made = f"from {job.input} " if job.renamed else ""
+    lines.append(f"wrote {job.output} ({made}{frames} frame{'' if frames == 1 else 's'})")
     return lines
