@@ -76,11 +76,18 @@ class App:
                              f"log {(self.tmp / 'app.log').read_text()[-1500:]}")
 
     def key(self, *keys: str) -> None:
-        subprocess.run(
-            ["xdotool", "search", "--sync", "--name", self.title, "windowfocus", "--sync", "key",
-             "--delay", "80", *keys],
-            env=self.x.env, check=True, timeout=20, capture_output=True,
-        )
+        """Focus the window and type ``keys``. A window that exists but is not mapped yet (the state file
+        can come first) refuses the focus: try again for a few seconds."""
+        for attempt in range(20):
+            out = subprocess.run(
+                ["xdotool", "search", "--sync", "--name", self.title, "windowfocus", "--sync", "key",
+                 "--delay", "80", *keys],
+                env=self.x.env, timeout=20, capture_output=True, text=True,
+            )
+            if out.returncode == 0:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"xdotool could not type {keys} into {self.title}: {out.stderr.strip()[-500:]}")
 
     def _window(self) -> tuple[str, int, int]:
         wid = subprocess.run(["xdotool", "search", "--name", self.title], env=self.x.env,
