@@ -78,7 +78,7 @@ class App:
     def key(self, *keys: str) -> None:
         """Focus the window and type ``keys``. A window that exists but is not mapped yet (the state file
         can come first) refuses the focus: try again for a few seconds."""
-        for attempt in range(20):
+        for _ in range(20):
             out = subprocess.run(
                 ["xdotool", "search", "--sync", "--name", self.title, "windowfocus", "--sync", "key",
                  "--delay", "80", *keys],
