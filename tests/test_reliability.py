@@ -266,6 +266,7 @@ class ScriptedDisplay:
     running = True
     wants_pixels = True
     waits_for_results = False
+    takes_clicks = False
 
     def __init__(self, script: dict[int, list[str]]) -> None:
         self.script, self.i, self.shown = script, 0, []

@@ -68,6 +68,7 @@ class Display(Protocol):
     running: bool
     wants_pixels: bool  # False: render only for the recorder or a screenshot
     waits_for_results: bool  # True: the loop sleeps on the feed (headless), else the display paces it
+    takes_clicks: bool  # True: a window, where the HUD may invite clicks on its labels
 
     def poll(self) -> Inputs: ...
 
@@ -458,7 +459,7 @@ class FrameLoop:
         job = self.flow_job
         progress = job.progress if job is not None and not job.done else None
         status = self.feed.status(self.message, progress)
-        if getattr(self.display, "takes_clicks", False):
+        if self.display.takes_clicks:
             status = replace(status, takes_clicks=True)
         self._status = status
         self.display.update(status, res, self.view)
@@ -514,6 +515,7 @@ class HeadlessDisplay:
     running = True
     wants_pixels = False
     waits_for_results = True
+    takes_clicks = False
 
     def __init__(self, every: float = 2.0, stream=None) -> None:
         self.every = every
