@@ -24,6 +24,8 @@ MODES = ("attention", "rollout", "heads", "entropy", "query", "flow", "relevance
 FUSIONS = ("mean", "max", "min")
 COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MODEL_HELP = "vit_b_16 (default), vit_b_32, vit_l_16, vit_l_32, vit_h_14, timm:NAME[.TAG], hf:ORG/NAME, hf:DIR, or demo"
+COMMAND_LINE = "the command line"  # the origin of values given as flags
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,13 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ViewConfig:
+    """Layers and heads count as ``--layer``/``--head`` and the HUD do: from 1. ``layer`` -1 is the last
+    layer; ``head`` 0 (or -1, what configs said before) is heads fused. :attr:`layer_index` and
+    :attr:`head_index` are the 0-based numbers a :class:`~live_attention.datatypes.View` holds."""
+
     mode: str = "attention"
-    layer: int = -1  # -1: the last layer
-    head: int = -1  # -1: heads fused
+    layer: int = -1  # 1..layers; -1: the last layer
+    head: int = 0  # 1..heads; 0: heads fused
     fusion: str = "mean"
     opacity: float = 0.55
     colormap: str = "inferno"
@@ -61,6 +67,16 @@ class ViewConfig:
     animate_fps: float = 2.0
     entropy_seconds: float = 10.0
     target: str = ""  # the class relevance explains: a label or an index; "" = each frame's top-1
+
+    @property
+    def layer_index(self) -> int:
+        """The layer as a View holds it: 0-based, -1 the last."""
+        return self.layer - 1 if self.layer > 0 else -1
+
+    @property
+    def head_index(self) -> int:
+        """The head as a View holds it: 0-based, -1 heads fused."""
+        return self.head - 1 if self.head > 0 else -1
 
 
 @dataclass(frozen=True)
@@ -90,9 +106,25 @@ class Config:
     view: ViewConfig = field(default_factory=ViewConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    # Where each key that was set came from (COMMAND_LINE or a file's path), so that an error found only
+    # later (a layer the model does not have) names what the user must fix: the flag, or the file's key.
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTION_TYPES}
+
+    def where(self, key: str) -> str:
+        """How an error names ``key`` ("view.layer") and its value: ``--layer 5`` when it was a flag,
+        ``view.layer = 5 in FILE`` when a config file set it, ``view.layer = 5`` for a default."""
+        section, name = key.split(".", 1)
+        value = getattr(getattr(self, section), name)
+        origin = self.origins.get(key)
+        if origin == COMMAND_LINE:
+            return f"{_FLAGS.get(key, '--' + name.replace('_', '-'))} {value}"
+        return f"{key} = {value!r}" + (f" in {origin}" if origin else "")
+
+
+_FLAGS = {"model.name": "--model", "source.source": "--source"}  # other keys' flags: --KEY-NAME
 
 
 # Allowed values: a tuple of choices, or (min, max) bounds for numbers (None = open).
@@ -114,7 +146,7 @@ _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "source.fps": (0.1, 1000),
     "source.slideshow_seconds": (0.1, 3600),
     "source.reconnect_max_s": (0.1, 600),
-    "view.layer": (-1, None),
+    "view.layer": (-1, None),  # and not 0: see _coerce
     "view.head": (-1, None),
     "view.opacity": (0.0, 1.0),
     "view.residual": (0.0, 1.0),
@@ -170,6 +202,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
             raise ConfigError(f"config key {key} must be in {rng}, got {value!r}")
+    if key == "view.layer" and value == 0:  # 0 was the first layer when configs counted from 0
+        raise ConfigError("config key view.layer counts from 1, as --layer and the HUD do (-1: the last layer), got 0")
     return value
 
 
@@ -178,6 +212,7 @@ def merge(base: Config, overrides: dict[str, dict[str, Any]], origin: str = "con
     if not isinstance(overrides, dict):
         raise ConfigError(f"{origin} must be a table of sections")
     sections = {}
+    origins = dict(base.origins)
     for sec_name, values in overrides.items():
         if sec_name not in _SECTION_TYPES:
             raise ConfigError(
@@ -196,8 +231,9 @@ def merge(base: Config, overrides: dict[str, dict[str, Any]], origin: str = "con
                 changes[key] = _coerce(full, value, known[key])
             except ConfigError as exc:
                 raise ConfigError(f"{exc} (from {origin})") from None
+            origins[full] = origin
         sections[sec_name] = replace(current, **changes)
-    return replace(base, **sections)
+    return replace(base, **sections, origins=origins)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -213,5 +249,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, dict[str, A
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
         cfg = merge(cfg, data, origin=str(p))
     if overrides:
-        cfg = merge(cfg, {k: v for k, v in overrides.items() if v}, origin="the command line")
+        cfg = merge(cfg, {k: v for k, v in overrides.items() if v}, origin=COMMAND_LINE)
     return cfg

@@ -114,3 +114,35 @@ def test_bench_runs_and_prints_figures(capsys, tmp_path):
     assert "render 720p, mode relevance" in text and "live step: 720p frame to maps on the host" in text
     data = json.loads(out.read_text())
     assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_ms"] > 0
+
+
+def _render_png(args: list[str], out) -> bytes:
+    import cv2
+
+    assert main(["render", *args, "-o", str(out), "--model", "demo", "--no-hud"]) == 0
+    return cv2.imread(str(out)).tobytes()
+
+
+def test_config_layer_n_shows_layer_n_as_the_flag_does(media, tmp_path):
+    """``[view] layer = 2`` renders what ``--layer 2`` renders (it rendered layer 3), and not layer 3.
+    Same process, model and image: identical pixels are expected."""
+    img = str(media / "coffee.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[view]\nlayer = 2\nhead = 1\n")
+    from_config = _render_png([img, "--config", str(cfg)], tmp_path / "cfg.png")
+    assert from_config == _render_png([img, "--layer", "2", "--head", "1"], tmp_path / "flag.png")
+    assert from_config != _render_png([img, "--layer", "3", "--head", "1"], tmp_path / "three.png")
+
+
+def test_out_of_range_layer_names_the_config_key_and_file_or_the_flag(media, tmp_path, capsys):
+    img = str(media / "coffee.jpg")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[view]\nlayer = 4\nhead = 9\n")  # the demo has 4 layers: 4 is fine, head 9 is not
+    err = one_line_error(["render", img, "-o", str(tmp_path / "o.png"), "--model", "demo", "--config", str(cfg)],
+                         capsys)
+    assert f"view.head = 9 in {cfg}: demo has heads 1..4" in err and "--head" not in err, err
+    cfg.write_text("[view]\nlayer = 5\n")
+    err = one_line_error(["--headless", "--source", "demo", "--config", str(cfg)], capsys)
+    assert f"view.layer = 5 in {cfg}: demo has layers 1..4" in err and "--layer" not in err, err
+    err = one_line_error(["--headless", "--source", "demo", "--config", str(cfg), "--layer", "6"], capsys)
+    assert "--layer 6: demo has layers 1..4" in err and "view.layer" not in err, err

@@ -60,3 +60,41 @@ def test_camera_index_as_integer(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[source]\nsource = 2\n")
     assert load_config(p).source.source == "2"
+
+
+def test_config_counts_layers_and_heads_from_1_like_the_flags(tmp_path):
+    """``layer = 2`` in a file is the layer ``--layer 2`` picks and the HUD calls "layer 2" (a View holds it
+    0-based: 1); it used to be the third layer. Head 0 is heads fused, as ``--head 0``."""
+    from live_attention.commands.args import config_overrides
+    from live_attention.commands.cli import build_parser
+    from live_attention.pipeline.controller import view_from_config
+
+    p = tmp_path / "c.toml"
+    p.write_text("[view]\nlayer = 2\nhead = 3\n")
+    view = view_from_config(load_config(p))
+    assert (view.layer, view.head) == (1, 2)
+    flags = config_overrides(build_parser().parse_args(["--layer", "2", "--head", "3"]))
+    assert view_from_config(load_config(None, flags)) == view
+    fused = config_overrides(build_parser().parse_args(["--head", "0"]))
+    assert view_from_config(load_config(p, fused)).head == -1
+    for text in ("head = 0\n", "head = -1\n", ""):  # -1: what configs wrote for "fused" before
+        p.write_text("[view]\n" + text)
+        v = view_from_config(load_config(p))
+        assert (v.layer, v.head) == (-1, -1)  # the last layer, heads fused
+
+
+def test_a_zero_layer_in_a_config_is_refused_not_silently_the_last(tmp_path):
+    """0 was the first layer when configs counted from 0: say so rather than show another layer."""
+    p = tmp_path / "c.toml"
+    p.write_text("[view]\nlayer = 0\n")
+    with pytest.raises(ConfigError, match=r"view.layer counts from 1.*got 0 \(from .*c.toml\)"):
+        load_config(p)
+
+
+def test_errors_found_later_name_the_flag_or_the_config_key_and_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[view]\nlayer = 5\n")
+    assert load_config(p).where("view.layer") == f"view.layer = 5 in {p}"
+    assert load_config(p, {"view": {"layer": 5}}).where("view.layer") == "--layer 5"
+    assert load_config(None, {"model": {"name": "demo"}}).where("model.name") == "--model demo"
+    assert Config().where("view.head") == "view.head = 0"

@@ -11,8 +11,7 @@ import sys
 import time
 from typing import Any
 
-from live_attention.config import COLORMAPS, FUSIONS, MODES
-from live_attention.core.models import MODEL_HELP
+from live_attention.config import COLORMAPS, FUSIONS, MODEL_HELP, MODES
 from live_attention.errors import UserError
 
 
@@ -90,8 +89,8 @@ def setup_logging(verbose: bool) -> None:
     )
 
 
-def view_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """The view flags that were given, in View terms: layer and head 0-based."""
+def _view_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The view flags that were given, as typed: layer and head count from 1 (head 0: heads fused)."""
     o: dict[str, object] = {}
     for key in ("mode", "fusion", "opacity", "colormap"):
         val = getattr(args, key, None)
@@ -100,17 +99,28 @@ def view_overrides(args: argparse.Namespace) -> dict[str, object]:
     if getattr(args, "layer", None) is not None:
         if args.layer < 1:
             raise UserError(f"--layer {args.layer}: layers count from 1")
-        o["layer"] = args.layer - 1
+        o["layer"] = args.layer
     if getattr(args, "head", None) is not None:
         if args.head < 0:
             raise UserError(f"--head {args.head}: heads count from 1 (0 = heads fused)")
-        o["head"] = args.head - 1
+        o["head"] = args.head
+    return o
+
+
+def view_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The view flags that were given, in View terms: layer and head 0-based (head -1: fused)."""
+    o = _view_flags(args)
+    if "layer" in o:
+        o["layer"] = int(o["layer"]) - 1
+    if "head" in o:
+        o["head"] = int(o["head"]) - 1
     return o
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
-    """Every flag that maps to a config key, as ``{section: {key: value}}``."""
-    view = view_overrides(args)
+    """Every flag that maps to a config key, as ``{section: {key: value}}`` (the config counts layers and
+    heads from 1, as the flags do)."""
+    view = _view_flags(args)
     if getattr(args, "target", None) is not None:
         view["target"] = args.target
     o: dict[str, dict[str, object]] = {"model": {}, "source": {}, "view": view}

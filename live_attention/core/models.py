@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from live_attention.config import Config
+from live_attention.config import MODEL_HELP, Config
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.families import (
     HF_CLASSES,
@@ -58,7 +58,6 @@ logger = logging.getLogger(__name__)
 TORCHVISION_MODELS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
 DEMO_MODEL = "demo"
 PRETRAINED = ("imagenet", "default", "pretrained")  # --weights words for "the model's own published weights"
-MODEL_HELP = "vit_b_16 (default), vit_b_32, vit_l_16, vit_l_32, vit_h_14, timm:NAME[.TAG], hf:ORG/NAME, hf:DIR, or demo"
 
 
 def load_model(
@@ -104,10 +103,11 @@ def engine_from_config(cfg: Config) -> AttentionEngine:
     m = cfg.model
     engine = load_model(m.name, m.weights, m.device, m.precision, input_size=m.input_size or None,
                         full_frame=m.full_frame)
-    if cfg.view.layer >= engine.num_layers:
-        raise UserError(f"--layer {cfg.view.layer + 1}: {engine.name} has layers 1..{engine.num_layers}")
-    if cfg.view.head >= engine.num_heads:
-        raise UserError(f"--head {cfg.view.head + 1}: {engine.name} has heads 1..{engine.num_heads}")
+    # Counted from 1 in both; the error names the flag or the config file's key that set the value.
+    if cfg.view.layer > engine.num_layers:
+        raise UserError(f"{cfg.where('view.layer')}: {engine.name} has layers 1..{engine.num_layers}")
+    if cfg.view.head > engine.num_heads:
+        raise UserError(f"{cfg.where('view.head')}: {engine.name} has heads 1..{engine.num_heads}")
     return engine
 
 

@@ -13,8 +13,9 @@ from live_attention.datatypes import Result, View
 
 
 def view_from_config(cfg: Config) -> View:
+    """The starting view: the config counts layers and heads from 1, a View from 0."""
     v = cfg.view
-    return View(mode=v.mode, layer=v.layer, head=v.head, fusion=v.fusion, opacity=v.opacity,
+    return View(mode=v.mode, layer=v.layer_index, head=v.head_index, fusion=v.fusion, opacity=v.opacity,
                 colormap=v.colormap, show_help=cfg.window.show_help)
 
 

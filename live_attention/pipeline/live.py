@@ -61,7 +61,7 @@ class LiveSession:
         self.worker = InferenceWorker(
             engine, self.frames, self.results, stop_event=self.stop_event,
             settings=MapSettings(fusion=v.fusion, residual=v.residual, discard_ratio=v.discard_ratio,
-                                 entropy_layer=v.layer),
+                                 entropy_layer=v.layer_index),
         )
         self.recorder: Recorder | None = None
         self.latency_ms: float | None = None
