@@ -146,3 +146,9 @@ def test_out_of_range_layer_names_the_config_key_and_file_or_the_flag(media, tmp
     assert f"view.layer = 5 in {cfg}: demo has layers 1..4" in err and "--layer" not in err, err
     err = one_line_error(["--headless", "--source", "demo", "--config", str(cfg), "--layer", "6"], capsys)
     assert "--layer 6: demo has layers 1..4" in err and "view.layer" not in err, err
+
+
+def test_no_camera_points_to_the_demo_both_ways(capsys):
+    """``make run`` without a camera said ``try --source demo``: in a checkout ``make demo`` is the way."""
+    err = one_line_error(["--headless", "--source", "99"], capsys)
+    assert "no camera at index 99" in err and "--source demo" in err and "make demo" in err, err

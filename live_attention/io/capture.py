@@ -51,7 +51,7 @@ STREAM_TIMEOUT_MS = 5000  # FFmpeg open/read timeout for network streams
 # the environment before the first V4L2 capture is used. setdefault: a user's own value wins.
 V4L_SELECT_TIMEOUT_S = "1"
 
-_TRY = "try --source demo or a video file"
+_TRY = "try --source demo (make demo in a checkout) or a video file"
 
 
 # --------------------------------------------------------------------------------------------------
