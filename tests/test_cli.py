@@ -152,3 +152,36 @@ def test_no_camera_points_to_the_demo_both_ways(capsys):
     """``make run`` without a camera said ``try --source demo``: in a checkout ``make demo`` is the way."""
     err = one_line_error(["--headless", "--source", "99"], capsys)
     assert "no camera at index 99" in err and "--source demo" in err and "make demo" in err, err
+
+
+def _evil_pickle(path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(path, "wb") as fh:
+        pickle.dump({"x": Evil()}, fh)  # protocol 4: torch's safe unpickler warned about it first
+    return path
+
+
+def test_the_refusal_of_a_pickle_is_the_only_line_on_stderr(media, tmp_path):
+    import warnings
+
+    from live_attention.core.weights import load_weights_file
+    from live_attention.errors import WeightsError
+
+    evil = _evil_pickle(tmp_path / "evil.pth")
+    env = {**os.environ, "LIVE_ATTENTION_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "live_attention", "render", str(media / "coffee.jpg"),
+                           "-o", str(tmp_path / "o.png"), "--model", "demo", "--weights", str(evil)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("live-attention: error: cannot read demo weights") and "Python objects" in lines[0]
+    with warnings.catch_warnings(record=True) as caught:  # the reader every other model uses
+        warnings.simplefilter("always")
+        with pytest.raises(WeightsError, match="Python objects"):
+            load_weights_file(evil)
+    assert not caught, [str(w.message) for w in caught]

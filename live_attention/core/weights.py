@@ -11,7 +11,9 @@ import hashlib
 import os
 import pickle
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +54,16 @@ def first_sentence(exc: BaseException, limit: int = 180) -> str:
     return text
 
 
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, without the safe unpickler's own warnings: a pickle
+    of Python objects made it print a ``UserWarning`` ("Detected pickle protocol 4 ...") before our
+    one-line refusal, which says what matters (the file holds Python objects, what to do instead)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Load a checkpoint safely and return its state dict (name -> tensor).
 
@@ -71,7 +83,7 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
             obj: object = load_file(str(p), device="cpu")
         else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            obj = safe_torch_load(p)
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"cannot read weights file {p}: it holds Python objects, not only tensors, and a safe load "

@@ -27,7 +27,13 @@ from torchvision.models.vision_transformer import ConvStemConfig, VisionTransfor
 
 from live_attention.core.engine import AttentionEngine, resolve_device
 from live_attention.core.preprocess import Preprocess
-from live_attention.core.weights import apply_state_dict, checkpoint_kind, file_sha256, first_sentence
+from live_attention.core.weights import (
+    apply_state_dict,
+    checkpoint_kind,
+    file_sha256,
+    first_sentence,
+    safe_torch_load,
+)
 from live_attention.demo.synthetic import CLASS_NAMES
 from live_attention.errors import WeightsError
 
@@ -124,7 +130,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise WeightsError(f"{source} is a safetensors file: a demo checkpoint is a .pt file made by "
                            "`python -m live_attention.demo.train`")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(p)
     except pickle.UnpicklingError as exc:
         raise WeightsError(f"cannot read {source}: it holds Python objects, not only tensors, and a safe load "
                            "refuses them (a demo checkpoint is made by `python -m live_attention.demo.train`)") from exc
