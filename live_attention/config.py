@@ -26,6 +26,7 @@ COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MODEL_HELP = "vit_b_16 (default), vit_b_32, vit_l_16, vit_l_32, vit_h_14, timm:NAME[.TAG], hf:ORG/NAME, hf:DIR, or demo"
 COMMAND_LINE = "the command line"  # the origin of values given as flags
+EVALUATION_KINDS = ("cls", "rollout", "flow", "relevance", "random")  # the maps `evaluate --kinds` scores
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,54 @@ def test_the_random_floor_is_never_called_most_faithful():
     """Where the random map wins a measure no map beat chance there; it is the floor, not a candidate."""
     floor = KindScore(pointing=0.9, areas={"deletion": 0.1, "insertion": 0.9})
     roll = KindScore(pointing=0.5, areas={"deletion": 0.3, "insertion": 0.6})
+    cls = KindScore(pointing=0.4, areas={"deletion": 0.4, "insertion": 0.5})
     ev = Evaluation("m", 2, 2, 1.0, {"rollout": roll, "random": floor}, (1,))
-    assert most_faithful(ev) == "Most faithful by these measures: attention rollout (best on 3 of 3)."
+    assert most_faithful(ev).startswith("No map beat the random floor") and "rollout" not in most_faithful(ev)
     assert most_faithful(Evaluation("m", 2, 2, 1.0, {"random": floor}, (1,))).startswith("Only the random floor")
+    assert most_faithful(Evaluation("m", 2, 2, 1.0, {"rollout": roll, "cls": cls}, (1,))) == (
+        "Most faithful by these measures: attention rollout (best on 3 of 3).")  # no floor measured: as before
+
+
+def test_no_map_is_called_faithful_where_the_random_floor_beat_it():
+    """It said rollout was "best on 2 of 2" when the random floor beat every map on both measures."""
+    floor = KindScore(pointing=0.9, areas={"deletion": 0.1, "insertion": 0.9})
+    roll = KindScore(pointing=0.5, areas={"deletion": 0.3, "insertion": 0.6})
+    cls = KindScore(pointing=0.4, areas={"deletion": 0.4, "insertion": 0.5})
+    everywhere = most_faithful(Evaluation("m", 2, 2, 1.0, {"rollout": roll, "cls": cls, "random": floor}, (1,)))
+    assert everywhere == ("No map beat the random floor on any measure (deletion, insertion, pointing): by these "
+                          "measures none of them is faithful here.")
+    no_boxes = {k: KindScore(pointing=None, areas=v.areas) for k, v in (("rollout", roll), ("random", floor))}
+    assert "any measure (deletion, insertion)" in most_faithful(Evaluation("m", 2, 2, 1.0, no_boxes, (1,)))
+    roll_wins_deletion = KindScore(pointing=None, areas={"deletion": 0.05, "insertion": 0.6})
+    partly = {"rollout": roll_wins_deletion, "random": no_boxes["random"]}
+    assert most_faithful(Evaluation("m", 2, 2, 1.0, partly, (1,))) == (
+        "Most faithful by these measures: attention rollout (best on 1 of 2; the random floor beat every map "
+        "on insertion).")
+    tie = {"rollout": KindScore(areas={"deletion": 0.1, "insertion": 0.9}), "random": no_boxes["random"]}
+    assert most_faithful(Evaluation("m", 2, 2, 1.0, tie, (1,))).startswith("No map beat")  # equal is not better
+
+
+def test_evaluate_says_which_images_it_skipped_and_why(media, tmp_path, capsys):
+    """A broken image among good ones was left out without a word: the table then covered fewer images
+    than the folder holds. One line each, naming the file and the reason."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(media / "coffee.jpg", folder / "a.jpg")
+    (folder / "b.jpg").write_bytes(b"this is no jpeg" * 20)
+    (folder / "c.png").write_bytes(b"")
+    args = ["evaluate", "--images", str(folder), "--model", "demo", "--kinds", "cls,random", "--cascade", "1",
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if "skipped" in ln]
+    assert lines == [
+        f"live-attention: skipped {folder / 'b.jpg'}: not a picture that can be decoded (damaged, or not the "
+        "format its name says)",
+        f"live-attention: skipped {folder / 'c.png'}: the file is empty",
+    ], captured.err
+    assert "1 images" in captured.out  # the good one was evaluated
 
 
 @pytest.mark.parametrize(("args", "says"), [

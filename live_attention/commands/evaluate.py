@@ -11,19 +11,12 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
+from pathlib import Path
 
 from live_attention.commands.args import Parser, add_logging_arg, positive_int, setup_logging
-from live_attention.core.models import MODEL_HELP, load_model
+from live_attention.config import EVALUATION_KINDS as KINDS
+from live_attention.config import MODEL_HELP
 from live_attention.errors import UserError
-from live_attention.io.outputs import unique_path
-from live_attention.pipeline.evaluation import (
-    KINDS,
-    Evaluator,
-    demo_items,
-    folder_items,
-    most_faithful,
-    table,
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +56,10 @@ def _cascade(text: str | None) -> list[int] | None:
     return steps
 
 
+def _say_skipped(path: Path, why: str) -> None:
+    print(f"live-attention: skipped {path}: {why}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -70,7 +67,12 @@ def main(argv: list[str]) -> int:
     if args.demo and name != "demo":
         raise UserError("--demo scenes are what the demo model knows: use --model demo, or --images DIR")
     cascade = _cascade(args.cascade)  # what the user typed is checked before the model loads
-    items = None if args.demo else folder_items(args.images, args.count)
+    # The heavy part (torch, OpenCV) loads once the arguments are known good: --help stays instant.
+    from live_attention.core.models import load_model
+    from live_attention.io.outputs import unique_path
+    from live_attention.pipeline.evaluation import Evaluator, demo_items, folder_items, most_faithful, table
+
+    items = None if args.demo else folder_items(args.images, args.count, skipped=_say_skipped)
     engine = load_model(name, args.weights, args.device, args.precision)
     if cascade and max(cascade) > engine.num_layers:
         raise UserError(f"--cascade {args.cascade}: this model has {engine.num_layers} blocks, "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from live_attention.config import EVALUATION_KINDS
 from live_attention.core import faithfulness as fth
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine, Keep
@@ -26,7 +27,7 @@ from live_attention.demo.synthetic import make_dataset
 from live_attention.errors import UserError
 from live_attention.io.video import IMAGE_EXTENSIONS, read_image
 
-KINDS = ("cls", "rollout", "flow", "relevance", "random")
+KINDS = EVALUATION_KINDS  # defined in config, so that evaluate --help needs no torch
 KIND_NAMES = {
     "cls": "CLS attention, last layer",
     "rollout": "attention rollout",
@@ -52,16 +53,37 @@ def demo_items(n: int, seed: int = 1234, size: int = 64, num_targets: int = 2) -
                  f"scene {i}") for i, img in enumerate(images)]
 
 
-def folder_items(folder: str | Path, limit: int | None = None) -> list[Item]:
-    """The images of a folder (sorted), each explained for the model's top-1 class (no boxes)."""
+def folder_items(folder: str | Path, limit: int | None = None,
+                 skipped: Callable[[Path, str], None] | None = None) -> list[Item]:
+    """The images of a folder (sorted), each explained for the model's top-1 class (no boxes). An image
+    that cannot be read is left out, and ``skipped(path, why)`` is told: a table over fewer images than
+    the folder holds must not look like one over all of them."""
     d = Path(folder).expanduser()
     if not d.is_dir():
         raise UserError(f"--images {d}: not a folder")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:limit]
-    items = [Item(img, (), p.name) for p in files if (img := read_image(p)) is not None]
+    items = []
+    for p in files:
+        img = read_image(p)
+        if img is not None:
+            items.append(Item(img, (), p.name))
+        elif skipped is not None:
+            skipped(p, unreadable_reason(p))
     if not items:
         raise UserError(f"--images {d}: no readable images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return items
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why :func:`read_image` found no picture in ``path``, in a few words."""
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if empty:
+        return "the file is empty"
+    return "not a picture that can be decoded (damaged, or not the format its name says)"
 
 
 @dataclass
@@ -227,19 +249,43 @@ def table(ev: Evaluation) -> str:
     return "\n".join([head, *rows])
 
 
+# Each measure and its direction: +1 higher is better, -1 lower is better.
+_MEASURES = (("deletion", -1), ("insertion", 1), ("pointing", 1))
+
+
 def most_faithful(ev: Evaluation) -> str:
     """One sentence naming the map that wins the most measures (pointing, deletion, insertion). The
-    random map is the floor, never a candidate: where it wins a measure, no map beat chance there."""
+    random map is the floor, never a candidate: a measure counts for the best map only where it beats
+    the floor; where the floor is as good as every map, the sentence says so, and when that holds on
+    every measure, no map is called faithful."""
     kinds = [k for k in ev.kinds if k != "random"]
     if not kinds:
         return "Only the random floor was measured: add map kinds with --kinds."
+    floor = ev.kinds.get("random")
     wins: dict[str, int] = dict.fromkeys(kinds, 0)
-    measures = [("deletion", min), ("insertion", max)]
-    for order, pick in measures:
-        wins[pick(kinds, key=lambda k, o=order: ev.kinds[k].areas[o])] += 1
-    pointed = {k: ev.kinds[k].pointing for k in kinds if ev.kinds[k].pointing is not None}
-    if pointed:
-        wins[max(pointed, key=pointed.get)] += 1
+    floored: list[str] = []  # measures on which no map beat the random floor
+    for measure, better in _MEASURES:
+        scores = {k: _score(ev.kinds[k], measure) for k in kinds}
+        scores = {k: v for k, v in scores.items() if v is not None}
+        if not scores:
+            continue
+        best = max(scores, key=lambda k: better * scores[k])
+        chance = _score(floor, measure) if floor is not None else None
+        if chance is not None and better * scores[best] <= better * chance:
+            floored.append(measure)
+        else:
+            wins[best] += 1
+    total = sum(wins.values()) + len(floored)
+    if not any(wins.values()):
+        return (f"No map beat the random floor on any measure ({', '.join(floored)}): by these measures none of "
+                f"them is faithful here.")
     best = max(wins, key=wins.get)
-    total = len(measures) + bool(pointed)
-    return f"Most faithful by these measures: {KIND_NAMES[best]} (best on {wins[best]} of {total})."
+    note = f"; the random floor beat every map on {' and '.join(floored)}" if floored else ""
+    return f"Most faithful by these measures: {KIND_NAMES[best]} (best on {wins[best]} of {total}{note})."
+
+
+
+def _score(sc: KindScore | None, measure: str) -> float | None:
+    if sc is None:
+        return None
+    return sc.pointing if measure == "pointing" else sc.areas.get(measure)
