@@ -185,3 +185,66 @@ def test_the_refusal_of_a_pickle_is_the_only_line_on_stderr(media, tmp_path):
         with pytest.raises(WeightsError, match="Python objects"):
             load_weights_file(evil)
     assert not caught, [str(w.message) for w in caught]
+
+
+LIGHT_CASES = [
+    ["--help"], ["--bogus"], ["--layer", "0"], ["--config", "/nonexistent/c.toml"],
+    ["render", "--help"], ["render", "in.jpg"], ["render", "in.jpg", "-o", "o.png", "--head", "-2"],
+    ["replay", "--help"], ["replay"],
+    ["export", "--help"], ["export", "s", "-o", "o.mp4", "--mode", "zoom"], ["export", "s", "-o", "o.mp4", "--layer", "0"],
+    ["bench", "--help"], ["bench", "--only", "nope"],
+    ["evaluate", "--help"], ["evaluate"], ["evaluate", "--demo", "--cascade", "x"],
+]
+
+
+def test_help_and_argument_errors_load_no_heavy_library():
+    """``--help`` and a bad argument took 5.5 s: torch, OpenCV, PyAV and Dear PyGui were imported first.
+    Whatever the machine's load, what was imported is what tells (not a time): none of them, here."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from live_attention.__main__ import main\n"
+        "heavy = ('torch', 'torchvision', 'cv2', 'av', 'dearpygui', 'numpy', 'PIL', 'scipy')\n"
+        "out = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            rc = main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            rc = e.code\n"
+        "    out.append([argv, rc, sorted(m for m in heavy if m in sys.modules), err.getvalue()])\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(LIGHT_CASES)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for argv, rc, loaded, err in json.loads(proc.stdout):
+        assert loaded == [], f"{argv} imported {loaded}"
+        assert rc == (0 if "--help" in argv else 2), (argv, rc, err)
+        assert rc == 0 or (len(err.strip().splitlines()) == 1 and err.startswith("live-attention: error:")), (argv, err)
+
+
+def test_bench_without_a_clip_measures_the_video_parts_on_a_synthesized_one(capsys, monkeypatch):
+    """A pip install has no ../shared/media/tour.mp4: the pipeline part used to be skipped. It now runs on
+    a clip of the demo scene, made at the start, and says so."""
+    from live_attention.commands import bench
+    from live_attention.io.video import VideoReader
+
+    made = []
+
+    def spy(path):
+        out = synthesize(path)
+        with VideoReader(out) as r:
+            made.append((r.size, sum(1 for _ in r)))
+        return out
+
+    synthesize = bench.synthesized_clip
+    monkeypatch.setattr(bench, "test_clip", lambda: None)  # as for a pip user
+    monkeypatch.setattr(bench, "synthesized_clip", spy)
+    monkeypatch.setattr(bench, "SYNTH_SECONDS", 1.0)  # 10 s by default: drawing 300 scenes takes a while
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert main(["bench", "--only", "pipeline", "--model", "demo", "--seconds", "1"]) == 0
+    text = capsys.readouterr().out
+    assert made == [((640, 480), 30)]
+    assert "the video parts use 1 s of the demo scene" in text and "Live pipeline on demo-scene.mp4" in text, text
+    assert "skipped" not in text and "inference fps" in text

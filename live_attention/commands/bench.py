@@ -9,6 +9,7 @@ renderer, pipeline, record, load, timm, relevance, render, long (the last only w
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -28,7 +29,6 @@ import numpy as np
 import torch
 import torchvision
 
-from live_attention.commands.args import Parser, finite_float, positive_int
 from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine, Keep, cpu_has_native_bf16, resolve_device
 from live_attention.core.flow import attention_flow
@@ -39,7 +39,7 @@ from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
 from live_attention.io.recorder import bench_recording
-from live_attention.io.video import VideoReader
+from live_attention.io.video import H264Writer, VideoReader
 from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, NullDisplay
@@ -58,8 +58,6 @@ TARGET_RENDER_MS = 8.0
 TARGET_LOADED = 0.60  # model fps under one busy core / idle
 TARGET_RELEVANCE_RATIO = 3.0
 TARGET_RENDER_CMD = 1.25  # render tour.mp4 wall (process start included) / engine alone at its best batch
-PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "long")
-DEFAULT_PARTS = PARTS[:-1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,37 +539,23 @@ def bench_long_video(rep: Report, minutes: float, model: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="live-attention bench",
-               description="Speed and memory figures, measured in one run on this machine, with PASS/FAIL against "
-               "the targets. Parts: " + ", ".join(PARTS) + " (long only when asked).")
-    p.add_argument("--model", default="vit_b_16", help="torchvision ViT to time (default vit_b_16)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--reps", type=positive_int, default=10, help="timed repetitions per figure (medians)")
-    p.add_argument("--source", default=None,
-                   help="video for the pipeline and render figures (default: the project's test clip, ../shared/media/tour.mp4)")
-    p.add_argument("--seconds", type=finite_float(positive=True), default=20.0, help="pipeline run length")
-    p.add_argument("--only", action="append", default=[], choices=PARTS, help="run only these parts (repeatable)")
-    p.add_argument("--skip", action="append", default=[], choices=PARTS, help="leave a part out (repeatable)")
-    p.add_argument("--minutes", type=finite_float(positive=True), default=10.0, help="length of the long video (part long)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument("--gui-fps", type=finite_float(positive=True), default=60.0, help="the window's frame-rate cap")
-    return p
+def run(args: argparse.Namespace, parts: list[str]) -> int:
+    """Every part asked for (see :mod:`live_attention.commands.bench_cli`, which parses the arguments)."""
+    # no_grad, not set_grad_enabled: a caller's thread keeps its own mode.
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="la-bench-") as tmp:
+        src = args.source or test_clip()
+        if not src and {"pipeline", "load", "relevance", "render"} & set(parts):
+            src = str(synthesized_clip(Path(tmp) / "demo-scene.mp4"))
+            print(f"(no --source and no test clip here: the video parts use {SYNTH_SECONDS:g} s of the demo scene, "
+                  f"{SYNTH_SIZE[0]}x{SYNTH_SIZE[1]} at {SYNTH_FPS:g} fps, made now)")
+        return _run(args, parts, src)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    parts = [p for p in (args.only or DEFAULT_PARTS) if p not in args.skip]
-    with torch.no_grad():  # not set_grad_enabled: a caller's thread keeps its own mode
-        return _run(args, parts)
-
-
-def _run(args, parts: list[str]) -> int:
+def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
     rep = Report()
     print(f"live-attention bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, python {platform.python_version()}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
-    src = args.source or _default_clip()
     if "engine" in parts:
         bench_engine(rep, args.model, args.device, args.reps, flow="flow" in parts)
     if "demo" in parts:
@@ -606,8 +590,6 @@ def _run(args, parts: list[str]) -> int:
         bench_render_command(rep, src, args.model, args.device)
     if "long" in parts:
         bench_long_video(rep, args.minutes, "demo")
-    if not src and {"pipeline", "load", "render"} & set(parts):
-        print("\n(pipeline, load and render skipped: no --source and shared/media/tour.mp4 not found)")
     rep.add("peak_rss_mb", "peak process memory (RSS)", _rss_mb()[1], "MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rep.data, indent=2, default=str))
@@ -620,7 +602,9 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY"))
 
 
-def _default_clip() -> str | None:
+def test_clip() -> str | None:
+    """The project's 10 s test clip (640x480, 30 fps) beside a checkout, or where ``LIVE_ATTENTION_MEDIA``
+    says: figures comparable from run to run. A pip install has none: see :func:`synthesized_clip`."""
     for p in (Path(__file__).resolve().parents[3] / "shared" / "media" / "tour.mp4",
               Path.cwd().parent / "shared" / "media" / "tour.mp4",
               Path(os.environ.get("LIVE_ATTENTION_MEDIA", "/nonexistent")) / "tour.mp4"):
@@ -629,5 +613,17 @@ def _default_clip() -> str | None:
     return None
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+SYNTH_SECONDS, SYNTH_FPS, SYNTH_SIZE = 10.0, 30.0, (640, 480)  # the test clip's length, rate and size
+
+
+def synthesized_clip(path: Path) -> Path:
+    """The demo scene (moving shapes on a texture, a pure function of time) written as an H.264 clip the
+    size of the test clip: what the video parts measure when no clip was given and none is at hand."""
+    from live_attention.demo.synthetic import DemoScene
+
+    w, h = SYNTH_SIZE
+    scene = DemoScene(width=w, height=h, seed=0)
+    with H264Writer(path, w, h, fps=SYNTH_FPS, preset="ultrafast") as out:
+        for i in range(int(SYNTH_SECONDS * SYNTH_FPS)):
+            out.write(cv2.cvtColor(scene.frame(i / SYNTH_FPS), cv2.COLOR_BGR2RGB), i / SYNTH_FPS)
+    return path

@@ -2,6 +2,10 @@
 ``replay``, ``export``, ``bench`` and ``evaluate``.
 
 Every user error ends as one line on stderr and exit status 2, never a traceback.
+
+Only the standard library and the package's light modules (args, config, errors) load before the
+arguments are parsed and the config read: ``--help`` and a bad argument answer at once, without the
+seconds torch, OpenCV, PyAV and Dear PyGui take to import. Each command's module does the same.
 """
 
 from __future__ import annotations
@@ -23,22 +27,16 @@ from live_attention.commands.args import (
     setup_logging,
 )
 from live_attention.config import Config, SourceConfig, load_config
-from live_attention.core.models import engine_from_config
 from live_attention.errors import UserError
-from live_attention.io.capture import open_source
-from live_attention.pipeline.controller import view_from_config
-from live_attention.pipeline.live import LiveSession
-from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
-from live_attention.window import TITLE, Window, check_display
 
 logger = logging.getLogger("live_attention")
 
-# Each command's module has ``main(argv) -> int``; imported when run, so ``--help`` stays quick.
+# Each command's module has ``main(argv) -> int``; imported when run, and light until its arguments are parsed.
 COMMANDS = {
     "render": "live_attention.commands.render",
     "replay": "live_attention.commands.replay",
     "export": "live_attention.commands.export",
-    "bench": "live_attention.commands.bench",
+    "bench": "live_attention.commands.bench_cli",
     "evaluate": "live_attention.commands.evaluate",
 }
 
@@ -78,6 +76,18 @@ def cmd_live(argv: list[str]) -> int:
     cfg = load_config(args.config, config_overrides(args))
     if cfg.source.source.lower() == "demo":
         cfg = demo_defaults(cfg, args.model is not None, args.config is not None)
+    return run_live(args, cfg)
+
+
+def run_live(args: argparse.Namespace, cfg: Config) -> int:
+    """The live session, once the arguments and the config are known good: the heavy imports start here."""
+    from live_attention.core.models import engine_from_config
+    from live_attention.io.capture import open_source
+    from live_attention.pipeline.controller import view_from_config
+    from live_attention.pipeline.live import LiveSession
+    from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
+    from live_attention.window import TITLE, Window, check_display
+
     source = open_source(cfg.source.source, loop=cfg.source.loop, width=cfg.source.width, height=cfg.source.height,
                          fps=cfg.source.fps, slideshow_seconds=cfg.source.slideshow_seconds)
     try:

@@ -8,8 +8,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-import cv2
+from typing import TYPE_CHECKING
 
 from live_attention.commands.args import (
     Parser,
@@ -22,18 +21,9 @@ from live_attention.commands.args import (
     view_overrides,
 )
 from live_attention.errors import UserError
-from live_attention.io.outputs import PartialOutput, check_output, partial_path
-from live_attention.io.recording import Session
-from live_attention.io.video import H264Writer, write_gif
-from live_attention.pipeline.replay import (
-    engine_for_session,
-    export_needs_model,
-    export_video,
-    export_view,
-    grid_picture,
-    layers_frames,
-    needs_model,
-)
+
+if TYPE_CHECKING:
+    from live_attention.io.recording import Session
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +56,28 @@ def _check_view(session: Session, o: dict) -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    view_overrides(args)  # a bad --layer or --head is said before the heavy imports
+    return export(args)
+
+
+def export(args: argparse.Namespace) -> int:
+    """The export itself. The heavy part (torch, OpenCV, PyAV) loads here, once the arguments are known
+    good: ``--help`` and a bad flag answer at once."""
+    import cv2
+
+    from live_attention.io.outputs import PartialOutput, check_output, partial_path
+    from live_attention.io.recording import Session
+    from live_attention.io.video import H264Writer, write_gif
+    from live_attention.pipeline.replay import (
+        engine_for_session,
+        export_needs_model,
+        export_video,
+        export_view,
+        grid_picture,
+        layers_frames,
+        needs_model,
+    )
+
     session = Session(args.session)
     old = terminate_as_interrupt()
     try:

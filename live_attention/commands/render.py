@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from live_attention.commands.args import (
     Parser,
@@ -26,9 +27,9 @@ from live_attention.commands.args import (
 )
 from live_attention.config import load_config
 from live_attention.errors import UserError
-from live_attention.io.outputs import partial_path
-from live_attention.pipeline.distributed import render_on_ray
-from live_attention.pipeline.jobs import Job, Renderer, plan_jobs, report_lines
+
+if TYPE_CHECKING:
+    from live_attention.pipeline.jobs import Job
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report(job: Job, frames: int, expected: int | None) -> None:
+    from live_attention.pipeline.jobs import report_lines
+
     for line in report_lines(job, frames, expected):
         print(f"live-attention: {line}", file=sys.stderr)
 
@@ -63,6 +66,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, config_overrides(args))
+    # The heavy part (torch, OpenCV, PyAV) loads once the arguments are known good: --help stays instant.
+    from live_attention.io.outputs import partial_path
+    from live_attention.pipeline.distributed import render_on_ray
+    from live_attention.pipeline.jobs import Renderer, plan_jobs
+
     jobs = plan_jobs(args.inputs, args.output, args.overwrite)
     old = terminate_as_interrupt()
     try:

@@ -9,10 +9,6 @@ import argparse
 from dataclasses import replace
 
 from live_attention.commands.args import Parser, add_logging_arg, finite_float, setup_logging
-from live_attention.io.recording import Session
-from live_attention.pipeline.loop import FrameLoop
-from live_attention.pipeline.replay import ReplayFeed, engine_for_session
-from live_attention.window import TITLE, Window, check_display
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    # The heavy part (torch, OpenCV, PyAV, Dear PyGui) loads once the arguments are known good.
+    from live_attention.io.recording import Session
+    from live_attention.pipeline.loop import FrameLoop
+    from live_attention.pipeline.replay import ReplayFeed, engine_for_session
+    from live_attention.window import TITLE, Window, check_display
+
     session = Session(args.session)  # a wrong folder is said first, display or not
     try:
         check_display("use `live-attention export` instead")
