@@ -208,8 +208,135 @@ def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path):
     files.append(tmp_path / "a" / "coffee.png")
     for f in files:
         f.write_bytes(b"")
-    jobs = plan_jobs([str(f) for f in files], str(tmp_path / "out"), overwrite=False)
+    jobs = plan_jobs([str(f) for f in files], str(tmp_path / "out"), overwrite=False).jobs
     names = [j.output.name for j in jobs]
     assert names == ["coffee.png", "b-coffee-jpg.png", "x-coffee-jpg.png", "a-coffee-png.png"]
-    dup = plan_jobs([str(files[0])] * 3, str(tmp_path / "out2"), overwrite=False)
+    dup = plan_jobs([str(files[0])] * 3, str(tmp_path / "out2"), overwrite=False).jobs
     assert [j.output.name for j in dup] == ["coffee.png", "a-coffee-jpg.png", "a-coffee-jpg-2.png"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A failing input among several: one line with its real reason, the others rendered (issue 15)
+# --------------------------------------------------------------------------------------------------
+
+
+def lines_about(err: str, path) -> list[str]:
+    """The lines that name ``path`` (a progress bar names only the file)."""
+    return [line for line in err.splitlines() if str(path) in line]
+
+
+def test_a_truncated_input_is_one_line_with_its_reason_and_the_others_render(clip, media, tmp_path, capsys):
+    """`head -c 30000 tour.mp4` opens (its header announces 300 frames) but no frame decodes: that was
+    `No such file or directory (out/trunc.partial.mp4)` (a rename of a file never made), and the run stopped."""
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes((media / "tour.mp4").read_bytes()[:30_000])
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    rc = main(["render", str(media / "coffee.jpg"), str(trunc), str(tmp_path / "empty"), str(tmp_path / "gone.mp4"),
+               str(clip), "-o", str(out), "--model", "demo"])
+    err = capsys.readouterr().err
+    assert rc == 3, err  # the exit status counts the failed inputs
+    assert lines_about(err, trunc) == [f"live-attention: {trunc}: failed: cannot decode any frame of {trunc} "
+                                         "(it announces 300: truncated or damaged?)"], err
+    assert lines_about(err, tmp_path / 'empty') == [f"live-attention: {tmp_path / 'empty'}: failed: no videos or images in "
+                                         f"folder {tmp_path / 'empty'}"], err
+    assert len(lines_about(err, tmp_path / 'gone.mp4')) == 1 and "input not found" in err
+    assert "2 of 5 inputs rendered, 3 failed" in err and "Traceback" not in err and "No such file" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["coffee.png", "tour12.mp4"]
+    assert ffprobe_frames(out / "tour12.mp4") == 12
+    # One input: its error is the command's, in one line (after the progress bar's).
+    assert main(["render", str(trunc), "-o", str(tmp_path / "t.mp4"), "--model", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert lines_about(err, trunc) == [f"live-attention: error: cannot decode any frame of {trunc} (it announces "
+                                       "300: truncated or damaged?)"], err
+    assert not list(tmp_path.glob("t.*"))
+
+
+def test_a_full_disk_fails_the_inputs_it_stops_with_the_reason_and_leaves_no_truncated_file(clip, media, tmp_path):
+    """A real write error (a file size limit, as a full disk without root): FFmpeg dropped the error of
+    its last buffered write, so a 12-frame render ended `wrote ... (12 frames)` with 10 on disk."""
+    import resource
+    import sys
+
+    short = tmp_path / "short.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(clip), "-frames:v", "3", str(short)], check=True)
+    out = tmp_path / "out"
+    limit = 150_000  # the 3-frame output (~75 KB) fits, the 12-frame one (~230 KB) and the PNG (~900 KB) do not
+
+    def cap_file_size() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    p = subprocess.run([sys.executable, "-m", "live_attention", "render", str(clip), str(short),
+                        str(media / "coffee.jpg"), "-o", str(out), "--model", "demo"],
+                       capture_output=True, text=True, timeout=240, preexec_fn=cap_file_size)
+    err = p.stderr
+    assert p.returncode == 2, err
+    assert lines_about(err, clip) == [f"live-attention: {clip}: failed: File too large "
+                                          f"({out / 'tour12.partial.mp4'})"], err
+    assert lines_about(err, media / 'coffee.jpg') == [f"live-attention: {media / 'coffee.jpg'}: failed: cannot write "
+                                          f"{out / 'coffee.partial.png'}: File too large"], err
+    assert "1 of 3 inputs rendered, 2 failed" in err and "Traceback" not in err
+    assert sorted(f.name for f in out.iterdir()) == ["short.mp4"]  # no truncated file, no partial file
+    assert ffprobe_frames(out / "short.mp4") == 3
+
+
+def test_an_os_error_of_one_input_is_one_line_and_the_others_render(clip, media, tmp_path, capsys, monkeypatch):
+    """An input that cannot be read (permissions) and an output folder turned read-only mid-run."""
+    import builtins
+    import errno
+    from pathlib import Path
+
+    from live_attention.io import video
+    from live_attention.pipeline import jobs
+
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes((media / "rocket.jpg").read_bytes())
+    real_open = builtins.open
+
+    def fake_open(path, *a, **k):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(jobs, "open", fake_open, raising=False)
+    real_init = video.CheckedFile.__init__
+
+    def read_only_for_clip(self, path):
+        if path.name.startswith("tour12"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_init(self, path)
+
+    monkeypatch.setattr(video.CheckedFile, "__init__", read_only_for_clip)
+    out = tmp_path / "out"
+    rc = main(["render", str(locked), str(clip), str(media / "coffee.jpg"), "-o", str(out), "--model", "demo"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert lines_about(err, locked) == [f"live-attention: {locked}: failed: cannot read {locked}: Permission denied"]
+    assert len(lines_about(err, clip)) == 1 and "Read-only file system" in err, err
+    assert "1 of 3 inputs rendered, 2 failed" in err and "Traceback" not in err
+    assert sorted(f.name for f in out.iterdir()) == ["coffee.png"]
+
+
+def test_an_output_folder_under_a_file_is_one_error(clip, media, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    err = run_err(["render", str(clip), str(media / "coffee.jpg"), "-o", str(a_file / "out"), "--model", "demo"], capsys)
+    assert "cannot create this folder" in err and "Not a directory" in err
+    err = run_err(["render", str(clip), "-o", str(a_file / "o.mp4"), "--model", "demo"], capsys)
+    assert f"{a_file} is a file, not a folder" in err
+    assert a_file.read_text() == "x"
+
+
+def test_one_input_into_a_folder(media, tmp_path, capsys):
+    """`render photo.jpg -o out/` was refused with an extension message: out/photo.png. An existing
+    folder without the slash is a folder too."""
+    assert main(["render", str(media / "coffee.jpg"), "-o", f"{tmp_path / 'out'}/", "--model", "demo"]) == 0
+    assert cv2.imread(str(tmp_path / "out" / "coffee.png")) is not None
+    err = capsys.readouterr().err
+    assert f"wrote {tmp_path / 'out' / 'coffee.png'} (1 frame)" in err and "inputs rendered" not in err
+    assert main(["render", str(media / "rocket.jpg"), "-o", str(tmp_path / "out"), "--model", "demo"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["coffee.png", "rocket.png"]
+    capsys.readouterr()
+    # Still one input: its error is the command's (exit 2), and an existing output is kept.
+    assert "already exists" in run_err(["render", str(media / "rocket.jpg"), "-o", str(tmp_path / "out"),
+                                        "--model", "demo"], capsys)
