@@ -340,3 +340,121 @@ def test_one_input_into_a_folder(media, tmp_path, capsys):
     # Still one input: its error is the command's (exit 2), and an existing output is kept.
     assert "already exists" in run_err(["render", str(media / "rocket.jpg"), "-o", str(tmp_path / "out"),
                                         "--model", "demo"], capsys)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: bounded whatever the options and the input (issue 15)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_huge_batch_is_capped_by_the_memory_budget_and_said_once(media, tmp_path, capsys, monkeypatch):
+    """`--batch 100000` held the whole video (7 GB for a minute of it). Measured with tracemalloc (the
+    numpy arrays: drawn pictures, model outputs; not all of PyAV's frames): with a 16 MB budget the run
+    peaks at 20 MB, as at --batch 4, where it held 95 MB of this 3 s clip before (and more the longer
+    the clip). The bound allows the pipeline's fixed part (pictures being drawn, the encoder's)."""
+    import tracemalloc
+
+    from conftest import cut_clip
+
+    from live_attention.pipeline import batch
+
+    long = cut_clip(tmp_path, media, 3.0, "long.mp4")  # 90 frames of 640×480 (960×720 drawn)
+    short = cut_clip(tmp_path, media, 12 / 30, "short.mp4")
+    budget = 16 << 20
+    monkeypatch.setattr(batch, "memory_budget", lambda: budget, raising=False)
+    tracemalloc.start()
+    try:
+        rc = main(["render", str(long), str(short), "-o", str(tmp_path / "out"), "--model", "demo", "--batch", "100000"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert ffprobe_frames(tmp_path / "out" / "long.mp4") == 90 and ffprobe_frames(tmp_path / "out" / "short.mp4") == 12
+    assert peak < 3 * budget, f"peak {peak / 2**20:.0f} MB"
+    notes = [line for line in err.splitlines() if "memory budget" in line]
+    assert len(notes) == 1 and notes[0].startswith("live-attention: --batch 100000 would hold about "), err
+    assert "(a 16 MB memory budget)" in notes[0]
+
+
+def huge_image_peak(path) -> tuple[float, str]:
+    """The peak memory (MB above what the imports took) of reading ``path`` in a fresh process, and
+    what came of it (the shape, or the error). The peak is the process's VmHWM: ru_maxrss would start
+    at this (large) process's size, which a child inherits."""
+    import sys
+
+    code = ("import re, sys\n"
+            "from live_attention.io.video import read_image\n"
+            "def hwm():\n    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "base = hwm()\n"
+            "try:\n    img = read_image(sys.argv[1]); what = str(None if img is None else img.shape)\n"
+            "except Exception as e:\n    what = f'{type(e).__name__}: {e}'\n"
+            "print((hwm() - base) / 1024)\nprint(what)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    peak, what = out.stdout.splitlines()[-2:]
+    return float(peak), what
+
+
+def write_big_png(path, w: int, h: int) -> None:
+    """A valid PNG written row by row (never held whole): a gradient, so that it compresses."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + (bytes(range(256)) * (w * 3 // 256 + 1))[: w * 3]
+    z = zlib.compressobj(1)
+    body = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_huge_images_are_decoded_small_or_refused_in_one_line(media, tmp_path, capsys, caplog):
+    """A 9000×9000 JPEG took 470 MB to read (decoded whole, then shrunk), a 12000×12000 PNG 840 MB (and a
+    20000×20000 one 2.3 GB). The JPEG is decoded at half size now (61 MB, then shrunk to 4096 as
+    before); the PNG, which cannot be decoded smaller, is refused from its header."""
+    import sys
+
+    from live_attention.io import video
+
+    jpg, png = tmp_path / "big.jpg", tmp_path / "big.png"
+    subprocess.run([sys.executable, "-c", "import sys; from PIL import Image; "
+                    "Image.new('RGB', (9000, 9000), (200, 120, 40)).save(sys.argv[1], quality=80)", str(jpg)],
+                   check=True, timeout=120)
+    write_big_png(png, 12000, 12000)
+
+    peak, what = huge_image_peak(jpg)
+    side = video.MAX_IMAGE_SIDE
+    assert peak < 250 and what == str((side, side, 3)), (peak, what)  # a full decode alone is 243 MB
+    peak, what = huge_image_peak(png)
+    assert peak < 100, peak  # a full decode alone is 432 MB
+    assert what.startswith("SourceError: ") and "12000×12000 (144 MP): too large to decode" in what, what
+    # The command says it in one line.
+    err = run_err(["render", str(png), "-o", str(tmp_path / "o.png"), "--model", "demo"], capsys)
+    assert "too large to decode" in err and "shrink it first" in err
+    # The sizes come from the headers: JFIF and EXIF segments are walked past, progressive JPEGs named.
+    from PIL import Image
+
+    assert video.image_header(jpg) == ("jpeg", 9000, 9000) and video.image_header(png) == ("png", 12000, 12000)
+    for name in ("coffee.jpg", "rocket.jpg"):
+        h, w = cv2.imread(str(media / name)).shape[:2]
+        assert video.image_header(media / name) == ("jpeg", w, h)
+    exif = Image.Exif()
+    exif[0x010F] = "x" * 3000  # Make: a long EXIF segment before the frame header
+    Image.new("RGB", (321, 123)).save(tmp_path / "exif.jpg", exif=exif, progressive=True)
+    assert video.image_header(tmp_path / "exif.jpg") == ("jpeg-progressive", 321, 123)
+    # A slideshow skips it, saying why, and shows the others.
+    from live_attention.io.capture import open_source
+
+    show = tmp_path / "show"
+    show.mkdir()
+    png.rename(show / "a-big.png")
+    (show / "b.jpg").write_bytes((media / "coffee.jpg").read_bytes())
+    with caplog.at_level("WARNING"):
+        src = open_source(str(show))
+    assert src.read().shape == cv2.imread(str(media / "coffee.jpg")).shape
+    assert any("a-big.png is 12000×12000" in r.getMessage() for r in caplog.records)
+    src.release()

@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
             failed = render_on_ray(plan.jobs, cfg, address=args.ray, hud=not args.no_hud, batch_size=args.batch,
                                    failed_before=len(plan.failed))
             return min(failed, 100)
-        renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers)
+        renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers, say=say)
         if plan.single:  # one input: its error is the command's error
             report(plan.jobs[0], *renderer.render(plan.jobs[0], Progress))
             return 0

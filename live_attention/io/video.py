@@ -71,10 +71,11 @@ def to_bgr8(image: np.ndarray | None) -> np.ndarray | None:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
     """A still image as BGR uint8, or None when it cannot be decoded. Larger than
-    :data:`MAX_IMAGE_SIDE` on a side: shrunk once here (area averaging), so no later step pays for it."""
+    :data:`MAX_IMAGE_SIDE` on a side: shrunk once here (area averaging), so no later step pays for it;
+    a huge JPEG is decoded at reduced size, and an image too large to decode raises :class:`SourceError`
+    (:func:`decode_image_bounded`)."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        image = decode_image_bounded(path)
     except (OSError, cv2.error):
         image = None
     image = to_bgr8(image)
@@ -86,6 +87,92 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
         logger.info("%s is %dx%d: shrunk to %dx%d once", path, w, h, round(w * s), round(h * s))
         image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     return image
+
+
+# -- Huge stills: decoded at reduced size, or refused, so memory stays bounded (issue 15) -------------
+
+MAX_DECODE_PIXELS = 100_000_000  # a full decode of more (300 MB at 8-bit RGB, 800 MB at 16-bit RGBA) is refused
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+# Progressive and the like: libjpeg holds every coefficient of the full-size image, whatever the output size.
+_JPEG_FULL_BUFFER = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def image_header(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` of a PNG or JPEG from its header (a few bytes read, nothing decoded),
+    of other formats through Pillow's lazy open; None when the header says nothing. A progressive JPEG is
+    ``jpeg-progressive``."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return "png", int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(f)
+    return _other_size(path)
+
+
+def _jpeg_size(f) -> tuple[str, int, int] | None:
+    """Walk a JPEG's segments (EXIF and ICC ones are skipped by their length) to its frame header."""
+    f.seek(2)
+    for _ in range(10_000):
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = f.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            continue
+        length = f.read(2)
+        if len(length) < 2 or marker in (0xD9, 0xDA):  # end, or scan data before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            sof = f.read(5)
+            kind = "jpeg-progressive" if marker in _JPEG_FULL_BUFFER else "jpeg"
+            return (kind, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big")) if len(sof) == 5 else None
+        f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+    return None
+
+
+def _other_size(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    import warnings
+
+    from PIL import Image  # a dependency of torchvision; reads only the header here
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return (im.format or "image").lower(), int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:  # over Pillow's own limit (twice ours): too large, size unsaid
+        return "image", MAX_DECODE_PIXELS + 1, 1
+    except Exception:  # Pillow does not know it: OpenCV may
+        return None
+
+
+def decode_image_bounded(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """Decode a still (as OpenCV returns it, any depth), never holding much more than the picture the
+    model can use: a JPEG larger than :data:`MAX_IMAGE_SIDE` is decoded at 1/2, 1/4 or 1/8 of its size
+    (libjpeg scales while decoding), still at least that large; any other image (a progressive JPEG
+    included) of more than :data:`MAX_DECODE_PIXELS` raises :class:`SourceError` before it is read."""
+    header = image_header(path)
+    reduce = cv2.IMREAD_UNCHANGED
+    if header is not None:
+        kind, w, h = header
+        if kind != "jpeg" and w * h > MAX_DECODE_PIXELS:
+            size = f"{w}×{h} ({w * h / 1e6:.0f} MP)" if h > 1 else f"over {MAX_DECODE_PIXELS / 1e6:.0f} MP"
+            raise SourceError(f"image {path} is {size}: too large to decode (at most {MAX_DECODE_PIXELS / 1e6:.0f} MP "
+                              f"unless a baseline JPEG); shrink it first, the model uses at most {MAX_IMAGE_SIDE} px a side")
+        if kind.startswith("jpeg") and max(w, h) >= 2 * MAX_IMAGE_SIDE:
+            k, reduce = next((k, flag) for k, flag in _REDUCED if max(w, h) // k >= MAX_IMAGE_SIDE)
+            # EXIF orientation is left as IMREAD_UNCHANGED leaves it: the reduced decode changes only the size
+            reduce |= cv2.IMREAD_IGNORE_ORIENTATION
+            logger.info("%s is %dx%d: decoded at 1/%d of its size", path, w, h, k)
+    data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
+    return cv2.imdecode(data, reduce) if data.size else None
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 class VideoReader:

@@ -103,6 +103,7 @@ class Outcome:
     expected: int | None = None
     error: str | None = None
     detail: str | None = None  # the worker's traceback of an unexpected error: logged on the driver with -v
+    notes: tuple[str, ...] = ()  # what the renderer told the user (the batch capped by memory)
 
 
 class RayWorker:
@@ -116,8 +117,9 @@ class RayWorker:
     def __init__(self, cfg: Config, hud: bool, batch_size: int | None, draw_threads: int | None) -> None:
         self.renderer: Renderer | None = None
         self.error: str | None = None
+        self.notes: list[str] = []  # sent back with the next outcome, said once on the driver
         try:
-            self.renderer = Renderer(cfg, hud=hud, batch_size=batch_size, workers=draw_threads)
+            self.renderer = Renderer(cfg, hud=hud, batch_size=batch_size, workers=draw_threads, say=self.notes.append)
         except Exception as exc:
             if not isinstance(exc, UserError):
                 logger.exception("the engine did not load")
@@ -143,11 +145,15 @@ class RayWorker:
                 raise UserError(self.error or "the engine did not load")
             _check_shared(job, ray.util.get_node_ip_address())
             frames, expected = self.renderer.render(job)
-            return Outcome(job, me, frames, expected)
+            return Outcome(job, me, frames, expected, notes=self._notes())
         except Exception as exc:  # every failure goes back to the driver, which retries once and reports it in
             # one line: nothing is logged here, where Ray would print each attempt's traceback to the driver
             detail = None if isinstance(exc, UserError) else traceback.format_exc()
-            return Outcome(job, me, error=failure_reason(exc), detail=detail)
+            return Outcome(job, me, error=failure_reason(exc), detail=detail, notes=self._notes())
+
+    def _notes(self) -> tuple[str, ...]:
+        notes, self.notes[:] = tuple(self.notes), []
+        return notes
 
 
 def _check_shared(job: Job, node: str) -> None:
@@ -288,6 +294,7 @@ class _PoolRun:
         self.load_errors: list[str] = []  # why workers could not load the model: an error if none could
         self.warned = 0
         self.failed = 0
+        self.said: set[str] = set()  # the workers' notes, each said once
 
     def start(self, actor: Any, job: Job) -> Any:
         self.running.setdefault(self.ids[id(actor)], deque()).append(job)
@@ -341,6 +348,10 @@ class _PoolRun:
                         "a crash, or out of memory? see the worker's log)")
             return
         self.running[out.worker].remove(out.job)
+        for note in out.notes:
+            if note not in self.said:
+                self.said.add(note)
+                _say(note)
         if out.detail:
             logger.debug("rendering %s failed on Ray worker %s:\n%s", out.job.input, out.worker, out.detail)
         if out.error is None:

@@ -152,13 +152,33 @@ def summary_line(total: int, failed: int) -> str:
 class Renderer:
     """Renders jobs with one engine (loaded once). The same object runs locally or on a Ray worker."""
 
-    def __init__(self, cfg: Config, hud: bool = True, batch_size: int | None = None, workers: int | None = None) -> None:
+    def __init__(self, cfg: Config, hud: bool = True, batch_size: int | None = None, workers: int | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.engine: AttentionEngine = engine_from_config(cfg)
         view = replace(view_from_config(cfg), show_hud=hud, target=self.engine.class_index(cfg.view.target))
         self.view = view
+        self.asked = batch_size  # None: the default, which is capped without a word
         self.batch = batch_size or batch.default_batch(self.engine)
         self.workers = workers
+        self.say = say or logger.warning  # a note for the user (the batch capped by memory), said once
+        self._capped = False
+
+    def batch_for(self, frame_hw: tuple[int, int], canvas_wh: tuple[int, int]) -> int:
+        """The batch for frames of this size: ``--batch``, or fewer where its frames would not fit in
+        :func:`~live_attention.pipeline.batch.memory_budget` (said once per run when ``--batch`` was given)."""
+        per_frame, budget = batch.bytes_per_frame(self.engine, frame_hw, canvas_wh), batch.memory_budget()
+        n = batch.capped_batch(self.batch, per_frame, budget)
+        if n < self.batch:
+            h, w = frame_hw
+            note = (f"--batch {self.batch} would hold about {_size(self.batch * per_frame)} of {w}×{h} frames at "
+                    f"once: using batches of {n} (a {_size(budget)} memory budget)")
+            if self.asked is not None and not self._capped:
+                self._capped = True
+                self.say(note)
+            else:
+                logger.info(note)
+        return n
 
     def settings(self, grid: tuple[int, int]) -> tuple[View, MapSettings]:
         view = self.view
@@ -221,12 +241,13 @@ class Renderer:
             progress = progress_factory(total, f"render {job.input.name}") if progress_factory else None
             rec = self.cfg.record
             size = canvas_size((h, w))
+            size_of_batch = self.batch_for((h, w), size)
             try:
                 with PartialOutput(job.output, overwrite=True) as out, \
                         H264Writer(out.path, size[0], size[1], fps=reader.fps, crf=rec.crf, preset=rec.preset,
                                    overwrite=True) as writer:
                     n = batch.run(batch.video_items(reader), batch.engine_results(self.engine, settings, job.input.name),
-                                  view, status, writer.write, batch=self.batch, workers=self.workers,
+                                  view, status, writer.write, batch=size_of_batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                                   size=size, progress=progress.update if progress else None,
                                   prepare=batch.preprocessor(self.engine))
@@ -248,3 +269,7 @@ def report_lines(job: Job, frames: int, expected: int | None) -> list[str]:
     made = f"from {job.input} " if job.renamed else ""
     lines.append(f"wrote {job.output} ({made}{frames} frame{'' if frames == 1 else 's'})")
     return lines
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
