@@ -340,6 +340,11 @@ def test_one_input_into_a_folder(media, tmp_path, capsys):
     # Still one input: its error is the command's (exit 2), and an existing output is kept.
     assert "already exists" in run_err(["render", str(media / "rocket.jpg"), "-o", str(tmp_path / "out"),
                                         "--model", "demo"], capsys)
+    # A name without an extension that is no folder yet: say that -o is a file, or a folder with a /.
+    new = tmp_path / "new"
+    assert run_err(["render", str(media / "rocket.jpg"), "-o", str(new), "--model", "demo"], capsys) == (
+        f"live-attention: error: -o {new}: with one input, -o is a file such as {new}.mp4 or {new}.png, or a "
+        f"folder: {new}/")
 
 
 # --------------------------------------------------------------------------------------------------

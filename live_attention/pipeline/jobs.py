@@ -78,6 +78,9 @@ def plan_jobs(inputs: list[str], output: str, overwrite: bool) -> Plan:
     if len(inputs) == 1 and failed:  # nothing else to render: the one input's error is the command's
         raise SourceError(failed[0][1])
     if not to_folder:
+        if not out.suffix:  # `-o out` for `-o out/`?
+            raise UserError(f"-o {output}: with one input, -o is a file such as {output}.mp4 or {output}.png, or a "
+                            f"folder: {output}/")
         src = files[0]
         is_image = src.suffix.lower() in IMAGE_EXTENSIONS
         allowed = IMAGE_OUT + VIDEO_OUT if is_image else VIDEO_OUT
@@ -193,8 +196,9 @@ class Renderer:
         """Render one job; returns (frames written, frames the input announced or None)."""
         status = Status(model=self.engine.describe(), untrained=self.engine.untrained, source=job.input.name)
         try:  # an unreadable input says why (permissions, I/O), not that it is no valid file
-            with open(job.input, "rb"):
-                pass
+            if job.input.is_file():  # (a pipe would block here)
+                with open(job.input, "rb"):
+                    pass
         except OSError as exc:
             raise SourceError(f"cannot read {job.input}: {exc.strerror or exc}") from None
         if job.is_image:
