@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+START_S = 180  # how long an app may take to start: seconds on an idle machine; only a failure waits this long
+
 
 class XServer:
     def __init__(self) -> None:
@@ -64,11 +66,16 @@ class App:
             return {}
 
     def wait(self, pred, timeout: float = 60.0, what: str = "state") -> dict:
-        deadline = time.monotonic() + timeout
+        """Until ``pred(state)``, for ``timeout`` seconds from the app's first state, which may take
+        :data:`START_S` to come (importing torch and loading a model took over a minute on a loaded machine)."""
+        started = bool(self.state())
+        deadline = time.monotonic() + (timeout if started else START_S)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"app exited ({self.proc.returncode}): {(self.tmp / 'app.log').read_text()[-2000:]}")
             s = self.state()
+            if s and not started:
+                started, deadline = True, time.monotonic() + timeout
             if s and pred(s):
                 return s
             time.sleep(0.1)

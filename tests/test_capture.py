@@ -35,9 +35,12 @@ from live_attention.io.capture import (
 )
 
 FAST = (0.01, 0.04)  # reconnect backoff for tests
+# Waits end as soon as their condition holds: only a failure waits this long. A loaded machine can stall
+# a thread for seconds; the tests' own limits (pytest.mark.timeout) are above it.
+WAIT_S = 10.0
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
+def wait_until(cond: Callable[[], bool], timeout: float = WAIT_S) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -46,7 +49,7 @@ def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> bool:
     return cond()
 
 
-def drain(slot: LatestSlot[Frame], until: Callable[[list[Frame]], bool], timeout: float = 2.5) -> list[Frame]:
+def drain(slot: LatestSlot[Frame], until: Callable[[list[Frame]], bool], timeout: float = WAIT_S) -> list[Frame]:
     """Consume frames from ``slot`` until ``until(frames)`` or the timeout."""
     frames: list[Frame] = []
     end = time.monotonic() + timeout
@@ -148,7 +151,7 @@ def assert_real(frames: list[Frame], cam: FakeCamera) -> None:
 # ---- LatestSlot --------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_slot_latest_wins_and_counts_overwrites() -> None:
     slot: LatestSlot[int] = LatestSlot()
     assert slot.peek() is None
@@ -165,7 +168,7 @@ def test_slot_latest_wins_and_counts_overwrites() -> None:
     assert slot.puts == 4
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_slot_get_waits_for_put_and_close_wakes() -> None:
     slot: LatestSlot[str] = LatestSlot()
     threading.Timer(0.05, slot.put, args=("x",)).start()
@@ -178,7 +181,7 @@ def test_slot_get_waits_for_put_and_close_wakes() -> None:
     waiter.start()
     time.sleep(0.05)
     slot.close()
-    waiter.join(1)
+    waiter.join(WAIT_S)
     assert not waiter.is_alive() and got == [None]
     assert slot.closed and slot.get() is None
 
@@ -193,7 +196,7 @@ def test_frame_is_frozen() -> None:
 # ---- CaptureThread with fake sources --------------------------------------------------------------
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_disconnect_reconnects_without_fake_frames() -> None:
     cam = FakeCamera(script=[10, "drop", "drop", 10, "drop", 200], open_failures=3)
     slot: LatestSlot[Frame] = LatestSlot()
@@ -220,7 +223,7 @@ def test_disconnect_reconnects_without_fake_frames() -> None:
     assert th.state is CaptureState.STOPPED and not cam.is_open
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_open_failing_at_start_keeps_reconnecting_then_runs() -> None:
     cam = FakeCamera(script=[10**6], period=0.001)
     cam._pending_failures = 4  # unplugged when the app starts
@@ -229,16 +232,16 @@ def test_open_failing_at_start_keeps_reconnecting_then_runs() -> None:
     cam.thread = th
     th.start()
     try:
-        assert wait_until(lambda: th.state is CaptureState.RECONNECTING, 1.0)
+        assert wait_until(lambda: th.state is CaptureState.RECONNECTING)
         assert slot.peek() is None  # nothing while there is no signal
-        assert wait_until(lambda: th.state is CaptureState.RUNNING, 2.0)
-        assert slot.get(timeout=1) is not None
+        assert wait_until(lambda: th.state is CaptureState.RUNNING)
+        assert slot.get(timeout=WAIT_S) is not None
     finally:
         th.stop()
     assert cam.failed_opens == 4
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_slow_camera_every_frame_once() -> None:
     cam = FakeCamera(script=[15], period=0.02)  # ~50 fps producer, consumer waits on get()
     slot: LatestSlot[Frame] = LatestSlot()
@@ -253,7 +256,7 @@ def test_slow_camera_every_frame_once() -> None:
     assert ts == sorted(ts)
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_fast_camera_latest_wins_gaps_equal_overwritten() -> None:
     cam = FakeCamera(script=[10**9], period=0.0005)
     slot: LatestSlot[Frame] = LatestSlot()
@@ -262,7 +265,7 @@ def test_fast_camera_latest_wins_gaps_equal_overwritten() -> None:
     frames: list[Frame] = []
     try:
         for _ in range(20):
-            f = slot.get(timeout=1)
+            f = slot.get(timeout=WAIT_S)
             assert f is not None
             frames.append(f)
             time.sleep(0.01)  # a consumer slower than the camera
@@ -312,25 +315,25 @@ class BlockingSource:
         self.releases += 1
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_stop_returns_within_a_second_while_read_blocks() -> None:
     src = BlockingSource()
     th = CaptureThread(src, LatestSlot())
     th.start()
-    assert src.in_read.wait(1)
+    assert src.in_read.wait(WAIT_S)
     t0 = time.monotonic()
     finished = th.stop(timeout=1.0)
-    assert time.monotonic() - t0 <= 1.1
+    assert time.monotonic() - t0 <= 5.0  # its 1 s, not the read's 10 s (a loaded machine may add seconds)
     assert not finished and th.daemon
     assert src.releases == 0  # never released under a blocked read
     src.unblock.set()
-    th.join(1)
+    th.join(WAIT_S)
     assert not th.is_alive()
     assert src.releases == 1 and not src.released_while_reading
     assert th.state is CaptureState.STOPPED
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_stop_during_backoff_is_prompt() -> None:
     cam = FakeCamera(script=[1])  # one frame, then no signal forever
     cam.open_failures = 10**6
@@ -343,7 +346,7 @@ def test_stop_during_backoff_is_prompt() -> None:
     assert th.state is CaptureState.STOPPED
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_exception_in_read_is_published_not_raised() -> None:
     class Exploding(FakeCamera):
         def read(self) -> np.ndarray | None:
@@ -352,20 +355,20 @@ def test_exception_in_read_is_published_not_raised() -> None:
     cam = Exploding()
     th = CaptureThread(cam, LatestSlot())
     th.start()
-    th.join(1)
+    th.join(WAIT_S)
     assert not th.is_alive()
     assert th.state is CaptureState.FAILED
     assert th.last_error == "RuntimeError: driver exploded"
     assert cam.releases == 1
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_live_without_reconnect_ends() -> None:
     cam = FakeCamera(script=[3, "drop"])
     slot: LatestSlot[Frame] = LatestSlot()
     th = CaptureThread(cam, slot, reconnect=False)
     th.start()
-    th.join(1)
+    th.join(WAIT_S)
     assert th.state is CaptureState.ENDED and "lost the signal" in th.last_error
     assert th.frames == 3
 
@@ -400,7 +403,7 @@ def grey(f: Frame) -> int:
     return round(float(f.image.mean()) / 10)
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_video_file_plays_in_order_at_its_rate_then_ends(tmp_path: Path) -> None:
     src = open_source(str(write_video(tmp_path / "clip.avi")))
     assert isinstance(src, VideoFileSource) and not src.is_live and src.fps == pytest.approx(20.0)
@@ -408,20 +411,21 @@ def test_video_file_plays_in_order_at_its_rate_then_ends(tmp_path: Path) -> None
     th = CaptureThread(src, slot)
     th.start()
     frames = drain(
-        slot, lambda fs: th.state is CaptureState.ENDED and slot.peek() is (fs[-1] if fs else None)
+        slot, lambda fs: th.state is CaptureState.ENDED and slot.peek() is (fs[-1] if fs else None), timeout=10
     )
-    th.join(1)
+    th.join(WAIT_S)
     assert th.state is CaptureState.ENDED
     assert [f.seq for f in frames] == list(range(20))
     assert [grey(f) for f in frames] == list(range(20))
     assert [f.pts_s for f in frames] == pytest.approx([i / 20 for i in range(20)])
     assert frames[0].image.shape == (48, 64, 3) and frames[0].image.dtype == np.uint8
     span = (frames[-1].t_capture_ns - frames[0].t_capture_ns) / 1e9
-    assert 0.75 <= span <= 1.4, f"19 frame periods at 20 fps took {span:.2f} s"
+    # At its rate, not as fast as it decodes (0.95 s); late frames on a loaded machine only add time.
+    assert 0.75 <= span <= 2.5, f"19 frame periods at 20 fps took {span:.2f} s"
     assert src.ended
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_video_file_loop_continues(tmp_path: Path) -> None:
     src = open_source(str(write_video(tmp_path / "clip.avi", n=6, fps=30.0)), loop=True)
     slot: LatestSlot[Frame] = LatestSlot()
@@ -469,7 +473,7 @@ def test_empty_folder(tmp_path: Path) -> None:
     assert "no images" in one_line(e)
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_bad_camera_index_fails_fast() -> None:
     t0 = time.monotonic()
     with pytest.raises(SourceError) as e:
@@ -491,7 +495,7 @@ def test_corrupt_video(tmp_path: Path) -> None:
     assert "broken.mp4" in one_line(e)
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_unreachable_stream_and_bad_scheme() -> None:
     with pytest.raises(SourceError) as e:
         open_source("rtsp://user:secret@127.0.0.1:9/cam")
@@ -525,7 +529,7 @@ def test_spec_dispatch(tmp_path: Path, media: Path, monkeypatch: pytest.MonkeyPa
 # ---- images ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_single_image_is_a_low_rate_still(media: Path) -> None:
     src = open_source(str(media / "chelsea.jpg"))
     assert isinstance(src, ImageSource) and src.fps == 10.0 and not src.is_live
@@ -575,7 +579,7 @@ def test_folder_without_readable_images(tmp_path: Path) -> None:
 # ---- demo -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float] = []
 
@@ -597,7 +601,7 @@ def test_demo_source_with_stub_scene(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 <= calls[0] < calls[1] < 1.0  # t = elapsed seconds since open
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(60)
 def test_demo_source_real_scene() -> None:
     src = DemoSource(width=160, height=120, fps=30)
     slot: LatestSlot[Frame] = LatestSlot()

@@ -89,22 +89,55 @@ def test_ray_results_equal_the_local_run(cluster, inputs, tmp_path, capsys):
     assert ia is not None and ia.shape[0] == 720 and np.array_equal(ia, ib)
 
 
-def test_a_bad_input_is_retried_once_then_reported(cluster, inputs, media, tmp_path):
-    """Through the command line in another process, on the cluster's address: the exit status counts it."""
+def test_bad_inputs_are_one_line_each_and_the_others_render(cluster, inputs, media, tmp_path):
+    """Through the command line in another process, on the cluster's address: a damaged file, a truncated
+    one (its rename of a file never made was a traceback, printed once per attempt), an empty folder.
+    Each is one line with its reason (the retry is said with -v only); the exit status counts them."""
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes((media / "tour.mp4").read_bytes()[:30_000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "live_attention", "render", str(bad), str(inputs / "short.mp4"),
-                        str(media / "rocket.jpg"), "-o", str(out), "--model", "demo", "--ray", cluster],
+    p = subprocess.run([sys.executable, "-m", "live_attention", "render", str(bad), str(trunc), str(empty),
+                        str(inputs / "short.mp4"), str(media / "rocket.jpg"), "-o", str(out), "--model", "demo",
+                        "--ray", cluster],
                        capture_output=True, text=True, timeout=150, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     err = p.stderr
-    assert p.returncode == 1, err
-    assert err.count(f"{bad}: trying again after: cannot open video {bad}") == 1, err
-    assert err.count(f"{bad}: failed: cannot open video {bad}") == 1, err
-    assert "2 of 3 inputs rendered, 1 failed" in err
-    assert "Traceback" not in err
-    assert sorted(f.name for f in out.iterdir()) == ["rocket.png", "short.mp4"]  # nothing for bad.mp4
+    assert p.returncode == 3, err
+    assert [line for line in err.splitlines() if str(bad) in line] == [
+        f"live-attention: {bad}: failed: cannot open video {bad}: is it a valid video file? "
+        f"(cannot open {bad} as a video (corrupt or unsupported format))"], err
+    assert [line for line in err.splitlines() if str(trunc) in line] == [
+        f"live-attention: {trunc}: failed: cannot decode any frame of {trunc} (it announces 300: truncated or "
+        "damaged?)"], err
+    assert [line for line in err.splitlines() if str(empty) in line] == [
+        f"live-attention: {empty}: failed: no videos or images in folder {empty}"], err
+    assert "2 of 5 inputs rendered, 3 failed" in err
+    assert "Traceback" not in err and "trying again" not in err
+    assert sorted(f.name for f in out.iterdir()) == ["rocket.png", "short.mp4"]  # nothing for the bad ones
     assert ffprobe_count(out / "short.mp4") == 6
+
+
+def test_an_unexpected_error_in_a_worker_is_one_line_and_its_traceback_is_for_v(cluster, media, tmp_path, caplog):
+    """The worker logged the traceback of an unexpected error, which Ray printed on the driver once per
+    attempt; now it goes back with the outcome, one line for the user and the traceback at debug level."""
+    from live_attention.config import Config, ModelConfig
+    from live_attention.pipeline.jobs import Job
+
+    worker = distributed.RayWorker(Config(model=ModelConfig(name="demo")), hud=True, batch_size=None, draw_threads=1)
+
+    def broken(job, progress=None):
+        raise RuntimeError("the renderer broke. More detail here")
+
+    worker.renderer.render = broken
+    job = Job(media / "rocket.jpg", tmp_path / "rocket.png")
+    with caplog.at_level("DEBUG"):
+        out = worker.render(job)
+    assert out.error == "RuntimeError: the renderer broke" and out.frames == 0
+    assert out.detail and "Traceback" in out.detail and "the renderer broke" in out.detail
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]  # nothing logged there
 
 
 class CrashOnName(distributed.RayWorker):

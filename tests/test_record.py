@@ -367,7 +367,9 @@ def test_queue_is_bounded_by_count_and_by_capture_time(tmp_path):
     rgb = render(img, res, View())
     t = time.perf_counter()
     ok = [rec.submit(replace(res, seq=i, t_capture_ns=t0 + i), rgb, View()) for i in range(10)]
-    assert time.perf_counter() - t < 0.05  # never blocks
+    # Never blocks: the recorder is not started, so a submit that waited for room would wait for good (or
+    # its timeout, per frame); 1 s for ten calls allows a loaded machine and tells the two apart.
+    assert time.perf_counter() - t < 1.0
     assert all(ok) and rec.queued == 2 and rec.dropped == 8 and "dropped 8" in rec.hud_text()
     rec.stop()
 
@@ -408,7 +410,7 @@ def test_bench_recording(tmp_path):
 
 
 @pytest.mark.gui
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_replay_window_steps_and_seeks(tmp_path):
     """Under Xvfb: replay opens paused, `.`/`,` step, End jumps, the timeline slider seeks, Q quits."""
     from live_attention.core.models import load_model

@@ -26,10 +26,9 @@ from live_attention.commands.args import (
     terminate_as_interrupt,
 )
 from live_attention.config import load_config
-from live_attention.errors import UserError
 
 if TYPE_CHECKING:
-    from live_attention.pipeline.jobs import Job
+    from live_attention.pipeline.jobs import Job, Plan, Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                "of inputs that failed.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, image, or a folder of them")
     p.add_argument("-o", "--output", required=True,
-                   help="output .mp4 (video) or .png (image); a folder with several inputs")
+                   help="output .mp4 (video) or .png (image); a folder (one output per input) with several "
+                        "inputs, or where it is a folder already or ends with /")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
     p.add_argument("--batch", type=positive_int, help="frames per forward pass (default: 4 on a CPU, 32 on a GPU)")
@@ -55,11 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def say(line: str) -> None:
+    print(f"live-attention: {line}", file=sys.stderr, flush=True)
+
+
 def report(job: Job, frames: int, expected: int | None) -> None:
     from live_attention.pipeline.jobs import report_lines
 
     for line in report_lines(job, frames, expected):
-        print(f"live-attention: {line}", file=sys.stderr)
+        say(line)
+
+
+def render_here(plan: Plan, renderer: Renderer) -> int:
+    """Several inputs on this machine: each failing input is one line and the others go on; returns
+    how many failed (those that failed before any work included)."""
+    from live_attention.pipeline.jobs import failure_reason, summary_line
+
+    failed = len(plan.failed)
+    for job in plan.jobs:
+        try:
+            report(job, *renderer.render(job, Progress))
+        except Exception as exc:  # whatever one input does (a damaged file, a full disk), the next one goes on
+            failed += 1
+            logger.debug("rendering %s failed", job.input, exc_info=True)
+            say(f"{job.input}: failed: {failure_reason(exc)}")
+    say(summary_line(len(plan.jobs) + len(plan.failed), failed))
+    return failed
 
 
 def main(argv: list[str]) -> int:
@@ -69,30 +90,27 @@ def main(argv: list[str]) -> int:
     # The heavy part (torch, OpenCV, PyAV) loads once the arguments are known good: --help stays instant.
     from live_attention.io.outputs import partial_path
     from live_attention.pipeline.distributed import render_on_ray
-    from live_attention.pipeline.jobs import Renderer, plan_jobs
+    from live_attention.pipeline.jobs import Renderer, plan_jobs, summary_line
 
-    jobs = plan_jobs(args.inputs, args.output, args.overwrite)
+    plan = plan_jobs(args.inputs, args.output, args.overwrite)
+    for spec, why in plan.failed:
+        say(f"{spec}: failed: {why}")
     old = terminate_as_interrupt()
     try:
+        if not plan.jobs:  # every input failed before any work
+            say(summary_line(len(plan.failed), len(plan.failed)))
+            return min(len(plan.failed), 100)
         if args.ray:
-            failed = render_on_ray(jobs, cfg, address=args.ray, hud=not args.no_hud, batch_size=args.batch)
+            failed = render_on_ray(plan.jobs, cfg, address=args.ray, hud=not args.no_hud, batch_size=args.batch,
+                                   failed_before=len(plan.failed))
             return min(failed, 100)
-        renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers)
-        if len(jobs) == 1:  # one input: its error is the command's error
-            report(jobs[0], *renderer.render(jobs[0], Progress))
+        renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers, say=say)
+        if plan.single:  # one input: its error is the command's error
+            report(plan.jobs[0], *renderer.render(plan.jobs[0], Progress))
             return 0
-        failed = 0
-        for job in jobs:
-            try:
-                report(job, *renderer.render(job, Progress))
-            except UserError as exc:
-                failed += 1
-                print(f"live-attention: {job.input}: failed: {exc}", file=sys.stderr)
-        print(f"live-attention: {len(jobs) - failed} of {len(jobs)} inputs rendered"
-              + (f", {failed} failed" if failed else ""), file=sys.stderr)
-        return min(failed, 100)
+        return min(render_here(plan, renderer), 100)
     except KeyboardInterrupt:
-        kept = [str(partial_path(j.output)) for j in jobs if partial_path(j.output).exists()]
+        kept = [str(partial_path(j.output)) for j in plan.jobs if partial_path(j.output).exists()]
         print("live-attention: interrupted" + (f": partial output kept in {', '.join(kept)}" if kept else ""),
               file=sys.stderr)
         return 130

@@ -450,7 +450,12 @@ class ImageSource:
         path = self._files[i]
         if path in self._bad:
             return None
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except SourceError as exc:  # too large to decode: skipped like an unreadable one, saying why
+            logger.warning("skipping %s", exc)
+            self._bad.add(path)
+            return None
         if image is None:
             logger.warning("skipping unreadable image %s", path)
             self._bad.add(path)

@@ -3,8 +3,8 @@
 * :func:`unique_path`: a new name in a folder (screenshots): a user's file is never overwritten.
 * :func:`check_output`: the one-line checks before a long job starts (extension, folder, existing file).
 * :class:`PartialOutput`: a render or export writes ``NAME.partial.EXT`` beside the final name and
-  renames it at the end; interrupted (Ctrl-C, SIGTERM, an error), the partial file keeps that clearly
-  partial name, so a rerun is never blocked by a truncated file.
+  renames it at the end; interrupted (Ctrl-C, SIGTERM), the partial file keeps that clearly partial
+  name, so a rerun is never blocked by a truncated file; after an error it is removed.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def check_output(path: str | os.PathLike[str], overwrite: bool, suffixes: Sequen
         raise UserError(f"{out} already exists: choose another name or pass --overwrite")
     if not out.parent.exists():
         raise UserError(f"output folder {out.parent} does not exist: create it first")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder {out.parent} is a file, not a folder")
     return out
 
 
@@ -66,8 +68,8 @@ def partial_path(out: Path) -> Path:
 class PartialOutput:
     """Write to ``NAME.partial.EXT``, rename to ``NAME.EXT`` when the block ends well.
 
-    On an exception (KeyboardInterrupt from Ctrl-C or SIGTERM included) the partial file is kept
-    under its partial name when anything was written (:attr:`kept` says where), else removed.
+    Interrupted (KeyboardInterrupt from Ctrl-C or SIGTERM), the partial file is kept under its partial
+    name when anything was written (:attr:`kept` says where); on any other error it is removed.
     """
 
     def __init__(self, out: Path, overwrite: bool = False) -> None:
@@ -82,13 +84,23 @@ class PartialOutput:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            if not self.path.is_file():  # the writer never made it: say that, not the rename's ENOENT
+                raise UserError(f"nothing was written to {self.path}")
             if self.out.exists() and not self.overwrite:  # appeared while we worked: keep both
                 self.kept = self.path
                 raise UserError(f"{self.out} appeared while writing: the result is in {self.path}")
-            os.replace(self.path, self.out)
+            try:
+                os.replace(self.path, self.out)
+            except OSError as e:
+                self.kept = self.path
+                raise UserError(f"cannot rename {self.path} to {self.out.name}: {e.strerror or e}") from None
             return
-        if self.path.exists() and self.path.stat().st_size > 0:
-            self.kept = self.path
-            logger.info("partial output kept in %s", self.path)
-        else:
-            self.path.unlink(missing_ok=True)
+        interrupted = issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        try:
+            if interrupted and self.path.exists() and self.path.stat().st_size > 0:
+                self.kept = self.path
+                logger.info("partial output kept in %s", self.path)
+            else:  # a failed output is no result, and on a full disk it holds the space the next one needs
+                self.path.unlink(missing_ok=True)
+        except OSError:  # the folder itself is the problem: the error being raised says so
+            pass

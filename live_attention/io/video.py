@@ -18,6 +18,8 @@ Owned by whichever thread writes (the recorder's own thread, or the CLI's main t
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import math
 import os
@@ -69,10 +71,11 @@ def to_bgr8(image: np.ndarray | None) -> np.ndarray | None:
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
     """A still image as BGR uint8, or None when it cannot be decoded. Larger than
-    :data:`MAX_IMAGE_SIDE` on a side: shrunk once here (area averaging), so no later step pays for it."""
+    :data:`MAX_IMAGE_SIDE` on a side: shrunk once here (area averaging), so no later step pays for it;
+    a huge JPEG is decoded at reduced size, and an image too large to decode raises :class:`SourceError`
+    (:func:`decode_image_bounded`)."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        image = decode_image_bounded(path)
     except (OSError, cv2.error):
         image = None
     image = to_bgr8(image)
@@ -84,6 +87,92 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray | None:
         logger.info("%s is %dx%d: shrunk to %dx%d once", path, w, h, round(w * s), round(h * s))
         image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     return image
+
+
+# -- Huge stills: decoded at reduced size, or refused, so memory stays bounded (issue 15) -------------
+
+MAX_DECODE_PIXELS = 100_000_000  # a full decode of more (300 MB at 8-bit RGB, 800 MB at 16-bit RGBA) is refused
+_REDUCED = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
+# Progressive and the like: libjpeg holds every coefficient of the full-size image, whatever the output size.
+_JPEG_FULL_BUFFER = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def image_header(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` of a PNG or JPEG from its header (a few bytes read, nothing decoded),
+    of other formats through Pillow's lazy open; None when the header says nothing. A progressive JPEG is
+    ``jpeg-progressive``."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return "png", int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(f)
+    return _other_size(path)
+
+
+def _jpeg_size(f) -> tuple[str, int, int] | None:
+    """Walk a JPEG's segments (EXIF and ICC ones are skipped by their length) to its frame header."""
+    f.seek(2)
+    for _ in range(10_000):
+        byte = f.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = f.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            continue
+        length = f.read(2)
+        if len(length) < 2 or marker in (0xD9, 0xDA):  # end, or scan data before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            sof = f.read(5)
+            kind = "jpeg-progressive" if marker in _JPEG_FULL_BUFFER else "jpeg"
+            return (kind, int.from_bytes(sof[3:5], "big"), int.from_bytes(sof[1:3], "big")) if len(sof) == 5 else None
+        f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+    return None
+
+
+def _other_size(path: str | os.PathLike[str]) -> tuple[str, int, int] | None:
+    import warnings
+
+    from PIL import Image  # a dependency of torchvision; reads only the header here
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return (im.format or "image").lower(), int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:  # over Pillow's own limit (twice ours): too large, size unsaid
+        return "image", MAX_DECODE_PIXELS + 1, 1
+    except Exception:  # Pillow does not know it: OpenCV may
+        return None
+
+
+def decode_image_bounded(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """Decode a still (as OpenCV returns it, any depth), never holding much more than the picture the
+    model can use: a JPEG larger than :data:`MAX_IMAGE_SIDE` is decoded at 1/2, 1/4 or 1/8 of its size
+    (libjpeg scales while decoding), still at least that large; any other image (a progressive JPEG
+    included) of more than :data:`MAX_DECODE_PIXELS` raises :class:`SourceError` before it is read."""
+    header = image_header(path)
+    reduce = cv2.IMREAD_UNCHANGED
+    if header is not None:
+        kind, w, h = header
+        if kind != "jpeg" and w * h > MAX_DECODE_PIXELS:
+            size = f"{w}×{h} ({w * h / 1e6:.0f} MP)" if h > 1 else f"over {MAX_DECODE_PIXELS / 1e6:.0f} MP"
+            raise SourceError(f"image {path} is {size}: too large to decode (at most {MAX_DECODE_PIXELS / 1e6:.0f} MP "
+                              f"unless a baseline JPEG); shrink it first, the model uses at most {MAX_IMAGE_SIDE} px a side")
+        if kind.startswith("jpeg") and max(w, h) >= 2 * MAX_IMAGE_SIDE:
+            k, reduce = next((k, flag) for k, flag in _REDUCED if max(w, h) // k >= MAX_IMAGE_SIDE)
+            # EXIF orientation is left as IMREAD_UNCHANGED leaves it: the reduced decode changes only the size
+            reduce |= cv2.IMREAD_IGNORE_ORIENTATION
+            logger.info("%s is %dx%d: decoded at 1/%d of its size", path, w, h, k)
+    data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
+    return cv2.imdecode(data, reduce) if data.size else None
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 class VideoReader:
@@ -172,12 +261,62 @@ class VideoReader:
 # --------------------------------------------------------------------------------------------------
 
 
+class CheckedFile(io.RawIOBase):
+    """The file under a PyAV muxer, written by Python so that no write error is lost.
+
+    FFmpeg drops the error of the last buffered write when it closes a file it opened itself: on a full
+    disk a render ended "wrote clip.mp4 (12 frames)" with 10 frames on disk. Every failed write here is
+    raised to the muxer and kept in :attr:`error`, which :meth:`StreamWriter.close` raises.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._file = open(path, "wb", buffering=0)  # closed by close()
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            done = 0
+            while done < len(view):
+                n = self._file.write(view[done:])
+                if not n:
+                    raise OSError(errno.EIO, "the file took no bytes")
+                done += n
+            return done
+        except OSError as exc:
+            self.error = self.error or OSError(exc.errno, exc.strerror, str(self.path))
+            raise self.error from None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+
 class StreamWriter:
     """One PyAV output stream: encode, mux, flush on close; a context manager. Subclasses open
-    ``self._container`` and ``self._stream``."""
+    ``self._container`` and ``self._stream`` (on a :class:`CheckedFile` ``self._file``, or on a path)."""
 
     _container = None
     _stream = None
+    _file: CheckedFile | None = None
     frames = 0
 
     def _encode(self, frame) -> None:
@@ -192,8 +331,14 @@ class StreamWriter:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         finally:
-            self._container.close()
-            self._container = None
+            try:
+                self._container.close()
+            finally:
+                self._container = None
+                if self._file is not None:
+                    self._file.close()
+        if self._file is not None and self._file.error is not None:  # a write the muxer did not report
+            raise self._file.error
 
     def __enter__(self):
         return self
@@ -244,9 +389,14 @@ class H264Writer(StreamWriter):
         self._last_key = -(10**9)
         options = {"movflags": FRAG_FLAGS} if self.path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
         try:
-            self._container = av.open(str(self.path), mode="w", options=options)
+            self._file = CheckedFile(self.path)
+            self._container = av.open(self._file, mode="w", format=MUXERS.get(self.path.suffix.lower()),
+                                      options=options)
         except (OSError, av.error.FFmpegError) as exc:
-            raise UserError(f"cannot write {self.path}: {exc} (check the folder exists and is writable)") from exc
+            if self._file is not None:
+                self._file.close()
+            raise UserError(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc} (check the folder "
+                            "exists and is writable)") from exc
         if flush_packets:
             self._container.flags |= av.container.Flags.flush_packets.value
         stream = self._container.add_stream("libx264", rate=Fraction(round(self.fps * 1000), 1000))

@@ -60,6 +60,38 @@ def default_batch(engine: AttentionEngine) -> int:
     return 32 if engine.device.type == "cuda" else 8
 
 
+# What the frames of one render may hold at once (decoded, in the model, drawn): a long video at any
+# --batch stays within it. Less on a machine with little memory (an eighth of it).
+MEMORY_BUDGET = 1 << 30
+
+
+def memory_budget() -> int:
+    """:data:`MEMORY_BUDGET`, or an eighth of the machine's memory where that is less (64 MB at least)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return MEMORY_BUDGET
+    return max(64 << 20, min(MEMORY_BUDGET, total // 8))
+
+
+def bytes_per_frame(engine: AttentionEngine, frame_hw: tuple[int, int], canvas_wh: tuple[int, int]) -> int:
+    """What one frame of a batch costs in flight, an upper bound: each batch slot has up to three decoded
+    frames with their model input (the decode queue holds two batches, the model one), the attention
+    of every layer while the model runs, and two drawn pictures (the encode queue holds two batches)."""
+    h, w = frame_hw
+    gh, gw = engine.grid_for(h, w)
+    p = engine.patch_size
+    tokens = gh * gw + engine.num_prefix
+    frame, model_in = h * w * 3, 3 * (gh * p) * (gw * p) * 4
+    attention = engine.num_layers * engine.num_heads * tokens * tokens * 4
+    return 3 * (frame + model_in) + attention + 2 * canvas_wh[0] * canvas_wh[1] * 3
+
+
+def capped_batch(requested: int, per_frame: int, budget: int) -> int:
+    """The largest batch up to ``requested`` whose frames fit in ``budget`` bytes (1 at least)."""
+    return max(1, min(requested, budget // max(1, per_frame)))
+
+
 def default_workers() -> int:
     return max(2, min(4, os.cpu_count() or 2))
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from live_attention.config import Config
 from live_attention.errors import SourceError, UserError
-from live_attention.pipeline.jobs import Job, Renderer, report_lines
+from live_attention.pipeline.jobs import Job, Renderer, failure_reason, report_lines, summary_line
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +102,8 @@ class Outcome:
     frames: int = 0
     expected: int | None = None
     error: str | None = None
-
-
-def _message(exc: BaseException) -> str:
-    """One line for the driver: a UserError's own text; anything else named by its type."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    from live_attention.core.weights import first_sentence
-
-    return f"{type(exc).__name__}: {first_sentence(exc)}"
+    detail: str | None = None  # the worker's traceback of an unexpected error: logged on the driver with -v
+    notes: tuple[str, ...] = ()  # what the renderer told the user (the batch capped by memory)
 
 
 class RayWorker:
@@ -124,12 +117,13 @@ class RayWorker:
     def __init__(self, cfg: Config, hud: bool, batch_size: int | None, draw_threads: int | None) -> None:
         self.renderer: Renderer | None = None
         self.error: str | None = None
+        self.notes: list[str] = []  # sent back with the next outcome, said once on the driver
         try:
-            self.renderer = Renderer(cfg, hud=hud, batch_size=batch_size, workers=draw_threads)
+            self.renderer = Renderer(cfg, hud=hud, batch_size=batch_size, workers=draw_threads, say=self.notes.append)
         except Exception as exc:
             if not isinstance(exc, UserError):
                 logger.exception("the engine did not load")
-            self.error = _message(exc)
+            self.error = failure_reason(exc)
 
     def ready(self) -> tuple[str, str, str | None]:
         """(this worker's actor id, where it runs: node and device, why its engine did not load or None)."""
@@ -141,6 +135,8 @@ class RayWorker:
         return ray.get_runtime_context().get_actor_id(), where, self.error
 
     def render(self, job: Job) -> Outcome:
+        import traceback
+
         import ray
 
         me = ray.get_runtime_context().get_actor_id()
@@ -149,11 +145,15 @@ class RayWorker:
                 raise UserError(self.error or "the engine did not load")
             _check_shared(job, ray.util.get_node_ip_address())
             frames, expected = self.renderer.render(job)
-            return Outcome(job, me, frames, expected)
-        except Exception as exc:  # every failure goes back to the driver, which retries once and reports
-            if not isinstance(exc, UserError):
-                logger.exception("rendering %s failed", job.input)
-            return Outcome(job, me, error=_message(exc))
+            return Outcome(job, me, frames, expected, notes=self._notes())
+        except Exception as exc:  # every failure goes back to the driver, which retries once and reports it in
+            # one line: nothing is logged here, where Ray would print each attempt's traceback to the driver
+            detail = None if isinstance(exc, UserError) else traceback.format_exc()
+            return Outcome(job, me, error=failure_reason(exc), detail=detail, notes=self._notes())
+
+    def _notes(self) -> tuple[str, ...]:
+        notes, self.notes[:] = tuple(self.notes), []
+        return notes
 
 
 def _check_shared(job: Job, node: str) -> None:
@@ -239,23 +239,24 @@ def _report(job: Job, out: Outcome) -> None:
         _say(line)
 
 
-def render_on_ray(jobs: list[Job], cfg: Config, address: str, hud: bool = True, batch_size: int | None = None) -> int:
+def render_on_ray(jobs: list[Job], cfg: Config, address: str, hud: bool = True, batch_size: int | None = None,
+                  failed_before: int = 0) -> int:
     """Render ``jobs`` on the Ray cluster at ``address`` (``auto``: see :func:`_connect`).
 
     Prints one line per finished input and a summary; returns the number of inputs that failed (each
-    one tried twice). Raises :class:`UserError` when Ray is missing, the cluster cannot be reached, or
-    no worker can load the model.
+    one tried twice), ``failed_before`` (inputs the caller already reported) included. Raises
+    :class:`UserError` when Ray is missing, the cluster cannot be reached, or no worker can load the model.
     """
     ray = _import_ray()
     started = _connect(ray, address)
     try:
-        return _render(ray, jobs, cfg, hud, batch_size)
+        return _render(ray, jobs, cfg, hud, batch_size, failed_before)
     finally:
         if started:
             ray.shutdown()
 
 
-def _render(ray: Any, jobs: list[Job], cfg: Config, hud: bool, batch_size: int | None) -> int:
+def _render(ray: Any, jobs: list[Job], cfg: Config, hud: bool, batch_size: int | None, failed_before: int) -> int:
     from ray.util import ActorPool
 
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -273,9 +274,8 @@ def _render(ray: Any, jobs: list[Job], cfg: Config, hud: bool, batch_size: int |
     finally:
         for actor in actors:  # also on Ctrl-C: a worker stops mid-job, its output kept as NAME.partial.EXT
             ray.kill(actor)
-    done = n - failed
-    _say(f"{done} of {n} inputs rendered" + (f", {failed} failed" if failed else ""))
-    return failed
+    _say(summary_line(n + failed_before, failed + failed_before))
+    return failed + failed_before
 
 
 class _PoolRun:
@@ -294,6 +294,7 @@ class _PoolRun:
         self.load_errors: list[str] = []  # why workers could not load the model: an error if none could
         self.warned = 0
         self.failed = 0
+        self.said: set[str] = set()  # the workers' notes, each said once
 
     def start(self, actor: Any, job: Job) -> Any:
         self.running.setdefault(self.ids[id(actor)], deque()).append(job)
@@ -347,11 +348,17 @@ class _PoolRun:
                         "a crash, or out of memory? see the worker's log)")
             return
         self.running[out.worker].remove(out.job)
+        for note in out.notes:
+            if note not in self.said:
+                self.said.add(note)
+                _say(note)
+        if out.detail:
+            logger.debug("rendering %s failed on Ray worker %s:\n%s", out.job.input, out.worker, out.detail)
         if out.error is None:
             _report(self.original[out.job], out)
             self.finish(out.job, None)
-        elif self.attempts[out.job] < ATTEMPTS:
-            _say(f"{self.original[out.job].input}: trying again after: {out.error}")
+        elif self.attempts[out.job] < ATTEMPTS:  # one line per failed input: the retry is said with -v only
+            logger.info("%s: trying again after: %s", self.original[out.job].input, out.error)
             self.pool.submit(self.start, out.job)
         else:
             self.finish(out.job, out.error)

@@ -7,6 +7,8 @@ of :mod:`live_attention.pipeline.batch` and writes ``NAME.partial.EXT``, renamed
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +27,8 @@ from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, r
 from live_attention.pipeline import batch
 from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.loop import settings_for
+
+logger = logging.getLogger(__name__)
 
 VIDEO_OUT = (".mp4", ".mkv", ".mov")
 IMAGE_OUT = (".png", ".jpg", ".jpeg")
@@ -50,31 +54,72 @@ class Job:
         return self.input.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def plan_jobs(inputs: list[str], output: str, overwrite: bool) -> list[Job]:
-    """Expand folders, pair each input with its output, check everything before any work starts."""
-    files: list[Path] = []
-    for spec in inputs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_IN))
-            if not found:
-                raise SourceError(f"no videos or images in folder {p}")
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
-        else:
-            raise SourceError(f"input not found: {p}")
+@dataclass(frozen=True)
+class Plan:
+    """What ``render`` will do: the jobs, and the inputs that failed before any work (``(input, why)``:
+    a missing file, an empty folder). ``single``: one input file, whose error is the command's error."""
+
+    jobs: list[Job]
+    failed: list[tuple[str, str]]
+    single: bool
+
+
+def plan_jobs(inputs: list[str], output: str, overwrite: bool) -> Plan:
+    """Expand folders, pair each input with its output, check everything before any work starts.
+
+    With several inputs (or a folder), ``output`` is a folder and an input that cannot be found or a
+    folder with nothing to render is one failure, not the end of the run. With one input file it is a
+    file, or a folder where it is one already or ends with ``/``: ``photo.jpg -o out/`` gives ``out/photo.png``.
+    """
+    files, failed = _expand(inputs)
     out = Path(output).expanduser()
-    many = len(files) > 1 or any(Path(s).expanduser().is_dir() for s in inputs)
-    if not many:
+    single = len(inputs) == 1 and not Path(inputs[0]).expanduser().is_dir()
+    to_folder = not single or out.is_dir() or output.endswith(("/", os.sep))
+    if len(inputs) == 1 and failed:  # nothing else to render: the one input's error is the command's
+        raise SourceError(failed[0][1])
+    if not to_folder:
+        if not out.suffix:  # `-o out` for `-o out/`?
+            raise UserError(f"-o {output}: with one input, -o is a file such as {output}.mp4 or {output}.png, or a "
+                            f"folder: {output}/")
         src = files[0]
         is_image = src.suffix.lower() in IMAGE_EXTENSIONS
         allowed = IMAGE_OUT + VIDEO_OUT if is_image else VIDEO_OUT
         what = "an image renders to .png or .jpg (or .mp4)" if is_image else "a video renders to .mp4 (or .mkv)"
-        return [Job(src, check_output(out, overwrite, allowed, what))]
-    if out.suffix and not out.is_dir():
+        return Plan([Job(src, check_output(out, overwrite, allowed, what))], [], single=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o {out} is a file: with several inputs, -o is a folder (one output per input)")
+    if out.suffix and not out.is_dir() and not output.endswith(("/", os.sep)):
         raise UserError(f"-o {out}: with several inputs, -o is a folder (one output per input)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, a read-only place: no input could be written
+        raise UserError(f"-o {out}: cannot create this folder ({exc.strerror or exc})") from None
+    return Plan(_pair(files, out, overwrite), failed, single)
+
+
+def _expand(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files of the inputs (folders expanded, sorted), and the inputs that give none, with why."""
+    files: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    for spec in inputs:
+        p = Path(spec).expanduser()
+        try:
+            if p.is_dir():
+                found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_IN))
+                if not found:
+                    failed.append((spec, f"no videos or images in folder {p}"))
+                files.extend(found)
+            elif p.exists():
+                files.append(p)
+            else:
+                failed.append((spec, f"input not found: {p}"))
+        except OSError as exc:  # a folder that cannot be listed
+            failed.append((spec, f"cannot read {p}: {exc.strerror or exc}"))
+    return files, failed
+
+
+def _pair(files: list[Path], out: Path, overwrite: bool) -> list[Job]:
+    """One output in folder ``out`` per input, named after it; a name taken twice also names its folder."""
     jobs, seen = [], set()
     for f in files:
         ext = ".png" if f.suffix.lower() in IMAGE_EXTENSIONS else ".mp4"
@@ -91,16 +136,52 @@ def plan_jobs(inputs: list[str], output: str, overwrite: bool) -> list[Job]:
     return jobs
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line for an input that failed: a UserError's own text, an OSError's reason and file, else the
+    exception's type and first sentence (the traceback is for ``-v``)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    from live_attention.core.weights import first_sentence
+
+    return f"{type(exc).__name__}: {first_sentence(exc)}"
+
+
+def summary_line(total: int, failed: int) -> str:
+    return f"{total - failed} of {total} inputs rendered" + (f", {failed} failed" if failed else "")
+
+
 class Renderer:
     """Renders jobs with one engine (loaded once). The same object runs locally or on a Ray worker."""
 
-    def __init__(self, cfg: Config, hud: bool = True, batch_size: int | None = None, workers: int | None = None) -> None:
+    def __init__(self, cfg: Config, hud: bool = True, batch_size: int | None = None, workers: int | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.engine: AttentionEngine = engine_from_config(cfg)
         view = replace(view_from_config(cfg), show_hud=hud, target=self.engine.class_index(cfg.view.target))
         self.view = view
+        self.asked = batch_size  # None: the default, which is capped without a word
         self.batch = batch_size or batch.default_batch(self.engine)
         self.workers = workers
+        self.say = say or logger.warning  # a note for the user (the batch capped by memory), said once
+        self._capped = False
+
+    def batch_for(self, frame_hw: tuple[int, int], canvas_wh: tuple[int, int]) -> int:
+        """The batch for frames of this size: ``--batch``, or fewer where its frames would not fit in
+        :func:`~live_attention.pipeline.batch.memory_budget` (said once per run when ``--batch`` was given)."""
+        per_frame, budget = batch.bytes_per_frame(self.engine, frame_hw, canvas_wh), batch.memory_budget()
+        n = batch.capped_batch(self.batch, per_frame, budget)
+        if n < self.batch:
+            h, w = frame_hw
+            note = (f"--batch {self.batch} would hold about {_size(self.batch * per_frame)} of {w}×{h} frames at "
+                    f"once: using batches of {n} (a {_size(budget)} memory budget)")
+            if self.asked is not None and not self._capped:
+                self._capped = True
+                self.say(note)
+            else:
+                logger.info(note)
+        return n
 
     def settings(self, grid: tuple[int, int]) -> tuple[View, MapSettings]:
         view = self.view
@@ -114,6 +195,12 @@ class Renderer:
     def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None) -> tuple[int, int | None]:
         """Render one job; returns (frames written, frames the input announced or None)."""
         status = Status(model=self.engine.describe(), untrained=self.engine.untrained, source=job.input.name)
+        try:  # an unreadable input says why (permissions, I/O), not that it is no valid file
+            if job.input.is_file():  # (a pipe would block here)
+                with open(job.input, "rb"):
+                    pass
+        except OSError as exc:
+            raise SourceError(f"cannot read {job.input}: {exc.strerror or exc}") from None
         if job.is_image:
             return self._image(job, status), 1
         return self._video(job, status, progress_factory)
@@ -134,8 +221,14 @@ class Renderer:
             if job.output.suffix.lower() in VIDEO_OUT:
                 with H264Writer(out.path, rgb.shape[1], rgb.shape[0], overwrite=True) as w:
                     w.write(rgb, 0.0)
-            elif not cv2.imwrite(str(out.path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-                raise UserError(f"cannot write {job.output}: check the folder is writable and has space")
+            else:
+                ok, data = cv2.imencode(job.output.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise UserError(f"cannot encode {job.output.name}")
+                try:  # written here, not by OpenCV, so that a failure says why (a full disk, a read-only folder)
+                    out.path.write_bytes(data.tobytes())
+                except OSError as exc:
+                    raise UserError(f"cannot write {out.path}: {exc.strerror or exc}") from None
         return 1
 
     def _video(self, job: Job, status: Status, progress_factory) -> tuple[int, int | None]:
@@ -152,20 +245,22 @@ class Renderer:
             progress = progress_factory(total, f"render {job.input.name}") if progress_factory else None
             rec = self.cfg.record
             size = canvas_size((h, w))
+            size_of_batch = self.batch_for((h, w), size)
             try:
                 with PartialOutput(job.output, overwrite=True) as out, \
                         H264Writer(out.path, size[0], size[1], fps=reader.fps, crf=rec.crf, preset=rec.preset,
                                    overwrite=True) as writer:
                     n = batch.run(batch.video_items(reader), batch.engine_results(self.engine, settings, job.input.name),
-                                  view, status, writer.write, batch=self.batch, workers=self.workers,
+                                  view, status, writer.write, batch=size_of_batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                                   size=size, progress=progress.update if progress else None,
                                   prepare=batch.preprocessor(self.engine))
+                    if n == 0:  # raised in here, so no empty output is renamed into place
+                        why = f"it announces {total}: truncated or damaged?" if total else "corrupt or unsupported codec?"
+                        raise SourceError(f"cannot decode any frame of {job.input} ({why})")
             finally:
                 if progress:
                     progress.close()
-            if n == 0:
-                raise SourceError(f"cannot decode any frame of {job.input}: is it a valid video file?")
         return n, total
 
 
@@ -178,3 +273,7 @@ def report_lines(job: Job, frames: int, expected: int | None) -> list[str]:
     made = f"from {job.input} " if job.renamed else ""
     lines.append(f"wrote {job.output} ({made}{frames} frame{'' if frames == 1 else 's'})")
     return lines
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
