@@ -27,7 +27,7 @@ import pytest
 from live_attention.commands.cli import main
 from live_attention.io.capture import ImageSource, VideoFileSource, open_source
 from live_attention.io.recording import RAW, Session
-from live_attention.io.video import VideoReader, read_image
+from live_attention.io.video import VideoReader, matrix_orientation, read_image
 from live_attention.pipeline.replay import ReplayFeed
 
 W, H = 64, 96  # the upright picture is portrait, as a phone held upright sees it
@@ -239,6 +239,14 @@ def test_video_reader_honours_every_display_matrix(tmp_path, orientation):
         again = r.read()
         assert again is not None
         assert_upright(again[0], "the first frame after a seek")
+
+
+def test_a_scaled_or_slightly_tilted_matrix_goes_to_the_nearest_quarter_turn():
+    one = 1 << 16
+    c, s = round(one * np.cos(np.radians(10))), round(one * np.sin(np.radians(10)))
+    assert matrix_orientation((c, -s, 0, s, c, 0, 0, 0, 1 << 30)) == 1  # 10°: as stored
+    assert matrix_orientation((0, 2 * one, 0, -2 * one, 0, 0, 0, 0, 1 << 30)) == 6  # twice the size, clockwise
+    assert matrix_orientation((0, 0, 0, 0, 0, 0, 0, 0, 0)) == 1  # degenerate: as stored
 
 
 def test_the_size_is_known_before_reading_and_the_first_frame_is_not_lost(phone_video):

@@ -30,11 +30,15 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from live_attention.errors import SourceError, UserError
+
+if TYPE_CHECKING:
+    import av
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +140,11 @@ def matrix_orientation(matrix: tuple[int, ...]) -> int:
     return {(True, True): 5, (True, False): 6, (False, False): 7, (False, True): 8}[(b >= 0, c >= 0)]
 
 
-def frame_orientation(frame) -> int:
+def frame_orientation(frame: av.VideoFrame) -> int:
     """The EXIF orientation of a decoded PyAV frame, from its display matrix side data (1 when none).
 
-    FFmpeg attaches the stream's display matrix (an MP4/MOV ``tkhd`` matrix, a Matroska projection) to
-    every decoded frame.
+    FFmpeg attaches the stream's display matrix (for instance an MP4/MOV track's matrix) to every decoded
+    frame.
     """
     for side in frame.side_data:
         if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
@@ -199,7 +203,7 @@ class VideoReader:
         w, h = self._coded_size
         return (h, w) if self.orientation in QUARTER_TURNS else (w, h)
 
-    def _decode(self):
+    def _decode(self) -> av.VideoFrame | None:
         """The next decoded PyAV frame, or None at the end (or where a damaged file stops decoding)."""
         import av
 
