@@ -5,6 +5,10 @@ into BGR frames with their media time; the live file source, ``render``, replay 
 through it. :func:`read_image` loads still images the same way everywhere (16-bit scaled by
 255/65535, huge images shrunk once), so a file gives the same maps in every command.
 
+Both give the picture upright, as a player shows it: a video's display matrix (every portrait phone
+video is stored landscape with one) and a still's EXIF orientation (every portrait phone photo) are
+applied here, where frames are read, so nothing downstream sees a sideways frame or a sideways size.
+
 Writing: H.264 (libx264, bundled in PyAV's wheel) in a fragmented MP4.
 
 Why PyAV: OpenCV's wheel has no H.264 encoder, and an OpenCV ``mp4v`` .mp4 is unreadable after a
@@ -23,15 +27,20 @@ import io
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from live_attention.errors import SourceError, UserError
+
+if TYPE_CHECKING:
+    import av
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,9 @@ FRAG_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 MAX_IMAGE_SIDE = 4096  # larger stills are shrunk once on load: the canvas is at most 1080 px tall
 DEFAULT_FPS = 30.0  # for files that do not say
+# OpenCV applies a still's EXIF orientation (all eight, mirrors too) with every flag but IMREAD_UNCHANGED;
+# these keep what UNCHANGED kept that matters (16-bit and float depth; alpha is dropped either way).
+IMAGE_READ_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,7 +168,7 @@ def decode_image_bounded(path: str | os.PathLike[str]) -> np.ndarray | None:
     (libjpeg scales while decoding), still at least that large; any other image (a progressive JPEG
     included) of more than :data:`MAX_DECODE_PIXELS` raises :class:`SourceError` before it is read."""
     header = image_header(path)
-    reduce = cv2.IMREAD_UNCHANGED
+    reduce = IMAGE_READ_FLAGS  # upright: OpenCV applies the EXIF orientation
     if header is not None:
         kind, w, h = header
         if kind != "jpeg" and w * h > MAX_DECODE_PIXELS:
@@ -165,18 +177,71 @@ def decode_image_bounded(path: str | os.PathLike[str]) -> np.ndarray | None:
                               f"unless a baseline JPEG); shrink it first, the model uses at most {MAX_IMAGE_SIDE} px a side")
         if kind.startswith("jpeg") and max(w, h) >= 2 * MAX_IMAGE_SIDE:
             k, reduce = next((k, flag) for k, flag in _REDUCED if max(w, h) // k >= MAX_IMAGE_SIDE)
-            # EXIF orientation is left as IMREAD_UNCHANGED leaves it: the reduced decode changes only the size
-            reduce |= cv2.IMREAD_IGNORE_ORIENTATION
+            # the reduced decode applies the EXIF orientation too: only the size differs from a full one
             logger.info("%s is %dx%d: decoded at 1/%d of its size", path, w, h, k)
     data = np.fromfile(str(path), dtype=np.uint8)  # also copes with non-ASCII paths on Windows
     return cv2.imdecode(data, reduce) if data.size else None
 
 
+
 # --------------------------------------------------------------------------------------------------
+# Orientation: a stored picture turned upright, in the eight EXIF orientations (1: as stored; 2: mirrored
+# left-right; 3: upside down; 4: mirrored top-bottom; 5: transposed; 6: turn 90° clockwise; 7: transversed;
+# 8: turn 90° counter-clockwise). Stills get theirs from OpenCV; videos from their display matrix.
+# --------------------------------------------------------------------------------------------------
+
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # the orientations that swap width and height
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` as shown for an EXIF ``orientation`` (1..8; anything else: as stored), C-contiguous."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(image), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
+
+
+def matrix_orientation(matrix: tuple[int, ...]) -> int:
+    """The EXIF orientation of an FFmpeg display matrix (``AV_FRAME_DATA_DISPLAYMATRIX``, 9 int32).
+
+    The matrix maps a stored pixel (x, y) to the shown (a·x + c·y, b·x + d·y) plus a shift, with
+    a, b, c, d = matrix[0], [1], [3], [4] (FFmpeg's display.h; y downwards, as ``ffmpeg`` and players read
+    it). Only their signs matter here, of the larger pair: a tilt that is not a quarter turn goes to the
+    nearest one, and a scale is ignored (the frame keeps its pixels).
+    """
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    if abs(a) + abs(d) >= abs(b) + abs(c):  # no quarter turn: as stored, mirrored or upside down
+        return {(True, True): 1, (False, True): 2, (False, False): 3, (True, False): 4}[(a >= 0, d >= 0)]
+    return {(True, True): 5, (True, False): 6, (False, False): 7, (False, True): 8}[(b >= 0, c >= 0)]
+
+
+def frame_orientation(frame: av.VideoFrame) -> int:
+    """The EXIF orientation of a decoded PyAV frame, from its display matrix side data (1 when none).
+
+    FFmpeg attaches the stream's display matrix (for instance an MP4/MOV track's matrix) to every decoded
+    frame.
+    """
+    for side in frame.side_data:
+        if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
+            data = bytes(side)
+            if len(data) >= 36:
+                return matrix_orientation(struct.unpack("=9i", data[:36]))
+    return 1
 
 
 class VideoReader:
-    """Decodes a video file into ``(bgr, pts_s)`` pairs, in order; seekable. One thread at a time.
+    """Decodes a video file into ``(bgr, pts_s)`` pairs, in order, upright; seekable. One thread at a time.
 
     Args:
         path: the file.
@@ -184,7 +249,7 @@ class VideoReader:
     Attributes:
         fps: the stream's average rate (``DEFAULT_FPS`` when the file does not say).
         frames_announced: the frame count the container states, or None.
-        size: (width, height).
+        size: (width, height) as shown, so a phone's portrait video is portrait (see :attr:`orientation`).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -203,13 +268,29 @@ class VideoReader:
         fps = float(rate) if rate else 0.0
         self.fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
         self.frames_announced = int(self._stream.frames) or None
-        self.size = (int(self._stream.codec_context.width), int(self._stream.codec_context.height))
+        self._coded_size = (int(self._stream.codec_context.width), int(self._stream.codec_context.height))
+        self._orientation: int | None = None  # known from the first decoded frame
+        self._peeked = None  # that frame, when it was decoded to learn the orientation before a read
         self._frames: Iterator | None = None
         self._last_pts: float | None = None
         self.decoded = 0
 
-    def read(self) -> tuple[np.ndarray, float] | None:
-        """The next frame and its media time in seconds (strictly increasing), or None at the end."""
+    @property
+    def orientation(self) -> int:
+        """The EXIF orientation (1..8) the display matrix gives, learnt from the first frame (decoded
+        now if it was not yet, and kept for the next :meth:`read`)."""
+        if self._orientation is None:
+            self._peeked = self._decode()
+            self._orientation = frame_orientation(self._peeked) if self._peeked is not None else 1
+        return self._orientation
+
+    @property
+    def size(self) -> tuple[int, int]:
+        w, h = self._coded_size
+        return (h, w) if self.orientation in QUARTER_TURNS else (w, h)
+
+    def _decode(self) -> av.VideoFrame | None:
+        """The next decoded PyAV frame, or None at the end (or where a damaged file stops decoding)."""
         import av
 
         if self._container is None:
@@ -217,18 +298,29 @@ class VideoReader:
         if self._frames is None:
             self._frames = self._container.decode(self._stream)
         try:
-            frame = next(self._frames)
+            return next(self._frames)
         except StopIteration:
             return None
         except (av.error.FFmpegError, EOFError, OSError) as exc:  # a truncated or damaged file ends here
             logger.info("%s: decoding stopped after %d frames: %s", self.path.name, self.decoded, exc)
+            return None
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """The next frame, upright, and its media time in seconds (strictly increasing), or None at the end."""
+        frame, self._peeked = self._peeked, None
+        if frame is None:
+            frame = self._decode()
+        if frame is None:
             return None
         t = float(frame.time) if frame.time is not None else None
         if t is None or not math.isfinite(t) or (self._last_pts is not None and t <= self._last_pts):
             t = 0.0 if self._last_pts is None else self._last_pts + 1.0 / self.fps
         self._last_pts = t
         self.decoded += 1
-        return frame.to_ndarray(format="bgr24"), t
+        orientation = frame_orientation(frame)
+        if self._orientation is None:
+            self._orientation = orientation
+        return orient(frame.to_ndarray(format="bgr24"), orientation), t
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         while (item := self.read()) is not None:
@@ -242,6 +334,7 @@ class VideoReader:
         offset = (int(pts_s / tb) if tb else 0) + int(self._stream.start_time or 0)
         self._container.seek(max(0, offset), stream=self._stream, backward=True, any_frame=False)
         self._frames = None
+        self._peeked = None
         self._last_pts = None
 
     def close(self) -> None:
