@@ -163,6 +163,7 @@ class Status:
     untrained: bool = False
     source: str = ""
     capture_state: str = "running"
+    silent_s: float | None = None  # seconds since the source's last frame, once it has gone silent (NO SIGNAL)
     capture_fps: float | None = None
     infer_fps: float | None = None
     latency_ms: float | None = None
