@@ -61,7 +61,7 @@ HELP_LINES = (
     ("F", "fusion: mean / max / min"),
     ("1-8, M", "mode: attention rollout heads entropy query flow relevance norms"),
     ("T / click a label", "the class relevance explains (7)"),
-    ("A", "animate through the layers"),
+    ("A", "animate through the layers (not 6, 7: they use all)"),
     ("Space", "freeze the frame"),
     ("Click", "pick the query patch (mode 5)"),
     ("6 while frozen", "compute attention flow"),
@@ -157,6 +157,8 @@ def heads_label(view: View, result) -> str:
         return "heads mean"
     if view.mode == "norms":
         return "tokens (no heads)"
+    if view.mode == "heads":  # every head is drawn; a chosen one is outlined
+        return f"all {result.num_heads} heads" + (f", head {view.head + 1} marked" if view.head >= 0 else "")
     if view.head >= 0:
         return f"head {view.head + 1}"
     return "heads averaged" if view.mode == "entropy" else f"heads {view.fusion}"
@@ -501,7 +503,8 @@ def _status_lines(result, view: View, status: Status) -> list[tuple[str, tuple[i
     mode_line = f"mode {MODES.index(view.mode) + 1} {view.mode}"
     if result is not None:
         layer = view.resolved_layer(result.num_layers)
-        mode_line += f" | layer {layer + 1}/{result.num_layers} | {heads_label(view, result)}"
+        layers = f"layer {layer + 1}/{result.num_layers}" if view.picks_layer else "all layers"
+        mode_line += f" | {layers} | {heads_label(view, result)}"
     lines.append((mode_line, YELLOW))
     if result is not None and view.mode == "relevance" and result.classifier:
         lines.append((f"explaining: {explained(result)}", YELLOW))

@@ -351,7 +351,7 @@ class FrameLoop:
             return
         if out.freeze_changed:
             self._set_frozen(self.view.frozen)
-        note = describe_change(before, self.view)
+        note = out.note or describe_change(before, self.view)
         if note:
             self.say(note, 2.0)
         if out.screenshot:
