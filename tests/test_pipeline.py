@@ -270,7 +270,7 @@ def test_a_frozen_view_stays_bright_and_says_no_signal_on_the_hud():
     assert np.array_equal(a[h // 2 :], b[h // 2 :])  # below the HUD: the same picture
     lines = [t for t, _ in hud_layout(b.shape[1], h, res, frozen, st).lines]
     assert any("NO SIGNAL 8 s" in t for t in lines)
-    assert no_signal_text(8.2) == "NO SIGNAL 8 s" and no_signal_text(0.6) == "NO SIGNAL 1 s"
+    assert no_signal_text(8.2) == "NO SIGNAL 8 s" and no_signal_text(0.5) == "NO SIGNAL 1 s"
 
 
 # --------------------------------------------------------------------------------------------------

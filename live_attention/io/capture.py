@@ -619,8 +619,9 @@ class CaptureState(Enum):
 _FPS_WINDOW = 30  # frames in the capture-rate window
 # A source that sends nothing for this long (or for 4 of its usual frame intervals, if it is slower) has
 # no signal, whether it reported an error or not: a stalled stream or driver blocks in read() for
-# seconds. 0.6 s, plus the frame loop's redraw period (0.25 s), puts NO SIGNAL on screen within 1 s.
-NO_SIGNAL_S = 0.6
+# seconds. 0.5 s, plus the frame loop's redraw period (0.25 s), puts NO SIGNAL on screen within 1 s
+# (0.73-0.93 s measured at 0.6 s on a loaded 2-core machine, from the stall to the state file).
+NO_SIGNAL_S = 0.5
 _SILENT_INTERVALS = 4
 _BEHIND_S = 0.5  # a paced file this far behind schedule is re-anchored instead of rushed
 
