@@ -30,7 +30,11 @@ def test_a_stalled_stream_shows_no_signal_over_the_dimmed_last_picture_then_reco
     try:
         s = app.wait(lambda s: s.get("seq") is not None and s["status"]["capture_fps"] > 0, 120, "live stream")
         assert not s["no_signal"]
-        live = app.screenshot("live")
+        for _ in range(20):  # the state file can come before the window shows its first picture
+            live = app.screenshot("live")
+            if center(live).mean() > 40:
+                break
+        assert center(live).mean() > 40, "the live picture is on screen"
 
         server.sending.clear()
         s = app.wait(lambda s: s["no_signal"], 30, "NO SIGNAL while the read blocks")

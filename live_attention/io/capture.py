@@ -617,10 +617,11 @@ class CaptureState(Enum):
 
 
 _FPS_WINDOW = 30  # frames in the capture-rate window
-# A source that sends nothing for this long (or for 4 of its usual frame intervals, if it is slower) has
-# no signal, whether it reported an error or not: a stalled stream or driver blocks in read() for
-# seconds. 0.5 s, plus the frame loop's redraw period (0.25 s), puts NO SIGNAL on screen within 1 s
-# (0.73-0.93 s measured at 0.6 s on a loaded 2-core machine, from the stall to the state file).
+# A live source (camera, stream) that sends nothing for this long (or for 4 of its usual frame intervals,
+# if it is slower) has no signal, whether it reported an error or not: a stalled stream or driver blocks
+# in read() for seconds. Files, stills and the demo are read here, not received: a slow one is a low
+# capture rate, not NO SIGNAL. 0.5 s, plus the frame loop's redraw period (0.25 s), puts NO SIGNAL on
+# screen within 1 s (0.7 s measured on a loaded 2-core machine, from a stalled stream to the state file).
 NO_SIGNAL_S = 0.5
 _SILENT_INTERVALS = 4
 _BEHIND_S = 0.5  # a paced file this far behind schedule is re-anchored instead of rushed
@@ -657,6 +658,7 @@ class CaptureThread(threading.Thread):
         self._stamps: deque[int] = deque(maxlen=_FPS_WINDOW)
         self._seq = 0
         self._delay = self.backoff[0]
+        self._live = bool(source.is_live)
         self._waiting_ns: int | None = None  # since when the thread has waited for its next frame
         self._interval_s = 0.0  # the source's usual time between frames (kept through outages)
         # pacing of non-live sources (capture thread only)
@@ -689,14 +691,16 @@ class CaptureThread(threading.Thread):
 
     @property
     def silent_s(self) -> float | None:
-        """Seconds the thread has waited for its next frame, once that is longer than the source usually
-        takes (see :data:`NO_SIGNAL_S`): a read that blocks, or an outage being reconnected. ``None``
-        while frames come, and once the input ended, failed or stopped."""
+        """Seconds the thread has waited for a live source's next frame, once that is longer than the
+        source usually takes (see :data:`NO_SIGNAL_S`): a read that blocks, or an outage being
+        reconnected. ``None`` while frames come, for sources that are not live, and once the input
+        ended, failed or stopped."""
         with self._lock:
             return self._silence()
 
     def _silence(self) -> float | None:  # with the lock held
-        if self._waiting_ns is None or self._state in (CaptureState.ENDED, CaptureState.FAILED, CaptureState.STOPPED):
+        over = (CaptureState.ENDED, CaptureState.FAILED, CaptureState.STOPPED)
+        if not self._live or self._waiting_ns is None or self._state in over:
             return None
         waited = (time.monotonic_ns() - self._waiting_ns) / 1e9
         return waited if waited >= max(NO_SIGNAL_S, _SILENT_INTERVALS * self._interval_s) else None
@@ -770,7 +774,7 @@ class CaptureThread(threading.Thread):
                 wait_s = (self._due_ns - time.monotonic_ns()) / 1e9
                 if wait_s > 0 and stop.wait(wait_s):
                     break
-            with self._lock:  # silence counts from here: a paced source's wait for its schedule is not silence
+            with self._lock:  # silence counts from here (from the last frame: live sources are not paced)
                 if self._waiting_ns is None:
                     self._waiting_ns = time.monotonic_ns()
             image = self.source.read()
