@@ -61,7 +61,7 @@ HELP_LINES = (
     ("F", "fusion: mean / max / min"),
     ("1-8, M", "mode: attention rollout heads entropy query flow relevance norms"),
     ("T / click a label", "the class relevance explains (7)"),
-    ("A", "animate through the layers (not 6, 7: they use all)"),
+    ("A", "animate through the layers (not 6 and 7, which use every layer)"),
     ("Space", "freeze the frame"),
     ("Click", "pick the query patch (mode 5)"),
     ("6 while frozen", "compute attention flow"),

@@ -71,10 +71,6 @@ class RateMeter:
                 self._t = deque((t + gap for t in self._t), maxlen=self._t.maxlen)
                 self._paused_at = None
 
-    @property
-    def paused(self) -> bool:
-        return self._paused_at is not None
-
     def rate(self) -> float:
         with self._lock:
             t = list(self._t)
