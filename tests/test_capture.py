@@ -354,6 +354,21 @@ def test_a_blocked_read_is_no_signal_for_a_live_source_only(live: bool) -> None:
         th.stop()
 
 
+@pytest.mark.timeout(30)
+def test_an_outage_being_reconnected_reads_no_signal_with_its_seconds() -> None:
+    """Three frames, then the camera is gone (a stream that stopped): NO SIGNAL, counting on."""
+    cam = FakeCamera(script=[3], open_failures=10_000)
+    th = CaptureThread(cam, LatestSlot(), backoff=FAST)
+    th.start()
+    try:
+        assert wait_until(lambda: th.state is CaptureState.RECONNECTING and th.silent_s is not None, 10)
+        first = th.silent_s
+        assert first >= NO_SIGNAL_S and th.fps == 0.0
+        assert wait_until(lambda: (th.silent_s or 0) > first + 0.2, 10)
+    finally:
+        th.stop()
+
+
 @pytest.mark.timeout(3)
 def test_stop_during_backoff_is_prompt() -> None:
     cam = FakeCamera(script=[1])  # one frame, then no signal forever
