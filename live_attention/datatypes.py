@@ -154,6 +154,11 @@ class View:
     def resolved_layer(self, num_layers: int) -> int:
         return self.layer % num_layers if self.layer < 0 else min(self.layer, num_layers - 1)
 
+    @property
+    def picks_layer(self) -> bool:
+        """False in the views whose map combines every layer (flow, relevance): the layer changes nothing."""
+        return self.mode not in ("flow", "relevance")
+
 
 @dataclass(frozen=True)
 class Status:
@@ -163,6 +168,7 @@ class Status:
     untrained: bool = False
     source: str = ""
     capture_state: str = "running"
+    silent_s: float | None = None  # seconds since the source's last frame, once it has gone silent (NO SIGNAL)
     capture_fps: float | None = None
     infer_fps: float | None = None
     latency_ms: float | None = None

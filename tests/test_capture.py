@@ -22,6 +22,7 @@ import pytest
 from live_attention.datatypes import Frame
 from live_attention.errors import SourceError
 from live_attention.io.capture import (
+    NO_SIGNAL_S,
     CameraSource,
     CaptureState,
     CaptureThread,
@@ -331,6 +332,44 @@ def test_stop_returns_within_a_second_while_read_blocks() -> None:
     assert not th.is_alive()
     assert src.releases == 1 and not src.released_while_reading
     assert th.state is CaptureState.STOPPED
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("live", [True, False])
+def test_a_blocked_read_is_no_signal_for_a_live_source_only(live: bool) -> None:
+    """A camera or stream whose read blocks has no signal (though it reported no error); a file or the
+    demo that is slow to read has a low capture rate, and NO SIGNAL would be wrong there."""
+    src = BlockingSource()
+    src.is_live = live
+    th = CaptureThread(src, LatestSlot())
+    th.start()
+    try:
+        assert src.in_read.wait(5)
+        if live:
+            assert wait_until(lambda: th.silent_s is not None, 10)
+            assert th.silent_s >= NO_SIGNAL_S and th.fps == 0.0
+        else:
+            time.sleep(2 * NO_SIGNAL_S)  # still blocked: the source is only set free below
+            assert src.reading and th.silent_s is None
+        assert th.state is CaptureState.STARTING  # nothing failed
+    finally:
+        src.unblock.set()
+        th.stop()
+
+
+@pytest.mark.timeout(30)
+def test_an_outage_being_reconnected_reads_no_signal_with_its_seconds() -> None:
+    """Three frames, then the camera is gone (a stream that stopped): NO SIGNAL, counting on."""
+    cam = FakeCamera(script=[3], open_failures=10_000)
+    th = CaptureThread(cam, LatestSlot(), backoff=FAST)
+    th.start()
+    try:
+        assert wait_until(lambda: th.state is CaptureState.RECONNECTING and th.silent_s is not None, 10)
+        first = th.silent_s
+        assert first >= NO_SIGNAL_S and th.fps == 0.0
+        assert wait_until(lambda: (th.silent_s or 0) > first + 0.2, 10)
+    finally:
+        th.stop()
 
 
 @pytest.mark.timeout(60)

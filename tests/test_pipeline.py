@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import json
+import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.render import render
-from live_attention.datatypes import View
-from live_attention.io.capture import CaptureState
+from live_attention.core.render import hud_layout, no_signal_text, render
+from live_attention.datatypes import Frame, Status, View
+from live_attention.io.capture import NO_SIGNAL_S, CaptureState
 from live_attention.pipeline.live import LiveSession
+from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
 from tests.conftest import tiny_vit
 from tests.test_capture import BlockingSource, FakeCamera, wait_until
 
@@ -174,3 +179,154 @@ def test_demo_source_rollout_hotspot_follows_the_moving_object():
     assert hits / len(results) >= 0.8, f"hotspot on a target in {hits}/{len(results)} frames"
     spread = np.ptp(np.array(spots), axis=0).max()
     assert spread > 20, "the hotspot moves with the object"
+
+
+# --------------------------------------------------------------------------------------------------
+# NO SIGNAL after frames: a source that goes silent without an error
+
+
+class GoesSilent:
+    """A live source that delivers ``frames`` frames, then blocks in read() (a stalled stream or
+    driver: no error, no frame) until ``resume`` is set, then delivers again."""
+
+    is_live = True
+    name = "silent camera"
+    fps = 30.0
+
+    def __init__(self, frames: int, period: float = 0.02) -> None:
+        self.frames, self.period, self.sent = frames, period, 0
+        self.blocked = threading.Event()
+        self.resume = threading.Event()
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> np.ndarray:
+        if self.sent >= self.frames and not self.resume.is_set():
+            self.blocked.set()
+            self.resume.wait(60)  # bounded: the test sets it in its finally
+        time.sleep(self.period)
+        self.sent += 1
+        return np.full((48, 64, 3), 150 + self.sent % 50, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_source_that_goes_silent_reads_no_signal_in_the_status_headless_line_state_file_and_picture(tmp_path):
+    """Frames, then a read that blocks: the capture thread still says RUNNING (no error came), yet within
+    a bounded time the status says how long the source has been silent, both fps read 0, the headless
+    line says NO SIGNAL at once (not at its next 2-second tick), the state file carries it, and the window
+    shows the last picture dimmed under NO SIGNAL. Frames again: all of it clears."""
+    src = GoesSilent(frames=15)
+    s = LiveSession(Config(), engine(), src)
+    stream = io.StringIO()
+    state_file = tmp_path / "state.json"
+    loop = FrameLoop(s, HeadlessDisplay(every=1e9, stream=stream), View(), state_file=str(state_file))
+    s.start()
+    try:
+        assert wait_until(lambda: s.results.peek() is not None, 20)
+        loop.step()  # the first line, printed at once
+        assert src.blocked.wait(20)
+        assert wait_until(lambda: s.status().silent_s is not None, 20), "a silent source must read NO SIGNAL"
+        st = s.status()
+        assert st.capture_state == "running"  # nothing failed: the read just never returns
+        assert st.silent_s >= NO_SIGNAL_S
+        assert st.capture_fps == 0.0 and st.infer_fps == 0.0 and st.latency_ms is None
+
+        assert wait_until(lambda: (loop.step(), json.loads(state_file.read_text())["no_signal"])[1], 20)
+        state = json.loads(state_file.read_text())
+        assert state["status"]["silent_s"] >= NO_SIGNAL_S and state["seq"] is not None  # the last frame stays
+        assert "NO SIGNAL" in stream.getvalue().splitlines()[-1]  # printed although `every` is 1e9 s
+
+        res = s.results.peek()
+        live_view = render(res.frame, res, View(), replace(st, silent_s=None))
+        silent_view = render(res.frame, res, View(), st)
+        h = silent_view.shape[0]
+        below = np.s_[int(h * 0.75) : int(h * 0.9), :]  # the picture under the NO SIGNAL band
+        # convertScaleAbs(alpha=0.35) rounds each pixel: 0.35 of the mean, give or take one grey level
+        assert silent_view[below].mean() <= 0.35 * live_view[below].mean() + 1.0
+        band = silent_view[h // 2 - 60 : h // 2 + 10]
+        red = (band[..., 0] > 200) & (band[..., 1] < 80) & (band[..., 2] < 80)
+        assert red.sum() > 500, "NO SIGNAL is written across the picture"
+
+        src.resume.set()
+        assert wait_until(lambda: (loop.step(), not json.loads(state_file.read_text())["no_signal"])[1], 20)
+        assert s.status().silent_s is None
+        assert "NO SIGNAL" not in stream.getvalue().splitlines()[-1]  # coming back is printed at once too
+    finally:
+        src.resume.set()
+        s.stop()
+
+
+def test_a_frozen_view_stays_bright_and_says_no_signal_on_the_hud():
+    """Frozen, the user studies the picture: NO SIGNAL goes on the HUD, the picture is not dimmed."""
+    cam = FakeCamera([1])
+    s = LiveSession(Config(), engine(), cam)
+    res = s.worker.process(Frame(image=np.full((48, 64, 3), 180, np.uint8), seq=0, t_capture_ns=0, source="x"))
+    st = Status(capture_state="reconnecting", silent_s=8.2, capture_fps=0.0)
+    frozen = View(frozen=True)
+    a = render(res.frame, res, frozen, replace(st, silent_s=None))
+    b = render(res.frame, res, frozen, st)
+    h = a.shape[0]
+    assert np.array_equal(a[h // 2 :], b[h // 2 :])  # below the HUD: the same picture
+    lines = [t for t, _ in hud_layout(b.shape[1], h, res, frozen, st).lines]
+    assert any("NO SIGNAL 8 s" in t for t in lines)
+    assert no_signal_text(8.2) == "NO SIGNAL 8 s" and no_signal_text(0.5) == "NO SIGNAL 1 s"
+
+
+# --------------------------------------------------------------------------------------------------
+# The model fps: the frozen time left out, and 0 when results stop coming
+
+
+class FakeClock:
+    """``time`` for the worker module: perf_counter is set by the test, the rest is real."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def test_model_fps_after_unfreezing_and_after_results_stop(monkeypatch):
+    """Ten results 0.1 s apart read 10 fps. Frozen for 30 s, then one more result 0.1 s after going live:
+    still 10 fps (the estimate once took in the frozen 30 s and read 0.4 fps). Then nothing for 5 s: 0.
+    The clock is the test's, so the figures are exact on any machine."""
+    from live_attention.io.capture import LatestSlot
+    from live_attention.pipeline import worker as worker_mod
+
+    clock = FakeClock()
+    monkeypatch.setattr(worker_mod, "time", clock)
+    frames = LatestSlot()
+    w = worker_mod.InferenceWorker(engine(), frames, LatestSlot())
+    w.start()
+    image = np.full((48, 64, 3), 120, np.uint8)
+
+    def one(seq: int) -> None:  # a frame in, its result out, at the clock's time
+        done = w.processed
+        frames.put(Frame(image=image, seq=seq, t_capture_ns=0, source="x"))
+        assert wait_until(lambda: w.processed == done + 1, 20)
+
+    try:
+        for i in range(10):
+            one(i)
+            clock.now += 0.1
+        assert w.fps == pytest.approx(10.0)
+        held = Frame(image=image, seq=9, t_capture_ns=0, source="x")
+        done = w.processed
+        w.hold(held)  # frozen: the held frame is computed again (and again on settings changes)
+        assert wait_until(lambda: w.processed == done + 1, 20)
+        clock.now += 30.0
+        w.update_settings(fusion="max")
+        assert wait_until(lambda: w.processed == done + 2, 20)
+        w.hold(None)
+        one(10)  # the first live result, 0.1 s after going live
+        assert w.fps == pytest.approx(10.0)
+        clock.now += 5.0
+        assert w.fps == 0.0, "no results for 5 s: the model fps reads 0"
+    finally:
+        w.stop()

@@ -61,7 +61,7 @@ HELP_LINES = (
     ("F", "fusion: mean / max / min"),
     ("1-8, M", "mode: attention rollout heads entropy query flow relevance norms"),
     ("T / click a label", "the class relevance explains (7)"),
-    ("A", "animate through the layers"),
+    ("A", "animate through the layers (not 6 and 7, which use every layer)"),
     ("Space", "freeze the frame"),
     ("Click", "pick the query patch (mode 5)"),
     ("6 while frozen", "compute attention flow"),
@@ -157,6 +157,8 @@ def heads_label(view: View, result) -> str:
         return "heads mean"
     if view.mode == "norms":
         return "tokens (no heads)"
+    if view.mode == "heads":  # every head is drawn; a chosen one is outlined
+        return f"all {result.num_heads} heads" + (f", head {view.head + 1} marked" if view.head >= 0 else "")
     if view.head >= 0:
         return f"head {view.head + 1}"
     return "heads averaged" if view.mode == "entropy" else f"heads {view.fusion}"
@@ -300,6 +302,9 @@ def render(
                 _entropy_panels(img, result, view, extras, scale, box)
             if view.show_hud:
                 _caption(img, view, caption, scale, flow_progress=status.flow_progress)
+    if status.silent_s is not None and not view.frozen:  # the last picture, dimmed: it is not live any more
+        cv2.convertScaleAbs(img, dst=img, alpha=0.35)
+        _no_signal(img, status, scale)
     _hud(img, result, view, status, scale)
     if view.show_help:
         _help(img, scale)
@@ -498,7 +503,8 @@ def _status_lines(result, view: View, status: Status) -> list[tuple[str, tuple[i
     mode_line = f"mode {MODES.index(view.mode) + 1} {view.mode}"
     if result is not None:
         layer = view.resolved_layer(result.num_layers)
-        mode_line += f" | layer {layer + 1}/{result.num_layers} | {heads_label(view, result)}"
+        layers = f"layer {layer + 1}/{result.num_layers}" if view.picks_layer else "all layers"
+        mode_line += f" | {layers} | {heads_label(view, result)}"
     lines.append((mode_line, YELLOW))
     if result is not None and view.mode == "relevance" and result.classifier:
         lines.append((f"explaining: {explained(result)}", YELLOW))
@@ -528,6 +534,8 @@ def _status_lines(result, view: View, status: Status) -> list[tuple[str, tuple[i
         flags.append("END OF INPUT")
     if view.frozen:
         flags.append("FROZEN (model paused)" if status.capture_fps is not None else "FROZEN")
+        if status.silent_s is not None:  # the frozen picture stays bright: the user is studying it
+            flags.append(no_signal_text(status.silent_s))
     if view.animating:
         flags.append("ANIMATING")
     if flags:
@@ -641,17 +649,27 @@ def _fit(text: str, scale: float, thick: int, max_w: int) -> float:
     return scale if tw <= max_w else scale * max_w / tw
 
 
+def no_signal_text(silent_s: float | None) -> str:
+    """``NO SIGNAL 8 s``: what the window, the headless line and a frozen HUD say while the source is silent."""
+    return "NO SIGNAL" if silent_s is None else f"NO SIGNAL {max(1, round(silent_s))} s"
+
+
 def _no_signal(img, status, scale):
+    """NO SIGNAL, how long, and what the capture is doing, centred on a dark band readable across a room."""
     h, w = img.shape[:2]
-    title = "NO SIGNAL"
+    title = no_signal_text(status.silent_s)
     sub = {
-        "reconnecting": "camera lost - reconnecting...",
+        "reconnecting": "the source stopped - reconnecting...",
+        "running": "the source sends nothing - waiting for it...",
         "ended": "end of input",
         "failed": "capture failed - see the log",
         "starting": "opening the source...",
     }.get(status.capture_state.lower(), status.capture_state)
-    _text(img, title, ((w - _text_w(title, 2.2 * scale, 4)) // 2, h // 2), 2.2 * scale, RED, 4)
-    _text(img, sub, ((w - _text_w(sub, 0.9 * scale, 2)) // 2, h // 2 + int(50 * scale)), 0.9 * scale, GREY, 2)
+    ts = _fit(title, 2.2 * scale, 4, w - int(40 * scale))
+    ss = _fit(sub, 0.9 * scale, 2, w - int(40 * scale))
+    _panel(img, 0, h // 2 - int(80 * scale), w, h // 2 + int(75 * scale), 0.7)
+    _text(img, title, ((w - _text_w(title, ts, 4)) // 2, h // 2), ts, RED, 4)
+    _text(img, sub, ((w - _text_w(sub, ss, 2)) // 2, h // 2 + int(50 * scale)), ss, GREY, 2)
 
 
 def _help(img, scale):

@@ -622,6 +622,13 @@ class CaptureState(Enum):
 
 
 _FPS_WINDOW = 30  # frames in the capture-rate window
+# A live source (camera, stream) that sends nothing for this long (or for 4 of its usual frame intervals,
+# if it is slower) has no signal, whether it reported an error or not: a stalled stream or driver blocks
+# in read() for seconds. Files, stills and the demo are read here, not received: a slow one is a low
+# capture rate, not NO SIGNAL. 0.5 s, plus the frame loop's redraw period (0.25 s), puts NO SIGNAL on
+# screen within 1 s (0.7 s measured on a loaded 2-core machine, from a stalled stream to the state file).
+NO_SIGNAL_S = 0.5
+_SILENT_INTERVALS = 4
 _BEHIND_S = 0.5  # a paced file this far behind schedule is re-anchored instead of rushed
 
 
@@ -656,6 +663,9 @@ class CaptureThread(threading.Thread):
         self._stamps: deque[int] = deque(maxlen=_FPS_WINDOW)
         self._seq = 0
         self._delay = self.backoff[0]
+        self._live = bool(source.is_live)
+        self._waiting_ns: int | None = None  # since when the thread has waited for its next frame
+        self._interval_s = 0.0  # the source's usual time between frames (kept through outages)
         # pacing of non-live sources (capture thread only)
         self._anchor: tuple[int, float] | None = None  # (monotonic ns, media s) of a reference frame
         self._last_media: float | None = None
@@ -677,12 +687,28 @@ class CaptureThread(threading.Thread):
 
     @property
     def fps(self) -> float:
-        """Capture rate over the last frames; 0.0 unless RUNNING."""
+        """Capture rate over the last frames; 0.0 unless RUNNING, and while the source is silent."""
         with self._lock:
-            if self._state is not CaptureState.RUNNING or len(self._stamps) < 2:
+            if self._state is not CaptureState.RUNNING or len(self._stamps) < 2 or self._silence() is not None:
                 return 0.0
             span = self._stamps[-1] - self._stamps[0]
             return (len(self._stamps) - 1) * 1e9 / span if span > 0 else 0.0
+
+    @property
+    def silent_s(self) -> float | None:
+        """Seconds the thread has waited for a live source's next frame, once that is longer than the
+        source usually takes (see :data:`NO_SIGNAL_S`): a read that blocks, or an outage being
+        reconnected. ``None`` while frames come, for sources that are not live, and once the input
+        ended, failed or stopped."""
+        with self._lock:
+            return self._silence()
+
+    def _silence(self) -> float | None:  # with the lock held
+        over = (CaptureState.ENDED, CaptureState.FAILED, CaptureState.STOPPED)
+        if not self._live or self._waiting_ns is None or self._state in over:
+            return None
+        waited = (time.monotonic_ns() - self._waiting_ns) / 1e9
+        return waited if waited >= max(NO_SIGNAL_S, _SILENT_INTERVALS * self._interval_s) else None
 
     @property
     def frames(self) -> int:
@@ -736,6 +762,8 @@ class CaptureThread(threading.Thread):
         live = self.source.is_live
         if stop.is_set():
             return
+        with self._lock:
+            self._waiting_ns = time.monotonic_ns()
         try:
             self.source.open()
         except SourceError as exc:
@@ -751,6 +779,9 @@ class CaptureThread(threading.Thread):
                 wait_s = (self._due_ns - time.monotonic_ns()) / 1e9
                 if wait_s > 0 and stop.wait(wait_s):
                     break
+            with self._lock:  # silence counts from here (from the last frame: live sources are not paced)
+                if self._waiting_ns is None:
+                    self._waiting_ns = time.monotonic_ns()
             image = self.source.read()
             t_ns = time.monotonic_ns()
             if stop.is_set():
@@ -772,6 +803,9 @@ class CaptureThread(threading.Thread):
                 seq = self._seq
                 self._seq += 1
                 self._stamps.append(t_ns)
+                self._waiting_ns = None
+                if len(self._stamps) >= 2:
+                    self._interval_s = (self._stamps[-1] - self._stamps[0]) / (len(self._stamps) - 1) / 1e9
             self.slot.put(Frame(image=image, seq=seq, t_capture_ns=t_ns, source=self.source.name, pts_s=pts,
                                 still=self._still))
             self._delay = self.backoff[0]  # a real frame arrived: the next outage starts from scratch

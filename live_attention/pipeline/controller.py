@@ -29,6 +29,7 @@ class KeyOutcome:
     flow: bool = False
     freeze_changed: bool = False
     cycle_target: bool = False
+    note: str | None = None  # a short HUD note on what the key did (or why it did nothing)
 
 
 _MODE_KEYS = {str(i + 1): mode for i, mode in enumerate(MODES)}
@@ -74,7 +75,10 @@ class Controller:
         elif k == "f":
             v = replace(v, fusion=FUSIONS[(FUSIONS.index(v.fusion) + 1) % len(FUSIONS)])
         elif k == "a":
-            v = replace(v, animating=not v.animating)
+            if v.picks_layer:
+                v = replace(v, animating=not v.animating)
+            else:
+                out.note = f"{v.mode} uses every layer: nothing to animate (A animates the views of one layer)"
         elif k == "space":
             v = replace(v, frozen=not v.frozen)
             out.freeze_changed = True
@@ -94,12 +98,15 @@ class Controller:
             out.toggle_record = True
         elif k == "t":
             out.cycle_target = True
+        if v.animating and not v.picks_layer:  # a view of every layer: the layer number must not run on
+            v = replace(v, animating=False)
+            out.note = f"{v.mode} uses every layer: animation stopped"
         self.view = v
         return out
 
     def set_target(self, target: int | None) -> None:
         """Explain ``target`` (a class index; None: each frame's top-1) in the relevance view."""
-        self.view = replace(self.view, target=target, mode="relevance")
+        self.view = replace(self.view, target=target, mode="relevance", animating=False)
 
     def step_animation(self) -> None:
         """Advance the animated layer by one, wrapping around."""

@@ -184,14 +184,16 @@ class LiveSession:
             rec = self.recorder.hud_text()
             err = err or self.recorder.error
         frozen = self.worker.holding
+        silent = self.capture.silent_s  # no frames: nothing for the model either, and no latency to speak of
         return Status(
             model=self.engine.describe(),
             untrained=self.engine.untrained,
             source=self.source.name,
             capture_state=state.name.lower(),
-            capture_fps=self.capture.fps,
-            infer_fps=None if frozen else self.worker.fps,
-            latency_ms=None if frozen else self.latency_ms,
+            silent_s=silent,
+            capture_fps=0.0 if silent is not None else self.capture.fps,
+            infer_fps=None if frozen else 0.0 if silent is not None else self.worker.fps,
+            latency_ms=None if frozen or silent is not None else self.latency_ms,
             dropped=self.worker.dropped,
             recording=rec,
             message=message,

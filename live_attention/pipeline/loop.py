@@ -36,7 +36,7 @@ import numpy as np
 
 from live_attention.core.flow import FlowCancelled
 from live_attention.core.frame_maps import flow_for
-from live_attention.core.render import canvas_size, hud_layout, render
+from live_attention.core.render import canvas_size, hud_layout, no_signal_text, render
 from live_attention.datatypes import Extras, Result, Status, View
 from live_attention.io.outputs import save_png
 from live_attention.pipeline.controller import (
@@ -351,7 +351,7 @@ class FrameLoop:
             return
         if out.freeze_changed:
             self._set_frozen(self.view.frozen)
-        note = describe_change(before, self.view)
+        note = out.note or describe_change(before, self.view)
         if note:
             self.say(note, 2.0)
         if out.screenshot:
@@ -483,7 +483,8 @@ class FrameLoop:
         self._dirty = False
         if self.states.path is not None:
             self.states.write(self.view, status, {**self.feed.state(), **self._shown_state(drawn, status),
-                                                  "flow_done": bool(job is not None and job.done)})
+                                                  "flow_done": bool(job is not None and job.done),
+                                                  "no_signal": status.silent_s is not None})
 
     def _shown_state(self, res: Result | None, status: Status) -> dict[str, Any]:
         """What is on screen, for automation and tests: the frame, its labels, where relevance peaks,
@@ -509,8 +510,8 @@ class FrameLoop:
 
 
 class HeadlessDisplay:
-    """No window: a status line on stderr every ``every`` seconds (each error once), pixels only for
-    the recorder."""
+    """No window: a status line on stderr every ``every`` seconds, and at once when the signal goes or
+    comes back (each error once); pixels only for the recorder."""
 
     running = True
     wants_pixels = False
@@ -523,6 +524,7 @@ class HeadlessDisplay:
         self._t0 = time.monotonic()
         self._last = -1e9
         self._errors: set[str] = set()
+        self._silent = False
 
     def poll(self) -> Inputs:
         return Inputs()
@@ -535,9 +537,10 @@ class HeadlessDisplay:
         if status.error and status.error not in self._errors:
             self._errors.add(status.error)
             print(f"live-attention: {status.error}", file=self.stream, flush=True)
-        if now - self._last < self.every:
+        silent = status.silent_s is not None
+        if now - self._last < self.every and silent == self._silent:  # losing or regaining the signal: at once
             return
-        self._last = now
+        self._last, self._silent = now, silent
         print(f"[{now - self._t0:6.1f}s] {status_line(status, result)}", file=self.stream, flush=True)
 
     def present(self) -> None:
@@ -557,7 +560,8 @@ def status_line(status: Status, result: Result | None) -> str:
         top = result.topk[0][0] + (" (UNTRAINED model)" if status.untrained else "")
     else:
         top = "-"
-    line = (f"{status.capture_state} capture {status.capture_fps or 0:.1f} fps, model {status.infer_fps or 0:.1f} fps, "
+    state = status.capture_state if status.silent_s is None else f"{no_signal_text(status.silent_s)} ({status.capture_state})"
+    line = (f"{state} capture {status.capture_fps or 0:.1f} fps, model {status.infer_fps or 0:.1f} fps, "
             f"latency {status.latency_ms or 0:.0f} ms, dropped {status.dropped}, top-1 {top}")
     if status.recording:
         line += f" [{status.recording.replace('dropped', 'recorder dropped')}]"

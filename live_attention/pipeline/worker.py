@@ -37,6 +37,54 @@ PROBLEM_SHOWN_S = 3.0  # how long a skipped frame's message stays up after the l
 _FAILURE_PAUSE_S = 0.2  # after a failed frame: no busy loop when every frame fails
 
 
+class RateMeter:
+    """Events per second (the HUD's model fps) over the last ``count`` events, as the user means it.
+
+    A plain "events / their time span" reads wrong twice: after a pause (a frozen view) the span takes
+    in the paused time, so the rate reads a fraction of the real one until the window refills; and when
+    events stop coming it keeps its last value forever. Here paused time is left out (the rate right
+    after a pause is the rate before it), a wait longer than the usual interval counts as the interval
+    it is (the rate falls while nothing comes), and after ``stall`` usual intervals (at least
+    ``min_stall_s``) with nothing the rate is 0. Events while paused are not counted. Thread-safe.
+    """
+
+    def __init__(self, count: int = 30, stall: float = 4.0, min_stall_s: float = 1.0) -> None:
+        self.stall, self.min_stall_s = stall, min_stall_s
+        self._t: deque[float] = deque(maxlen=count)
+        self._paused_at: float | None = None
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            if self._paused_at is None:
+                self._t.append(time.perf_counter())
+
+    def pause(self) -> None:
+        with self._lock:
+            if self._paused_at is None:
+                self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._paused_at is not None:
+                gap = time.perf_counter() - self._paused_at
+                self._t = deque((t + gap for t in self._t), maxlen=self._t.maxlen)
+                self._paused_at = None
+
+    def rate(self) -> float:
+        with self._lock:
+            t = list(self._t)
+            now = self._paused_at if self._paused_at is not None else time.perf_counter()
+        if len(t) < 2 or t[-1] <= t[0]:
+            return 0.0
+        span = t[-1] - t[0]
+        usual = span / (len(t) - 1)
+        wait = now - t[-1]
+        if wait > max(self.min_stall_s, self.stall * usual):
+            return 0.0
+        return (len(t) - 1) / (span + max(0.0, wait - usual))
+
+
 class InferenceWorker(threading.Thread):
     """Runs the engine on the newest frame (or the held one) and publishes :class:`Result` objects.
 
@@ -75,17 +123,15 @@ class InferenceWorker(threading.Thread):
         self.infer_ms = 0.0
         self.processed = 0
         self.skipped = 0
-        self._done_times: deque[float] = deque(maxlen=30)
+        self.rate = RateMeter()  # results per second, frozen time left out
 
     # ---- any thread -------------------------------------------------------------------------------
 
     @property
     def fps(self) -> float:
-        """Results per second over the last (up to 30) frames; 0.0 before two results."""
-        t = list(self._done_times)
-        if len(t) < 2 or t[-1] <= t[0]:
-            return 0.0
-        return (len(t) - 1) / (t[-1] - t[0])
+        """Live results per second over the last (up to 30): 0.0 before two, falls to 0 when they stop
+        coming; the time frozen and the frozen frame's recomputations are left out (:class:`RateMeter`)."""
+        return self.rate.rate()
 
     @property
     def problem(self) -> str | None:
@@ -114,6 +160,10 @@ class InferenceWorker(threading.Thread):
             elif frame is None and self._held is not None:
                 self._ignored += self.frames.overwritten - self._hold_mark
             self._held, self._held_done = frame, None
+        if frame is not None:
+            self.rate.pause()
+        else:
+            self.rate.resume()
         self._wake.set()
 
     @property
@@ -145,16 +195,17 @@ class InferenceWorker(threading.Thread):
             self._still = None
         return process_frames(self.engine, [frame], settings, prepared, self.runner)[0]
 
-    def _next(self) -> tuple[Frame, MapSettings] | None:
+    def _next(self) -> tuple[Frame, MapSettings, bool] | None:
+        """The next job: (frame, settings, live); live is False for the held (frozen) frame."""
         with self._lock:
             held, settings = self._held, self._settings
             if held is not None:
                 if self._held_done == settings:
                     return None
                 self._held_done = settings
-                return held, settings
+                return held, settings, False
         frame = self.frames.get(timeout=0.05)
-        return (frame, self._settings) if frame is not None else None
+        return (frame, self._settings, True) if frame is not None else None
 
     def run(self) -> None:
         torch.set_grad_enabled(False)
@@ -166,7 +217,7 @@ class InferenceWorker(threading.Thread):
                         self._wake.wait(0.05)
                         self._wake.clear()
                     continue
-                frame, settings = job
+                frame, settings, live = job
                 last = self._last
                 if (frame.still and last is not None and last.frame is frame.image and last.settings == settings
                         and not self.holding):
@@ -184,7 +235,8 @@ class InferenceWorker(threading.Thread):
                 self.stop_event.wait(_FAILURE_PAUSE_S)
                 continue
             self._last = result
-            self._done_times.append(time.perf_counter())
+            if live:  # the frozen frame computed again is no live rate
+                self.rate.add()
             self.infer_ms = result.infer_ms
             self.processed += 1
             self.results.put(result)

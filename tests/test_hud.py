@@ -1,0 +1,110 @@
+"""What the HUD says about the view: the heads label per mode, and what A does where the map uses every
+layer (the controller and the frame loop; no window)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from live_attention.config import Config
+from live_attention.core.engine import AttentionEngine
+from live_attention.core.render import hud_layout
+from live_attention.datatypes import Frame, Status, View
+from live_attention.pipeline.controller import Controller
+from live_attention.pipeline.live import LiveSession
+from live_attention.pipeline.loop import FrameLoop, Inputs
+from tests.conftest import tiny_vit
+from tests.test_capture import FakeCamera, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _session() -> LiveSession:
+    eng = AttentionEngine(tiny_vit(layers=3, heads=2), device="cpu", precision="fp32")
+    return LiveSession(Config(), eng, FakeCamera([10_000], period=0.02))
+
+
+def _mode_line(view: View) -> str:
+    s = _session()
+    res = s.worker.process(Frame(image=np.full((48, 64, 3), 90, np.uint8), seq=0, t_capture_ns=0, source="x"))
+    return hud_layout(960, 720, res, view, Status()).lines[0][0]
+
+
+def test_heads_mode_says_every_head_is_shown_not_a_fusion():
+    assert _mode_line(View(mode="heads")).endswith("| all 2 heads")
+    assert _mode_line(View(mode="heads", head=1)).endswith("| all 2 heads, head 2 marked")
+    assert _mode_line(View(mode="attention")).endswith("| heads mean")  # the fused view still says how
+
+
+def test_views_of_every_layer_say_so_instead_of_a_layer_number():
+    assert "| all layers |" in _mode_line(View(mode="relevance", layer=1))
+    assert "| all layers |" in _mode_line(View(mode="flow"))
+    assert "| layer 2/3 |" in _mode_line(View(mode="rollout", layer=1))
+
+
+def test_a_animates_only_views_of_one_layer():
+    c = Controller(3, 2, View(mode="relevance"))
+    out = c.press("a")
+    assert not c.view.animating and "every layer" in out.note
+    c.press("1")
+    c.press("a")
+    assert c.view.animating  # attention: one layer at a time, so A animates
+    out = c.press("7")  # to relevance while animating: the layer number stops running
+    assert c.view.mode == "relevance" and not c.view.animating and "animation stopped" in out.note
+    c.press("6")
+    assert not c.view.animating
+    c.press("1")
+    c.press("a")
+    c.set_target(2)  # a click on a label goes to relevance: the animation stops there too
+    assert c.view.mode == "relevance" and not c.view.animating
+
+
+class Keys:
+    """A display that presses ``keys`` on the first iteration and shows nothing."""
+
+    running = True
+    wants_pixels = False
+    waits_for_results = False
+    takes_clicks = False
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def poll(self) -> Inputs:
+        keys, self.keys = self.keys, []
+        return Inputs(keys=keys)
+
+    def show(self, rgb, position=None) -> None:
+        pass
+
+    def update(self, status, result, view) -> None:
+        pass
+
+    def present(self) -> None:
+        time.sleep(0.01)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_in_the_relevance_view_leaves_the_layer_alone_and_says_why(tmp_path):
+    """Through the frame loop at 1000 animation steps a second: the layer in the state file never moves,
+    and the HUD's message says why."""
+    s = _session()
+    state_file = tmp_path / "state.json"
+    loop = FrameLoop(s, Keys(["a"]), View(mode="relevance", layer=1), animate_fps=1000.0, state_file=str(state_file))
+    s.start()
+    try:
+        assert wait_until(lambda: s.results.peek() is not None, 20)
+        layers = set()
+        for _ in range(30):
+            loop.step()
+            state = json.loads(state_file.read_text())
+            layers.add(state["view"]["layer"])
+        assert layers == {1} and not state["view"]["animating"]
+        assert "relevance uses every layer" in state["status"]["message"]
+    finally:
+        s.stop()
