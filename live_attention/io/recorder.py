@@ -397,12 +397,15 @@ class Recorder(threading.Thread):
         self._overlay: H264Writer | None = None
         self._raw: RawWriter | None = None
         self._lock = lock_session(path)  # tells readers the session is being recorded
+        reserve = None
         try:
             self.chunks = ChunkWriter(path / ATTN_DIR)
             self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None)
-            self.reserve = Reserve(path)
+            self.reserve = reserve = Reserve(path)
             write_json_atomic(path / MANIFEST, self.manifest)
         except BaseException:
+            if reserve is not None:
+                reserve.release()
             unlock_session(self._lock)
             raise
 
