@@ -150,6 +150,21 @@ def test_the_default_config_records_with_the_codec_the_measured_costs_choose(tmp
     s.close()
 
 
+def test_auto_falls_back_to_mjpeg_when_the_encoders_cannot_be_timed(tmp_path, monkeypatch, demo_engine):
+    def fail(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/la-rec-x/o.mp4")
+
+    monkeypatch.setattr(recorder_module, "time_encoders", fail)
+    rec = Recorder.create(tmp_path, demo_engine, Config())
+    for res, rgb in _results(demo_engine, 3):
+        rec.submit(res, rgb, View())
+    rec.start()
+    rec.stop()
+    man = json.loads((rec.path / MANIFEST).read_text())
+    assert rec.error is None and man["end"]["frames"] == 3 and man["raw_codec"] == "mjpeg"
+    assert man["raw_codec_choice"]["reason"] == "mjpeg: the encoders could not be timed (disk full (o.mp4))"
+
+
 def test_time_encoders_times_each_raw_codec_and_the_overlay():
     rng = np.random.default_rng(0)
     bgr = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)

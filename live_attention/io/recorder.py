@@ -523,7 +523,12 @@ class Recorder(threading.Thread):
         FFV1 costs about three times MJPEG, so it is timed only where overlay + MJPEG leave it room: on a
         machine that cannot keep up anyway, choosing costs four frames' encoding, not six."""
         rec = self.cfg.record
-        costs = time_encoders(bgr, rgb, rec.crf, rec.preset, codecs=("mjpeg",))
+        try:
+            costs = time_encoders(bgr, rgb, rec.crf, rec.preset, codecs=("mjpeg",))
+        except Exception as exc:  # e.g. no room for the overlay's temporary file: the cheap codec, said why
+            reason = f"mjpeg: the encoders could not be timed ({_one_line(exc)})"
+            logger.warning("raw codec %s", reason)
+            return {"asked": "auto", "codec": "mjpeg", "reason": reason}
         first = self._seen.first_s if self._seen.first_s is not None else time.monotonic()
         while (self.submitted < RATE_FRAMES and time.monotonic() < first + RATE_WAIT_S
                and not self._stop_evt.is_set()):
