@@ -97,7 +97,7 @@ class RecordConfig:
     preset: str = "ultrafast"
     queue_size: int = 64
     max_lag_s: float = 0.3
-    raw_codec: str = "ffv1"
+    raw_codec: str = "auto"  # auto: ffv1 where it keeps up with the frames, else mjpeg (io/recorder.py)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "record.preset": (
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
     ),
-    "record.raw_codec": ("ffv1", "mjpeg"),
+    "record.raw_codec": ("auto", "ffv1", "mjpeg"),
 }
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "model.threads": (0, 1024),

@@ -58,8 +58,9 @@ def _frames(n: int, w: int = 320, h: int = 240) -> list[np.ndarray]:
     return out
 
 
-def _cfg(queue_size: int = 1000) -> Config:
-    return replace(Config(), record=RecordConfig(queue_size=queue_size))
+def _cfg(queue_size: int = 1000, raw_codec: str = "ffv1") -> Config:
+    """Lossless raw frames by default: the round trips compare pixels exactly."""
+    return replace(Config(), record=RecordConfig(queue_size=queue_size, raw_codec=raw_codec))
 
 
 def _record(base: Path, engine: AttentionEngine, frames: list[np.ndarray], view: View | None = None,
@@ -273,7 +274,7 @@ def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
         write_chunk(self, path, arrays)
 
     def json_on_a_full_disk(path, data):
-        if disk["full"] and (path.parent / recorder.RESERVE).exists():
+        if disk["full"] and disk["rec"].reserve.held:  # the disk is full until the reserve is given back
             path.with_name(path.name + ".tmp").write_bytes(b"")  # what a full disk leaves: an empty tmp
             try:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -285,8 +286,9 @@ def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(recorder, "write_json_atomic", json_on_a_full_disk)
     monkeypatch.setattr(recording, "CHUNK_FRAMES", 4)
     caplog.set_level(logging.WARNING)
-    rec = Recorder.create(tmp_path, engine, _cfg())
-    assert (rec.path / recorder.RESERVE).exists()
+    rec = disk["rec"] = Recorder.create(tmp_path, engine, _cfg())
+    # The reserve holds its megabyte unlinked: nothing a kill could leave behind.
+    assert rec.reserve.held and not (rec.path / recorder.RESERVE).exists()
     rec.start()
     t = time.monotonic_ns()
     for i, img in enumerate(_frames(20)):
@@ -297,6 +299,7 @@ def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
     rec.join(10)
     rec.stop()  # no raise
     assert rec.error and "disk full" in rec.error and "\n" not in rec.error
+    assert not rec.reserve.held
     assert "REC" in rec.hud_text()
     assert not rec.submit(res, render(img, res, View()), View())
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -404,6 +407,9 @@ def test_player_keys():
 def test_bench_recording(tmp_path):
     r = bench_recording(frames=6, width=320, height=240, tmp_dir=tmp_path)
     assert r["overlay_ms_per_frame"] > 0 and r["raw_ffv1_bytes_per_s"] > 0
+    # Against the interval at 30 fps: what record.raw_codec = "auto" would take with these costs.
+    assert r["interval_ms"] == pytest.approx(1000 / 30) and r["auto_codec"] in ("ffv1", "mjpeg")
+    assert r["auto_share_of_interval"] > 0
     L, H, P = 12, 12, 196
     assert r["attention_bytes_per_frame"] <= 200_000
     assert r["attention_bytes_per_frame"] >= L * H * P * 2  # cls in fp16

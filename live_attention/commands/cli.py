@@ -122,7 +122,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                 if args.headless:
                     raise
                 loop.say(f"recording not started: {exc}", 8.0)  # a bad folder must not stop the live view
-        return loop.run()
+        status = loop.run()
     finally:
         path = str(session.recorder.path) if session.recorder is not None else None
         session.stop()
@@ -134,6 +134,9 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                 print(f"live-attention: end of input ({source.name}, {session.capture.frames} frames)", file=sys.stderr)
             if path:
                 print(f"live-attention: recording saved in {path}", file=sys.stderr)
+    for err in session.record_errors:  # the app went on; the exit status says the recording did not
+        print(f"live-attention: error: {err}", file=sys.stderr)
+    return status or (1 if session.record_errors else 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """``live-attention export SESSION``: a recorded session rendered again, or one frame's heads grid or
-layers animation. Maps come from the recording; what it lacks is recomputed with the manifest's model."""
+layers animation. Maps come from the recording; what it lacks is recomputed with the manifest's model.
+A session still being recorded, never finalised or missing a part is exported as far as its files
+allow, after one line saying so."""
 
 from __future__ import annotations
 
@@ -79,13 +81,16 @@ def export(args: argparse.Namespace) -> int:
     )
 
     session = Session(args.session)
+    for note in session.notes():
+        print(f"live-attention: warning: {note}", file=sys.stderr)
     old = terminate_as_interrupt()
     try:
         overrides = view_overrides(args)
         _check_view(session, overrides)
         engine = None
-        if args.target is not None:  # a class name or index: the session's model says which class that is
+        if not session.has_maps or args.target is not None:
             engine = engine_for_session(session, args.weights, args.device)
+        if args.target is not None:  # a class name or index: the session's model says which class that is
             overrides["target"] = engine.class_index(args.target)
         if args.grid and args.layers_gif:
             raise UserError("--grid and --layers-gif write different files: pick one")
@@ -95,7 +100,7 @@ def export(args: argparse.Namespace) -> int:
             index = args.frame - 1
             if args.grid:
                 out = check_output(args.output, args.overwrite, (".png", ".jpg", ".jpeg"), "--grid writes an image")
-                img = grid_picture(session, index, overrides.get("colormap", "inferno"))
+                img = grid_picture(session, index, overrides.get("colormap", "inferno"), engine)
                 with PartialOutput(out, args.overwrite) as part:
                     if not cv2.imwrite(str(part.path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                         raise UserError(f"cannot write {out}: use .png or .jpg in a writable folder")
@@ -103,7 +108,7 @@ def export(args: argparse.Namespace) -> int:
                 out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
                                    "--layers-gif writes an animation")
                 view = replace(export_view(session, index, overrides), mode=overrides.get("mode", "attention"))
-                if engine is None and needs_model(view, session.result(index)):
+                if engine is None and session.has_raw and needs_model(view, session.result(index)):
                     engine = engine_for_session(session, args.weights, args.device)
                 frames = layers_frames(session, index, view, engine)
                 with PartialOutput(out, args.overwrite) as part:

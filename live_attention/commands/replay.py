@@ -6,6 +6,7 @@ The replay window is the one frame loop with a :class:`~live_attention.pipeline.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 
 from live_attention.commands.args import Parser, add_logging_arg, finite_float, setup_logging
@@ -32,13 +33,17 @@ def main(argv: list[str]) -> int:
     # The heavy part (torch, OpenCV, PyAV, Dear PyGui) loads once the arguments are known good.
     from live_attention.io.recording import Session
     from live_attention.pipeline.loop import FrameLoop
-    from live_attention.pipeline.replay import ReplayFeed, engine_for_session
+    from live_attention.pipeline.replay import ReplayFeed, check_replayable, engine_for_session
     from live_attention.window import TITLE, Window, check_display
 
     session = Session(args.session)  # a wrong folder is said first, display or not
     try:
+        check_replayable(session, not args.no_model)
+        for note in session.notes():
+            print(f"live-attention: warning: {note}", file=sys.stderr)
         check_display("use `live-attention export` instead")
-        engine = None if args.no_model else engine_for_session(session, args.weights, args.device)
+        # Without raw.mkv there is nothing to compute maps from: the model is not loaded.
+        engine = None if args.no_model or not session.has_raw else engine_for_session(session, args.weights, args.device)
         feed = ReplayFeed(session, engine, paused=args.paused)
         view = replace(session.view(0), frozen=args.paused, animating=False)
         window = Window(f"{TITLE} replay", 1280, 800, vsync=True)

@@ -10,8 +10,12 @@ Threads:
   (:class:`~live_attention.io.video.H264Writer`), the raw-frame writer (:class:`RawWriter`) and the attention
   chunks (:class:`~live_attention.io.recording.ChunkWriter`). An error there (a full disk, a vanished
   folder) becomes one line in :attr:`Recorder.error`; the recording stops, what was written stays
-  readable, the manifest is finalised (a small reserve file is given back to the disk for it), the app
-  goes on.
+  readable, the manifest is finalised (a 1 MB reserve is given back to the disk for it), the app
+  goes on. The reserve is an unlinked file held open, so a killed process cannot leave it behind.
+* ``record.raw_codec = "auto"``: on the first frame the recorder thread times the raw codecs (and the
+  overlay) on that frame, waits for the frame rate to show, and takes lossless FFV1 when everything
+  fits the frame interval with headroom, else MJPEG (:func:`choose_raw_codec`). While
+  recording, the HUD line says when frames are being dropped and why (:func:`drop_reason`).
 
 The format (what a row and the manifest hold, and how they are read back) is
 :mod:`live_attention.io.recording`.
@@ -20,18 +24,20 @@ The format (what a row and the manifest hold, and how they are read back) is
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -46,17 +52,26 @@ from live_attention.io.recording import (
     MANIFEST,
     OVERLAY,
     RAW,
+    RESERVE,
     ChunkWriter,
     frame_row,
+    lock_session,
     new_session_dir,
+    unlock_session,
     write_json_atomic,
 )
 from live_attention.io.video import TIME_BASE, H264Writer, StreamWriter
 
 logger = logging.getLogger(__name__)
 
-RESERVE = ".reserve"  # bytes held back so that the manifest can be finalised on a full disk
-RESERVE_BYTES = 1 << 20
+RESERVE_BYTES = 1 << 20  # held back so that the manifest can be finalised on a full disk
+RAW_CODECS = ("ffv1", "mjpeg")  # best first: lossless, then near-lossless and about 3x cheaper
+HEADROOM = 0.75  # "auto" takes a codec when the recorder's work per frame fits this share of the interval
+RATE_FRAMES = 4  # "auto" waits for this many frames (at most RATE_WAIT_S) to see the frame rate
+RATE_WAIT_S = 0.5
+DROP_WINDOW = 60  # the HUD's drop rate is over the last this many frames submitted ...
+DROP_SHOWN = 0.05  # ... and said with its reason from this share on ...
+DROP_MIN_FRAMES = 10  # ... once this many frames have come since the codec was chosen
 KEY_MS = 500  # a keyframe, so a new MP4 fragment, at least this often: what a crash can lose of the overlay
 # The encoders yield to the model a little (nice 10 starved them under load: 4-8 s lost to a crash),
 # and the queue's time bound keeps what a crash can lose to about a second whatever they get.
@@ -82,17 +97,18 @@ class RawWriter(StreamWriter):
     """Camera frames (BGR uint8) into Matroska with explicit ms timestamps.
 
     ``ffv1``: lossless (bgr0, every frame a keyframe, slice CRCs). ``mjpeg``: q2, 4:4:4, near-lossless
-    and about 7x faster. Matroska writes a cluster every few frames, so a killed process leaves a file
-    that decodes up to its last complete cluster.
+    and about 3x cheaper. Matroska writes a cluster every few frames, so a killed process leaves a file
+    that decodes up to its last complete cluster. ``path`` may be a binary file object (timing in memory).
     """
 
-    def __init__(self, path: str | os.PathLike[str], width: int, height: int, codec: str = "ffv1") -> None:
+    def __init__(self, path: str | os.PathLike[str] | BinaryIO, width: int, height: int, codec: str = "ffv1") -> None:
         import av
 
-        self.path = Path(path)
+        in_memory = hasattr(path, "write")
+        self.path = None if in_memory else Path(path)  # type: ignore[arg-type]
         self.width, self.height = int(width), int(height)
         # A cluster (and so what survives a crash) closes at least every second.
-        self._container = av.open(str(self.path), mode="w",
+        self._container = av.open(path if in_memory else str(self.path), mode="w", format="matroska",
                                   options={"cluster_time_limit": str(KEY_MS), "cluster_size_limit": "8000000"})
         self._container.flags |= av.container.Flags.flush_packets.value  # see H264Writer
         if codec == "ffv1":
@@ -106,7 +122,8 @@ class RawWriter(StreamWriter):
             stream.codec_context.qmin = 1
             stream.codec_context.qmax = 2
         else:
-            raise UserError(f"raw codec {codec!r}: use ffv1 or mjpeg")
+            self._container.close()
+            raise UserError(f"raw codec {codec!r}: use auto, ffv1 or mjpeg")
         stream.width, stream.height = self.width, self.height
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
@@ -132,6 +149,106 @@ def overlay_writer(path: Path, width: int, height: int, crf: int, preset: str, k
     # gop in frames is a fallback only: keyframes are forced by time.
     return H264Writer(path, width, height, fps=30.0, crf=crf, preset=preset, gop=600, key_ms=key_ms,
                       flush_packets=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The raw codec for this source and machine, and why frames are dropped
+# --------------------------------------------------------------------------------------------------
+
+
+def time_encoders(bgr: np.ndarray, rgb: np.ndarray | None = None, crf: int = 23, preset: str = "ultrafast",
+                  codecs: tuple[str, ...] = RAW_CODECS) -> dict[str, float]:
+    """Milliseconds per frame of each raw codec in ``codecs`` on ``bgr`` and of the overlay on ``rgb``
+    (key ``"overlay"``, when given).
+
+    One frame warms each encoder up (its set-up is no per-frame cost: FFV1's first frame takes about
+    1.7 times its next, x264's three times), the next is timed. Raw frames are encoded in memory, the
+    overlay into a temporary file.
+    """
+    import tempfile
+
+    out: dict[str, float] = {}
+    h, w = bgr.shape[:2]
+    for codec in codecs:
+        writer = RawWriter(io.BytesIO(), w, h, codec)
+        try:
+            writer.write(bgr, 0)
+            t = time.perf_counter()
+            writer.write(bgr, 33)
+            out[codec] = (time.perf_counter() - t) * 1000.0
+        finally:
+            writer.close()
+    if rgb is not None:
+        moved = np.roll(rgb, 8, axis=1)  # a P-frame of a moving picture, not of a still one
+        with tempfile.TemporaryDirectory(prefix="la-rec-") as d:
+            ow = overlay_writer(Path(d) / "o.mp4", rgb.shape[1], rgb.shape[0], crf, preset)
+            try:
+                ow.write(rgb, 0.0)
+                t = time.perf_counter()
+                ow.write(moved, 0.033)
+                out["overlay"] = (time.perf_counter() - t) * 1000.0
+            finally:
+                ow.close()
+    return out
+
+
+def choose_raw_codec(costs_ms: dict[str, float], interval_ms: float, headroom: float = HEADROOM) -> tuple[str, str]:
+    """The best raw codec whose frame, with the overlay's (``costs_ms["overlay"]``), is encoded within
+    ``headroom`` of the interval between recorded frames; else the cheapest. Returns (codec, reason)."""
+    other = costs_ms.get("overlay", 0.0)
+    budget = headroom * interval_ms
+    for codec in RAW_CODECS:
+        if codec in costs_ms and other + costs_ms[codec] <= budget:
+            return codec, (f"{codec}: {other + costs_ms[codec]:.0f} ms of encoding a frame fits the "
+                           f"{interval_ms:.0f} ms between frames")
+    cheapest = min((c for c in RAW_CODECS if c in costs_ms), key=lambda c: costs_ms[c])
+    return cheapest, (f"{cheapest}, the cheapest: {other + costs_ms[cheapest]:.0f} ms of encoding a frame against "
+                      f"{interval_ms:.0f} ms between frames, so frames will be dropped")
+
+
+def drop_reason(codec: str, overlay_ms: float, raw_ms: float, data_ms: float, interval_ms: float) -> str:
+    """Why the recorder drops frames, in a few words with the fix: the HUD's REC line."""
+    total = overlay_ms + raw_ms + data_ms
+    fix = 'try record.raw_codec = "mjpeg"' if codec == "ffv1" else "lower the source's size or fps"
+    if total > interval_ms:
+        slow = "raw encoder" if raw_ms >= overlay_ms else "overlay encoder"
+        return f"{slow} too slow ({total:.0f} ms a frame, {interval_ms:.0f} ms apart): {fix}"
+    return f"encoders short of CPU ({total:.0f} ms a frame, {interval_ms:.0f} ms apart): {fix}"
+
+
+class Reserve:
+    """Disk held back so the manifest can be finalised on a full disk: a file of real (incompressible) bytes,
+    unlinked at once but held open, so it keeps its blocks and a killed process cannot leave it behind.
+    :meth:`release` gives them back. Where an open file cannot be unlinked (Windows) it stays named until then.
+    """
+
+    def __init__(self, directory: Path, size: int = RESERVE_BYTES) -> None:
+        path = directory / RESERVE
+        self._file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 (held for the whole recording)
+        try:
+            self._file.write(os.urandom(size))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except BaseException:
+            self._file.close()
+            path.unlink(missing_ok=True)
+            raise
+        self._path: Path | None = None
+        try:
+            path.unlink()
+        except OSError:
+            self._path = path
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            f.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +306,9 @@ def build_manifest(engine: Any, cfg: Config, view: View | None) -> dict[str, Any
         "frame_size": None,  # [w, h], set with the first frame
         "overlay_size": None,
         "files": {"overlay": OVERLAY, "raw": RAW, "attention": ATTN_DIR},
-        "raw_codec": cfg.record.raw_codec,
+        "raw_codec": cfg.record.raw_codec,  # "auto" is replaced by the codec chosen (see raw_codec_choice)
+        "raw_codec_choice": None,
+        "recorder": {"pid": os.getpid(), "host": platform.node()},
         "attention_dtype": "float16",
         "chunk_frames": CHUNK_FRAMES,
         "time_base": "1/1000",
@@ -218,6 +337,34 @@ def _one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Costs:
+    """The recorder thread's smoothed ms per frame of each part (what the HUD explains drops with)."""
+
+    overlay: float = 0.0
+    raw: float = 0.0
+    data: float = 0.0
+    frames: int = 0
+
+    def add(self, overlay: float, raw: float, data: float) -> None:
+        a = 1.0 if self.frames == 0 else 0.1
+        self.overlay += a * (overlay - self.overlay)
+        self.raw += a * (raw - self.raw)
+        self.data += a * (data - self.data)
+        self.frames += 1
+
+
+@dataclass
+class Submissions:
+    """What the caller's thread saw: capture-time gaps between frames and the drops of the last frames."""
+
+    gaps_ms: deque[float] = field(default_factory=lambda: deque(maxlen=30))
+    drops: deque[int] = field(default_factory=lambda: deque(maxlen=DROP_WINDOW))
+    last_ns: int | None = None
+    first_s: float | None = None  # monotonic time of the first frame
+    last_s: float = 0.0  # ... and of the latest
+
+
 class Recorder(threading.Thread):
     """Writes a session on its own thread; :meth:`submit` never blocks the caller.
 
@@ -239,6 +386,9 @@ class Recorder(threading.Thread):
         self.dropped = 0
         self.submitted = 0
         self.written = 0
+        self.raw_codec: str | None = None  # the codec in use, once the first frame chose it
+        self.costs = Costs()
+        self._seen = Submissions()
         self._stop_evt = threading.Event()
         self._failed = threading.Event()
         self._t_start = time.monotonic()
@@ -246,13 +396,23 @@ class Recorder(threading.Thread):
         self._last_pts = -1
         self._overlay: H264Writer | None = None
         self._raw: RawWriter | None = None
-        self.chunks = ChunkWriter(path / ATTN_DIR)
-        self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None)
-        self.encode_ms = 0.0  # smoothed encoder time per frame (overlay + raw + data)
-        with open(path / RESERVE, "wb") as f:  # given back on a full disk, so the manifest can be finalised
-            f.truncate(RESERVE_BYTES)
-            f.write(b"\0")
-        write_json_atomic(path / MANIFEST, self.manifest)
+        self._lock = lock_session(path)  # tells readers the session is being recorded
+        reserve = None
+        try:
+            self.chunks = ChunkWriter(path / ATTN_DIR)
+            self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None)
+            self.reserve = reserve = Reserve(path)
+            write_json_atomic(path / MANIFEST, self.manifest)
+        except BaseException:
+            if reserve is not None:
+                reserve.release()
+            unlock_session(self._lock)
+            raise
+
+    @property
+    def encode_ms(self) -> float:
+        """Smoothed encoder time per frame (overlay + raw + data)."""
+        return self.costs.overlay + self.costs.raw + self.costs.data
 
     @classmethod
     def create(
@@ -272,13 +432,23 @@ class Recorder(threading.Thread):
         if result is None or self._stop_evt.is_set() or self._failed.is_set():
             return False
         self.submitted += 1
+        seen = self._seen
         with self._cond:
+            now = time.monotonic()
+            seen.first_s = now if seen.first_s is None else seen.first_s
+            seen.last_s = now
+            if seen.last_ns is not None and result.t_capture_ns > seen.last_ns:
+                seen.gaps_ms.append((result.t_capture_ns - seen.last_ns) / 1e6)
+            seen.last_ns = result.t_capture_ns
             self._queue.append((result, rgb, view))
             newest = result.t_capture_ns
+            dropped = 0
             while len(self._queue) > 1 and (len(self._queue) > self.max_frames
                                             or newest - self._queue[0][0].t_capture_ns > self.max_lag_ns):
                 self._queue.popleft()
-                self.dropped += 1
+                dropped += 1
+            self.dropped += dropped
+            seen.drops.append(dropped)
             self._cond.notify()
         return True
 
@@ -287,12 +457,35 @@ class Recorder(threading.Thread):
         with self._cond:
             return len(self._queue)
 
+    def interval_ms(self) -> float | None:
+        """The median capture-time gap between recorded frames lately (None before the second frame)."""
+        with self._cond:
+            gaps = list(self._seen.gaps_ms)
+        return statistics.median(gaps) if gaps else None
+
+    def drop_rate(self) -> float:
+        """The share of the last frames submitted that were dropped (0 before there are enough of them to
+        tell, or when none came for 2 s)."""
+        with self._cond:
+            drops, last = list(self._seen.drops), self._seen.last_s
+        if len(drops) < DROP_MIN_FRAMES or time.monotonic() - last > 2.0:
+            return 0.0
+        return min(1.0, sum(drops) / len(drops))
+
     def hud_text(self) -> str:
+        """``REC mm:ss  dropped N``, and while frames are being dropped, how many and why."""
         el = int(time.monotonic() - self._t_start)
         m, s = divmod(el, 60)
         t = f"{m:02d}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
-        state = "REC" if not self._failed.is_set() else "REC STOPPED"
-        return f"{state} {t}  dropped {self.dropped}"
+        if self._failed.is_set():
+            return f"REC STOPPED {t}  dropped {self.dropped}"
+        rate = self.drop_rate()
+        interval = self.interval_ms()
+        if rate < DROP_SHOWN or self.raw_codec is None or interval is None:
+            return f"REC {t}  dropped {self.dropped}"
+        c = self.costs
+        return (f"REC {t}  dropped {self.dropped}, {rate:.0%} now: "
+                f"{drop_reason(self.raw_codec, c.overlay, c.raw, c.data, interval)}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting frames, write what is queued, close the files (joins with a timeout)."""
@@ -324,12 +517,45 @@ class Recorder(threading.Thread):
             return
         self._finish()
 
+    def _choose_codec(self, bgr: np.ndarray, rgb: np.ndarray) -> dict[str, Any]:
+        """``auto``: time the encoders on the first frame, wait for the frame rate to show, choose.
+
+        FFV1 costs about three times MJPEG, so it is timed only where overlay + MJPEG leave it room: on a
+        machine that cannot keep up anyway, choosing costs four frames' encoding, not six."""
+        rec = self.cfg.record
+        try:
+            costs = time_encoders(bgr, rgb, rec.crf, rec.preset, codecs=("mjpeg",))
+        except Exception as exc:  # e.g. no room for the overlay's temporary file: the cheap codec, said why
+            reason = f"mjpeg: the encoders could not be timed ({_one_line(exc)})"
+            logger.warning("raw codec %s", reason)
+            return {"asked": "auto", "codec": "mjpeg", "reason": reason}
+        first = self._seen.first_s if self._seen.first_s is not None else time.monotonic()
+        while (self.submitted < RATE_FRAMES and time.monotonic() < first + RATE_WAIT_S
+               and not self._stop_evt.is_set()):
+            time.sleep(0.01)
+        # No second frame yet: they come at least this far apart.
+        interval = self.interval_ms() or max(1.0, (time.monotonic() - first) * 1000.0)
+        if costs["overlay"] + costs["mjpeg"] <= HEADROOM * interval:
+            costs.update(time_encoders(bgr, codecs=("ffv1",)))
+        codec, reason = choose_raw_codec(costs, interval)
+        logger.info("raw codec %s", reason)
+        return {"asked": "auto", "codec": codec, "reason": reason, "interval_ms": round(interval, 2),
+                "costs_ms": {k: round(v, 2) for k, v in costs.items()}, "headroom": HEADROOM}
+
     def _open_writers(self, result: Result, rgb: np.ndarray) -> None:
         fh, fw = result.frame.shape[:2]
         rec = self.cfg.record
+        codec = rec.raw_codec
+        if codec == "auto":
+            self.manifest["raw_codec_choice"] = self._choose_codec(result.frame, rgb)
+            codec = self.manifest["raw_codec_choice"]["codec"]
         self._overlay = overlay_writer(self.path / OVERLAY, rgb.shape[1], rgb.shape[0], rec.crf, rec.preset)
-        self._raw = RawWriter(self.path / RAW, fw, fh, rec.raw_codec)
+        self._raw = RawWriter(self.path / RAW, fw, fh, codec)
+        self.raw_codec = codec
+        with self._cond:
+            self._seen.drops.clear()  # what was dropped while choosing says nothing about keeping up
         self._t0_ns = result.t_capture_ns
+        self.manifest["raw_codec"] = codec
         self.manifest["frame_size"] = [fw, fh]
         self.manifest["overlay_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
         self.manifest["grid"] = list(result.grid)
@@ -338,7 +564,6 @@ class Recorder(threading.Thread):
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def _write(self, result: Result, rgb: np.ndarray, view: View | None) -> None:
-        t = time.perf_counter()
         if self._overlay is None:
             self._open_writers(result, rgb)
         assert self._overlay is not None and self._raw is not None and self._t0_ns is not None
@@ -347,12 +572,15 @@ class Recorder(threading.Thread):
         self._last_pts = pts
         if view is None:
             view = self.view_fn() if self.view_fn else View()
+        t0 = time.perf_counter()
         self._overlay.write(rgb, pts / 1000.0)
+        t1 = time.perf_counter()
         self._raw.write(result.frame, pts)
+        t2 = time.perf_counter()
         self.chunks.append(frame_row(result, view, pts, self._t0_ns))
+        t3 = time.perf_counter()
         self.written += 1
-        ms = (time.perf_counter() - t) * 1000.0
-        self.encode_ms = ms if self.written == 1 else 0.9 * self.encode_ms + 0.1 * ms
+        self.costs.add((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
 
     def _end_manifest(self, **extra: Any) -> None:
         """Finalise the manifest; on a full disk, give the reserve back first and try again."""
@@ -361,9 +589,12 @@ class Recorder(threading.Thread):
         try:
             write_json_atomic(self.path / MANIFEST, self.manifest)
         except OSError:
-            (self.path / RESERVE).unlink(missing_ok=True)
+            self.reserve.release()
             write_json_atomic(self.path / MANIFEST, self.manifest)
-        (self.path / RESERVE).unlink(missing_ok=True)
+        finally:
+            self.reserve.release()
+            unlock_session(self._lock)
+            self._lock = None
 
     def _finish(self) -> None:
         errors = []
@@ -418,19 +649,25 @@ class Recorder(threading.Thread):
 
 
 def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_codec: str | None = None,
-                    tmp_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Encoder cost and disk rates of a recording, on synthetic moving 720p frames.
+                    tmp_dir: str | os.PathLike[str] | None = None, images: list[np.ndarray] | None = None,
+                    fps: float = 30.0) -> dict[str, Any]:
+    """Encoder cost and disk rates of a recording, on ``images`` (default: synthetic moving frames).
 
     Returns ms per frame for the overlay (H.264), the raw writer (ffv1 and mjpeg) and the attention
-    chunk, bytes per second on disk for each part at the measured rate of 30 fps, and attention bytes
-    per frame for ViT-B/16-sized arrays (L=12, H=12, P=196).
+    chunk, bytes per second on disk for each part at ``fps``, attention bytes per frame for
+    ViT-B/16-sized arrays (L=12, H=12, P=196), and against the interval at ``fps``: the codec
+    ``record.raw_codec = "auto"`` takes with these costs, and the share of the interval it fills.
     """
     import tempfile
 
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
-    base = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
-    imgs = [np.roll(base, 7 * i, axis=1) for i in range(frames)]
+    if images:
+        height, width = images[0].shape[:2]
+        imgs = [images[i % len(images)] for i in range(frames)]
+    else:
+        base = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+        base = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
+        imgs = [np.roll(base, 7 * i, axis=1) for i in range(frames)]
     L, H, P = 12, 12, 196
     out: dict[str, Any] = {"frames": frames, "size": [width, height]}
     with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
@@ -439,18 +676,18 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
         rc = RecordConfig()
         w = overlay_writer(dd / "o.mp4", width, height, crf=rc.crf, preset=rc.preset)
         for i, im in enumerate(imgs):
-            w.write(im, round(i * 1000 / 30) / 1000.0)
+            w.write(im, round(i * 1000 / fps) / 1000.0)
         w.close()
         out["overlay_ms_per_frame"] = (time.perf_counter() - t) * 1000 / frames
-        out["overlay_bytes_per_s"] = (dd / "o.mp4").stat().st_size / (frames / 30)
+        out["overlay_bytes_per_s"] = (dd / "o.mp4").stat().st_size / (frames / fps)
         for codec in ([raw_codec] if raw_codec else ["ffv1", "mjpeg"]):
             t = time.perf_counter()
             rw = RawWriter(dd / f"r-{codec}.mkv", width, height, codec)
             for i, im in enumerate(imgs):
-                rw.write(im, round(i * 1000 / 30))
+                rw.write(im, round(i * 1000 / fps))
             rw.close()
             out[f"raw_{codec}_ms_per_frame"] = (time.perf_counter() - t) * 1000 / frames
-            out[f"raw_{codec}_bytes_per_s"] = (dd / f"r-{codec}.mkv").stat().st_size / (frames / 30)
+            out[f"raw_{codec}_bytes_per_s"] = (dd / f"r-{codec}.mkv").stat().st_size / (frames / fps)
         cw = ChunkWriter(dd / "a")
         attn = rng.dirichlet(np.ones(P), size=(L, H)).astype(np.float32)
         res = Result(seq=0, t_capture_ns=0, t_done_ns=0, frame=imgs[0], box=(0, 0, width, height), grid=(14, 14),
@@ -464,6 +701,13 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
         cw.flush()
         out["attention_ms_per_frame"] = (time.perf_counter() - t) * 1000 / n
         out["attention_bytes_per_frame"] = cw.bytes / n
-        out["attention_bytes_per_s"] = out["attention_bytes_per_frame"] * 30
-    out["note"] = "bytes per second at 30 recorded frames per second; recordings run at the model's rate"
+        out["attention_bytes_per_s"] = out["attention_bytes_per_frame"] * fps
+    interval = 1000.0 / fps
+    costs = {c: out[f"raw_{c}_ms_per_frame"] for c in RAW_CODECS if f"raw_{c}_ms_per_frame" in out}
+    if costs:
+        auto, _ = choose_raw_codec({**costs, "overlay": out["overlay_ms_per_frame"]}, interval)
+        out["interval_ms"] = interval
+        out["auto_codec"] = auto
+        out["auto_share_of_interval"] = (out["overlay_ms_per_frame"] + costs[auto] + out["attention_ms_per_frame"]) / interval
+    out["note"] = f"bytes per second at {fps:g} recorded frames per second; recordings run at the model's rate"
     return out

@@ -8,13 +8,20 @@ A session folder (never reused, never overwritten)::
       raw.mkv                the camera frames: FFV1 (lossless, bgr0) or MJPEG q2 in Matroska, same pts
       attention/chunk-NNNNNN.npz   per-frame maps, fp16, one file per <= 0.4 s, written tmp + rename
 
+While it records, the recorder holds an exclusive ``flock`` on the session folder itself (released by
+the kernel when the process dies, so a killed recorder leaves no lock behind): :func:`session_is_live`
+tells a session being recorded from one whose recorder was killed (both have ``"end": null``).
+
 :func:`frame_row` turns a :class:`~live_attention.datatypes.Result` into a row of arrays and
 :meth:`Session.result` turns a row back into a Result (the round trip is tested). The writers of the
 video files and the recorder thread are in :mod:`live_attention.io.recorder`.
 
 Reading is defensive: a chunk that is damaged (bad CRC, wrong shapes) is skipped with one warning
 naming it and every other frame still plays; a manifest with a wrong type is one line naming the key;
-a ``.tmp`` file left by a crash is ignored.
+a ``.tmp`` file left by a crash is ignored. A session missing a part still opens with what the files
+allow (:attr:`Session.has_maps`, :attr:`Session.has_raw`, :meth:`Session.notes`): without attention
+chunks the timeline comes from ``raw.mkv`` (the maps are then computed again by the caller); without
+``raw.mkv`` the recorded maps are drawn on a neutral grey canvas of the recorded frame size.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import logging
 import os
 import re
 import time
+from contextlib import suppress
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +49,8 @@ MANIFEST = "manifest.json"
 OVERLAY = "overlay.mp4"
 RAW = "raw.mkv"
 ATTN_DIR = "attention"
+RESERVE = ".reserve"  # a named reserve file: older recorders left it when killed; readers remove it (see Session)
+CANVAS_GREY = 96  # the neutral background of recorded maps when raw.mkv is missing
 FORMAT_VERSION = 2
 CHUNK_FRAMES = 15  # a chunk is flushed after this many frames ...
 CHUNK_SECONDS = 0.4  # ... or this long after its first frame: with the recorder's queue, <= 1 s lost
@@ -204,6 +214,51 @@ def new_session_dir(base_dir: str | os.PathLike[str], now: datetime | None = Non
     raise UserError(f"too many sessions named {stem}* in {base}")
 
 
+def lock_session(path: Path) -> int | None:
+    """Hold an exclusive ``flock`` on the session folder while recording; returns the descriptor to pass to
+    :func:`unlock_session` (None where the platform has no ``flock``). The kernel drops it when the process
+    dies, so a killed recorder leaves nothing behind."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: liveness cannot be told (a session says "not finalised")
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        logger.debug("could not lock %s", path, exc_info=True)
+        return None
+    return fd
+
+
+def unlock_session(fd: int | None) -> None:
+    if fd is not None:
+        with suppress(OSError):
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def session_is_live(path: str | os.PathLike[str]) -> bool:
+    """Whether a recorder (in this or another process) is writing the session now (see :func:`lock_session`)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no locks on this filesystem: cannot tell
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
@@ -333,8 +388,30 @@ class RawReader:
         self._reader.close()
 
 
+def raw_pts_ms(path: Path) -> np.ndarray:
+    """The timestamps (ms) of the frames in ``raw.mkv``, read from the packets without decoding them
+    (the timeline of a session whose attention data is missing). Empty when the file cannot be read."""
+    import av
+
+    pts: list[int] = []
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            tb = float(stream.time_base) if stream.time_base else 1e-3
+            for packet in c.demux(stream):
+                if packet.pts is not None and packet.size:
+                    pts.append(int(round(packet.pts * tb * 1000)))
+    except (av.error.FFmpegError, IndexError, OSError, EOFError) as exc:  # truncated: what came before counts
+        logger.debug("raw frames of %s end: %s", path, exc)
+    return np.asarray(sorted(set(pts)), np.int64)
+
+
 class Session:
     """A recorded session: manifest, per-frame arrays (all complete chunks), raw frames on demand.
+
+    A session missing a part opens with what is left: :attr:`has_maps` False (no readable chunk) gives
+    the raw frames' timeline and no recorded maps (the caller computes them); :attr:`has_raw` False gives
+    the recorded maps over :meth:`canvas`. :meth:`notes` says in one line each what is missing.
 
     Args:
         path: the session folder (``session-*`` with ``manifest.json``).
@@ -350,25 +427,70 @@ class Session:
         self.layers, self.heads = m["layers"], m["heads"]
         self.grid = tuple(m["grid"])
         self.num_prefix = int(m["model"].get("num_prefix", 1))
+        self.live = session_is_live(self.path)
+        self.finalised = m.get("end") is not None
+        if not self.live:
+            with suppress(OSError):  # a killed older recorder's reserve; the folder may be read-only
+                (self.path / RESERVE).unlink(missing_ok=True)
         self.data = read_chunks(self.path / ATTN_DIR, self.layers, self.heads)
-        if not self.data:
-            raise UserError(f"{self.path} holds no recorded frames (the recording stopped before its first "
-                            "chunk was written)")
+        self.has_maps = bool(self.data)
+        self.has_raw = (self.path / RAW).is_file() and (self.path / RAW).stat().st_size > 0
+        self._raw_pts = None if self.has_maps or not self.has_raw else raw_pts_ms(self.path / RAW)
+        if self._raw_pts is not None and not len(self._raw_pts):
+            self.has_raw = False
+        if not self.has_maps and not self.has_raw:
+            raise UserError(f"{self.path} holds nothing to replay: no attention data (no chunk in {ATTN_DIR}/) "
+                            f"and no {RAW}" + (f"; {OVERLAY} is the recording as it was shown"
+                                               if (self.path / OVERLAY).is_file() else ""))
         self._raw: RawReader | None = None
         self._views: dict[int, View] = {}
+        self._canvas: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return int(self.data["seq"].shape[0])
+        return int(len(self.pts_ms))
 
     @property
     def pts_ms(self) -> np.ndarray:
-        return self.data["pts_ms"]
+        return self.data["pts_ms"] if self.has_maps else self._raw_pts  # type: ignore[return-value]
 
     @property
     def raw(self) -> RawReader:
+        if not self.has_raw:
+            raise UserError(f"{self.path / RAW} is missing: only the recorded maps can be shown")
         if self._raw is None:
             self._raw = RawReader(self.path / RAW, self.pts_ms)
         return self._raw
+
+    def notes(self) -> list[str]:
+        """One line for each thing a reader should know: a part missing, a session still being recorded
+        or never finalised."""
+        name, n = self.path.name, len(self)
+        out = []
+        if self.live:
+            out.append(f"{name} is still being recorded: using the {n} frames written so far")
+        elif not self.finalised:
+            out.append(f"{name} was not finalised (its recorder was killed?): using the {n} frames it holds")
+        if not self.has_maps:
+            out.append(f"{name}: the attention data is missing (no chunk in {ATTN_DIR}/): "
+                       f"the maps are computed again from {RAW} with the model")
+        if not self.has_raw:
+            shown = f" ({OVERLAY} holds the picture as it was shown)" if (self.path / OVERLAY).is_file() else ""
+            out.append(f"{name}: {RAW} is missing: the recorded maps are drawn on a grey canvas{shown}")
+        return out
+
+    def canvas(self) -> np.ndarray:
+        """A neutral grey frame of the recorded frame size: what the maps are drawn over without raw.mkv."""
+        if self._canvas is None:
+            size = self.manifest.get("frame_size")
+            if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+                box = self.data["box"]  # the crop boxes lie inside the frame
+                size = [int(box[:, 2].max()), int(box[:, 3].max())]
+            self._canvas = np.full((size[1], size[0], 3), CANVAS_GREY, np.uint8)
+        return self._canvas
+
+    def frame(self, i: int) -> np.ndarray | None:
+        """Frame ``i``'s picture: the raw frame (None where raw.mkv ends before it), or the grey canvas."""
+        return self.raw.get(i) if self.has_raw else self.canvas()
 
     @property
     def config(self) -> dict[str, Any]:
@@ -379,11 +501,11 @@ class Session:
         return v if isinstance(v, type(default)) or (isinstance(default, float) and isinstance(v, int)) else default
 
     def view(self, i: int) -> View:
-        """The view state that was shown with frame ``i``."""
+        """The view state that was shown with frame ``i`` (without attention data: the first one recorded)."""
         if i not in self._views:
             try:
-                d = json.loads(str(self.data["view"][i]))
-                self._views[i] = View(**{k: v for k, v in d.items() if k in _VIEW_FIELDS})
+                d = json.loads(str(self.data["view"][i])) if self.has_maps else self.manifest.get("initial_view")
+                self._views[i] = View(**{k: v for k, v in (d or {}).items() if k in _VIEW_FIELDS})
             except (ValueError, TypeError):
                 self._views[i] = View()
         return self._views[i]
@@ -405,8 +527,11 @@ class Session:
     def result(self, i: int, frame: np.ndarray | None = None) -> Result:
         """The :class:`Result` of frame ``i`` from its recorded row (fp16 maps as fp32) and its raw frame."""
         d = self.data
+        if not self.has_maps:
+            raise UserError(f"{self.path}: the attention data is missing: the maps need the model "
+                            f"(replay without --no-model)")
         if frame is None:
-            frame = self.raw.get(i)
+            frame = self.frame(i)
             if frame is None:
                 raise UserError(f"raw frame {i + 1} of {self.path} cannot be decoded")
         topk = [(str(n), float(p)) for n, p in zip(d["top_names"][i], d["top_p"][i], strict=True) if n]

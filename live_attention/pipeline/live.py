@@ -64,6 +64,7 @@ class LiveSession:
                                  entropy_layer=v.layer_index),
         )
         self.recorder: Recorder | None = None
+        self.record_errors: list[str] = []  # each recording that stopped on an error: the exit status says so
         self.latency_ms: float | None = None
         self._seen_puts = 0
         self._frozen: Result | None = None  # the result on screen when the view froze
@@ -101,6 +102,8 @@ class LiveSession:
         if rec is None:
             return None
         rec.stop()
+        if rec.error:
+            self.record_errors.append(f"{rec.error} ({rec.path}: {rec.chunks.frames} frames saved)")
         return str(rec.path)
 
     def toggle_record(self, view_fn: Callable[[], View]) -> str:

@@ -4,6 +4,11 @@ Threads: everything here runs on the frame loop's (main) thread. Recorded maps a
 what the recording lacks for the current view (query rows, flow, rollout with another fusion, another
 layer's patch entropy, relevance for another class) is recomputed from the lossless raw frame with the
 model named in the manifest (:class:`Recompute`), once per frame and setting.
+
+A damaged session plays what its files allow: without attention chunks every frame's maps are computed
+from ``raw.mkv`` as the recorder would have stored them (:func:`compute_rows`, so the model is needed);
+without ``raw.mkv`` the recorded maps are drawn on a grey canvas, and views that need the model are not
+available. :meth:`Session.notes <live_attention.io.recording.Session.notes>` says what is missing.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError
 from live_attention.io.outputs import PartialOutput
-from live_attention.io.recording import Session
+from live_attention.io.recording import RAW, Session
 from live_attention.io.video import H264Writer
 from live_attention.pipeline import batch
 
@@ -119,6 +124,43 @@ def needs_model(view: View, rec: Result) -> bool:
     return view.mode in ("query", "flow")
 
 
+def recorded_settings(session: Session) -> MapSettings:
+    """What a recorder computes every frame with (every view's maps), from the manifest's config and first
+    view: how the maps of a session without attention data are computed again."""
+    v = session.view(0)
+    return MapSettings(fusion=v.fusion, residual=session.config_value("view", "residual", 0.5),
+                       discard_ratio=session.config_value("view", "discard_ratio", 0.0), entropy_layer=v.layer,
+                       target=v.target, views=None)
+
+
+def compute_rows(engine: AttentionEngine, session: Session, indices: list[int], images: list[np.ndarray]) -> list[Result]:
+    """Frames of a session without attention data: computed from their raw pictures (one forward pass),
+    timed as recorded, as the recorder would have stored them."""
+    t0 = session.manifest.get("t0_capture_ns")
+    t0 = t0 if isinstance(t0, int) else 0
+    frames = [Frame(image=img, seq=i, t_capture_ns=t0 + int(session.pts_ms[i]) * 1_000_000, source="replay",
+                    pts_s=float(session.pts_ms[i]) / 1000.0) for i, img in zip(indices, images, strict=True)]
+    return process_frames(engine, frames, recorded_settings(session))
+
+
+def frame_result(session: Session, index: int, engine: AttentionEngine | None = None) -> Result:
+    """Frame ``index`` as recorded, or computed with ``engine`` where the attention data is missing."""
+    if session.has_maps:
+        return session.result(index)
+    check_replayable(session, engine is not None)
+    frame = session.frame(index)
+    if frame is None:
+        raise UserError(f"raw frame {index + 1} of {session.path} cannot be decoded")
+    return compute_rows(engine, session, [index], [frame])[0]  # type: ignore[arg-type]
+
+
+def check_replayable(session: Session, with_model: bool) -> None:
+    """Refuse, in one line with the fix, a session whose maps would need a model that is not loaded."""
+    if not session.has_maps and not with_model:
+        raise UserError(f"{session.path.name}: the attention data is missing (no chunk in attention/): "
+                        f"the maps must be computed from {RAW} with the model (drop --no-model)")
+
+
 class Recompute:
     """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread)."""
 
@@ -151,6 +193,10 @@ class Recompute:
         self._cache = (index, settings, out)
         return out
 
+    def recorded(self, session: Session, index: int, frame: np.ndarray) -> Result:
+        """Frame ``index`` of a session without attention data, computed as it would have been recorded."""
+        return compute_rows(self.engine, session, [index], [frame])[0]
+
 
 class ReplayFeed:
     """A recorded session as the frame loop's feed: a :class:`Player` picks the frame; results come from
@@ -160,6 +206,7 @@ class ReplayFeed:
     recording = False
 
     def __init__(self, session: Session, engine: AttentionEngine | None = None, paused: bool = False) -> None:
+        check_replayable(session, engine is not None)
         self.session = session
         self.num_layers, self.num_heads = session.layers, session.heads
         self.player = Player(session.pts_ms, playing=not paused)
@@ -174,13 +221,17 @@ class ReplayFeed:
     def latest(self) -> Result | None:
         i = self.player.index
         if i != self._index:
-            frame = self.session.raw.get(i)
+            frame = self.session.frame(i)
             if frame is None:
                 self._say(f"raw frame {i + 1} missing")
                 self.player.seek(max(0, i - 1))
                 self.player.playing = False
                 return self._result
-            self._result = self.session.result(i, frame)
+            if self.session.has_maps:
+                self._result = self.session.result(i, frame)
+            else:
+                assert self.recompute is not None  # check_replayable
+                self._result = self.recompute.recorded(self.session, i, frame)
             self._index = i
         return self._result
 
@@ -215,6 +266,9 @@ class ReplayFeed:
     def prepare(self, result: Result, view: View) -> Result:
         if not needs_model(view, result):
             return result
+        if not self.session.has_raw:
+            self._say(f"this view needs the raw frames, and {RAW} is missing")
+            return result
         if self.recompute is None:
             self._say("this view needs the model: replay without --no-model")
             return result
@@ -236,6 +290,10 @@ class ReplayFeed:
         i = max(0, self._index)
         pos = (f"{'PLAY' if p.playing else 'PAUSED'} {p.speed:g}x  frame {i + 1}/{n}"
                f"  {self.session.pts_ms[i] / 1000:.2f} s")
+        if not self.session.has_raw:
+            pos += f"  ({RAW} missing: recorded maps on grey)"
+        elif not self.session.has_maps:
+            pos += f"  (attention data missing: maps computed from {RAW})"
         note = self._note[0] if self._note is not None and time.monotonic() < self._note[1] else None
         return replace(self._status, message=message or note or pos, flow_progress=flow_progress)
 
@@ -274,8 +332,12 @@ def session_results(session: Session, recompute: Recompute | None, overrides: di
     def fn(items: list[batch.Item]) -> list[Result]:
         out: list[Result] = []
         todo: dict[MapSettings, list[int]] = {}
-        for k, item in enumerate(items):
-            rec = session.result(item.index, item.image)
+        if session.has_maps:
+            rows = [session.result(item.index, item.image) for item in items]
+        else:  # no attention data: every frame computed as recorded first (export_video checked the model)
+            assert recompute is not None
+            rows = compute_rows(recompute.engine, session, [it.index for it in items], [it.image for it in items])
+        for k, (item, rec) in enumerate(zip(items, rows, strict=True)):
             view = export_view(session, item.index, overrides, hud)
             views[rec.seq] = view
             out.append(rec)
@@ -292,15 +354,26 @@ def session_results(session: Session, recompute: Recompute | None, overrides: di
 
 
 def export_needs_model(session: Session, overrides: dict[str, Any]) -> bool:
-    """Whether any frame's view (recorded, with ``overrides``) needs maps the recording lacks."""
+    """Whether any frame's view (recorded, with ``overrides``) needs maps the recording lacks (always, without
+    attention data). Without raw.mkv such a view cannot be drawn: one line saying which and the fix."""
+    if not session.has_maps:
+        return True
     blank = np.zeros((2, 2, 3), np.uint8)  # the maps are all that is looked at
-    return any(needs_model(export_view(session, i, overrides), session.result(i, blank)) for i in range(len(session)))
+    for i in range(len(session)):
+        view = export_view(session, i, overrides)
+        if needs_model(view, session.result(i, blank)):
+            if not session.has_raw:
+                raise UserError(f"frame {i + 1} is shown in {view.mode} mode, which needs the raw frames, and {RAW} "
+                                "is missing: export a recorded view (e.g. --mode attention)")
+            return True
+    return False
 
 
 def raw_items(session: Session) -> Iterator[batch.Item]:
-    """The recorded raw frames in order (stops, with a warning, where the raw file ends early)."""
+    """The recorded raw frames in order (stops, with a warning, where the raw file ends early); the grey
+    canvas for each frame where raw.mkv is missing."""
     for i in range(len(session)):
-        frame = session.raw.get(i)
+        frame = session.frame(i)
         if frame is None:
             logger.warning("raw frames end at %d of %d", i, len(session))
             return
@@ -319,10 +392,11 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists: choose another name or pass --overwrite")
     overrides = dict(overrides or {})
+    check_replayable(session, engine is not None)
     residual = session.config_value("view", "residual", 0.5)
-    recompute = Recompute(engine, residual) if engine is not None else None
+    recompute = Recompute(engine, residual) if engine is not None and session.has_raw else None
     views: dict[int, View] = {}
-    first = session.raw.get(0)
+    first = session.frame(0)
     if first is None:
         raise UserError(f"the raw frames of {session.path} cannot be decoded")
     size = canvas_size(first.shape)
@@ -340,7 +414,10 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
 
 def layers_frames(session: Session, index: int, view: View, engine: AttentionEngine | None = None) -> list[np.ndarray]:
     """One rendered RGB picture per layer of frame ``index`` (the view's mode, head and fusion)."""
-    rec = session.result(index)
+    rec = frame_result(session, index, engine)
+    if not session.has_raw and needs_model(view, rec):
+        raise UserError(f"--mode {view.mode} needs the raw frames, and {RAW} is missing: choose a recorded view "
+                        "(e.g. --mode attention)")
     if engine is not None and needs_model(view, rec):
         rec = Recompute(engine, session.config_value("view", "residual", 0.5)).result(index, rec, view)
     status = session.status()
@@ -348,9 +425,10 @@ def layers_frames(session: Session, index: int, view: View, engine: AttentionEng
                    size=canvas_size(rec.frame.shape)) for li in range(rec.num_layers)]
 
 
-def grid_picture(session: Session, index: int, colormap: str = "inferno") -> np.ndarray:
+def grid_picture(session: Session, index: int, colormap: str = "inferno",
+                 engine: AttentionEngine | None = None) -> np.ndarray:
     """The layers × heads grid of CLS attention of frame ``index`` (UNTRAINED said in the title)."""
     title = f"CLS attention of frame {index + 1}: rows = layers, columns = heads"
     if session.status().untrained:
         title += " - UNTRAINED MODEL (random weights): these maps mean nothing"
-    return heads_grid(session.result(index), title, colormap)
+    return heads_grid(frame_result(session, index, engine), title, colormap)
