@@ -127,6 +127,23 @@ def test_relevance_runs_eagerly_without_host_synchronisation(family):
         assert flat.shape[0] == 2
 
 
+@pytest.mark.parametrize("shape", [(40, 50, 3), (40, 50, 4), (40, 50), (40, 50, 1), (50, 40, 3)])
+@pytest.mark.parametrize("full_frame", [False, True])
+def test_preprocessing_inside_the_step_equals_the_hosts(shape, full_frame):
+    """A device engine preprocesses a batch of raw frames inside the step (FrameBatch): the model sees
+    what the host's per-frame transform gives (same float resize; fp32 on one CPU)."""
+    eng = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32")
+    eng.configure_input(full_frame=full_frame)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(3)]
+    fb = FrameBatch(eng.preprocess_spec, shape, eng.device)
+    got = fb(torch.from_numpy(np.stack(images)))
+    for i, im in enumerate(images):
+        want, box = eng.preprocess_spec.apply(im, "cpu")
+        assert box == fb.box
+        torch.testing.assert_close(got[i : i + 1], want, rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # Graphs keyed by what changes the computation
 # --------------------------------------------------------------------------------------------------

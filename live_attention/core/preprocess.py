@@ -139,12 +139,12 @@ class FrameBatch:
     """
 
     def __init__(self, spec: Preprocess, frame_shape: tuple[int, ...], device: torch.device) -> None:
-        h, w = frame_shape[:2]
-        if h < 2 or w < 2:
-            raise ValueError(f"frame too small: {w}×{h} pixels")
         channels = frame_shape[2] if len(frame_shape) == 3 else 1
         if len(frame_shape) not in (2, 3) or channels not in (1, 3, 4):
             raise ValueError(f"frame must be H×W, H×W×1, H×W×3 (BGR) or H×W×4 (BGRA), got shape {frame_shape}")
+        h, w = frame_shape[:2]
+        if h < 2 or w < 2:
+            raise ValueError(f"frame too small: {w}×{h} pixels")
         self.spec, self.channels = spec, channels
         self.plan = spec.plan(h, w)
         self.box = self.plan.box
@@ -155,7 +155,7 @@ class FrameBatch:
             grey = frames.reshape(*frames.shape[:3])
             rgb = grey.unsqueeze(1).expand(-1, 3, -1, -1)
         else:
-            rgb = frames[..., :3].flip(-1).permute(0, 3, 1, 2)  # BGR(A) -> RGB, a view
+            rgb = frames[..., :3].flip(-1).permute(0, 3, 1, 2)  # BGR(A) -> RGB [B, 3, H, W]
         return self.spec.transform(rgb, self.plan, self.mean, self.std)
 
 
