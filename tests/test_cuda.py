@@ -5,9 +5,11 @@ Marked ``cuda`` and skipped where no GPU is present (the one skip the suite allo
 transformers and OpenCV, not PyAV or Dear PyGui (pictures are compared in memory, stills on disk are
 PNG). Tolerances, and why:
 
-* replay against eager, same GPU, same fp16 model: the same kernels on the same data, so differences
-  are at most fp16 rounding of a few ops (probabilities renormalised in fp32): 2e-3 absolute on maps in
-  [0, 1], 1 % relative on token norms;
+* replay against eager, same GPU, same fp16 model (weights sharpened: layers' maps differ by 0.1 to
+  0.8, so a wrong layer, fusion or patch cannot pass): a graph keeps every layer's entropies, so it
+  computes each layer's softmax explicitly where the eager step uses the fused attention kernel for
+  layers it does not keep; fp16 probabilities (2^-11 relative) through a few layers differ by up to
+  3.5e-4 on the CPU's fp16. Bound: 5e-3 absolute on maps in [0, 1], 1 % relative on token norms;
 * GPU fp16 against CPU fp32: the demo model on its own kind of scenes. On the CPU, fp16 against fp32
   moved rendered pixels by 0.002-0.015 grey levels on average (max 3) and relevance by 0.2 % of its
   peak; the GPU adds its own resize and attention kernels, so the bounds leave ~10x room while a wrong
@@ -42,7 +44,7 @@ from tests.tiny_families import FAMILIES, GRAPHED_MODES
 
 pytestmark = [pytest.mark.cuda, pytest.mark.timeout(600)]
 
-PROB_ATOL = 2e-3  # maps in [0, 1], fp16 replay against fp16 eager (see the module docstring)
+PROB_ATOL = 5e-3  # maps in [0, 1], fp16 replay against fp16 eager (see the module docstring)
 MAPS = ("cls", "entropy", "prefix_share", "rollout", "patch_entropy", "query")
 
 

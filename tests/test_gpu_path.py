@@ -55,7 +55,8 @@ def same_maps(a, b, atol: float = 1e-5) -> None:
         assert (x is None) == (y is None), name
         if x is not None:
             np.testing.assert_allclose(x, y, atol=atol, err_msg=name)
-    assert a.topk == b.topk and a.query_patch == b.query_patch
+    assert [c for c, _ in a.topk] == [c for c, _ in b.topk] and a.query_patch == b.query_patch
+    np.testing.assert_allclose([p for _, p in a.topk], [p for _, p in b.topk], atol=atol)
 
 
 # --------------------------------------------------------------------------------------------------

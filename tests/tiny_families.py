@@ -30,7 +30,19 @@ def hf_tiny(cls_name: str, **extra) -> nn.Module:
     return getattr(transformers, cls_name)(config).eval()
 
 
-FAMILIES: dict[str, Callable[[], nn.Module]] = {
+def sharpen(module: nn.Module, seed: int = 0, std: float = 0.2) -> nn.Module:
+    """Random weights far from the libraries' near-zero initialisation (as tests/test_models.py does), so
+    attention is sharp and differs from layer to layer: a comparison of maps could otherwise not fail."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            gain = p.ndim == 1 and name.endswith("weight") and any(w in name for w in ("norm", "ln", "layernorm"))
+            p.copy_(1.0 + 0.1 * r if gain else std * r)
+    return module.eval()
+
+
+_BUILDERS: dict[str, Callable[[], nn.Module]] = {
     "torchvision": lambda: tiny_vit(layers=3, heads=2),
     "timm dino": lambda: timm_tiny("vit_small_patch8_224.dino", img_size=32, num_classes=5),
     "timm registers": lambda: timm_tiny("vit_base_patch14_reg4_dinov2.lvd142m", img_size=28, num_classes=5),
@@ -43,6 +55,7 @@ FAMILIES: dict[str, Callable[[], nn.Module]] = {
     "hf deit teacher": lambda: hf_tiny("DeiTForImageClassificationWithTeacher", num_labels=4),
     "hf clip tower": lambda: hf_tiny("CLIPVisionModel"),
 }
+FAMILIES: dict[str, Callable[[], nn.Module]] = {name: (lambda b=b: sharpen(b())) for name, b in _BUILDERS.items()}
 
 # The live modes whose step a CUDA graph captures.
 GRAPHED_MODES = ("attention", "heads", "rollout", "entropy", "query", "norms")  # relevance and flow run eagerly
