@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 APT_PACKAGES := xvfb xdotool ffmpeg imagemagick libgl1 libglib2.0-0
 
-.PHONY: run demo test lint bench system-deps clean
+.PHONY: run demo test lint bench gpu-check system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/live-attention bench $(ARGS)
+
+# The cuda tests and one table of the GPU figures (tests/gpu_check.py). No setup step: it runs with this
+# checkout's .venv when there is one, else with python3 (a GPU machine with torch installed); without a
+# GPU it says so in one line and succeeds.
+GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PY) -m tests.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -65,7 +65,7 @@ class MapSettings:
 
 @dataclass(frozen=True, eq=False)
 class Result:
-    """Everything the renderer needs for one frame, on the CPU (except ``attn``).
+    """Everything the renderer needs for one frame, all of it on the CPU (any thread may read it).
 
     Shapes (L layers, H heads, P patches, N = P + prefix tokens):
     ``cls`` [L, H, P] the class token's attention to the patches; ``prefix_share`` [L, H] the part of
@@ -79,8 +79,8 @@ class Result:
     them (only the shown view's maps are computed live). ``rollout`` is also None where the fused
     layer matrices would not fit in memory (see
     :mod:`live_attention.core.frame_maps`). ``attn`` [L, H, N, N] full attention and ``fused``
-    [L, N, N] head-fused layer matrices (on the engine's device) are kept only when asked, for flow and
-    queries of other patches.
+    [L, N, N] head-fused layer matrices (host tensors: copies when the engine runs on a device) are
+    kept only when asked, for flow and queries of other patches.
     """
 
     seq: int

@@ -27,6 +27,17 @@ def tiny_vit(seed: int = 0, image_size: int = 32, patch_size: int = 8, layers: i
     ).eval()
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``cuda`` need a GPU: without one they are skipped (the one skip the suite allows;
+    ``make gpu-check`` runs them where there is one)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU: make gpu-check runs these on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def media() -> Path:
     if not MEDIA.is_dir():

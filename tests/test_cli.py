@@ -111,9 +111,11 @@ def test_bench_runs_and_prints_figures(capsys, tmp_path):
     assert main(["bench", "--only", "demo", "--only", "renderer", "--reps", "2", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "engine.run / plain forward, fp32" in text and "render 720p, mode heads" in text
-    assert "render 720p, mode relevance" in text and "live step: 720p frame to maps on the host" in text
+    assert "render 720p, mode relevance" in text and "live step, attention view: 720p frame to maps on the host" in text
+    assert "live step, relevance view" in text
     data = json.loads(out.read_text())
-    assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_ms"] > 0
+    assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_attention_ms"] > 0
+    assert data["demo.step_relevance_ms"] > 0
 
 
 def _render_png(args: list[str], out) -> bytes:

@@ -31,12 +31,12 @@ class SlowEngine(AttentionEngine):
     failing: range = range(0)  # calls (1-based) that fail
     calls = 0
 
-    def run(self, images, keep=None):
+    def run(self, images, keep=None, select=None):
         self.calls += 1
         if self.calls in self.failing:
             raise RuntimeError("simulated CUDA error")
         time.sleep(self.delay)
-        return super().run(images, keep)
+        return super().run(images, keep, select)
 
 
 def engine(delay=0.0, failing=range(0)) -> SlowEngine:

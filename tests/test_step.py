@@ -77,7 +77,8 @@ def test_a_captured_step_replays_new_inputs_and_is_cached_per_size_and_settings(
         assert a.graphed and not b.graphed
         np.testing.assert_allclose(a.flat, b.flat, atol=1e-6)  # the replay sees each new input
     assert backend.captures == 1 and backend.replays == 3
-    runner(inputs(1)[0], MapSettings(fusion="max"))  # other settings: another graph
+    runner(inputs(1)[0], MapSettings(fusion="max", entropy_layer=0))  # what is shown: the same graph
+    runner(inputs(1)[0], MapSettings(views=("attention",)))  # what is kept: another graph
     runner(torch.randn(1, 3, 48, 32), s)  # another input size: another graph
     assert backend.captures == 3 and runner.captures == 3
     # Relevance needs autograd and flow keeps whole matrices past the step: eager, no capture.
@@ -94,9 +95,8 @@ def test_the_cache_keeps_the_most_recent_graphs(monkeypatch):
     monkeypatch.setattr(step_mod, "MAX_GRAPHS", 2)
     backend = ReplayOnCPU()
     runner = StepRunner(engine(), graphs=True, backend=backend)
-    x = inputs(1)[0]
-    for layer in (0, 1, 0, 2, 0):  # layer 0 is used again before it would be evicted
-        runner(x, MapSettings(entropy_layer=layer))
+    for w in (32, 40, 32, 48, 32):  # 32 is used again before it would be evicted
+        runner(torch.randn(1, 3, 32, w), MapSettings())
     assert backend.captures == 3 and len(runner._graphs) == 2
 
 

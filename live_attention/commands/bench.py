@@ -4,7 +4,8 @@ Timings on a shared machine are noisy, so every target is a ratio or a per-frame
 back to back in one process (medians of runs taken in alternation, so drift in load hits all sides
 alike). Random-init weights: speed does not depend on them. Prints a table with PASS/FAIL against the
 targets; ``--json`` also writes the figures. Parts (``--only``/``--skip``): engine, demo, flow,
-renderer, pipeline, record, load, timm, relevance, render, long (the last only when asked).
+renderer, pipeline, record, load, timm, relevance, render, long and gpu (the last two only when asked;
+gpu: the GPU targets in one table, what ``make gpu-check`` prints).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -34,15 +34,16 @@ from live_attention.core.engine import AttentionEngine, Keep, cpu_has_native_bf1
 from live_attention.core.flow import attention_flow
 from live_attention.core.frame_maps import compute_maps, keep_for
 from live_attention.core.models import load_model
-from live_attention.core.render import render
+from live_attention.core.render import canvas_size, render
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
 from live_attention.io.recorder import HEADROOM, bench_recording
 from live_attention.io.video import H264Writer, VideoReader
+from live_attention.pipeline import batch
 from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.live import LiveSession
-from live_attention.pipeline.loop import FrameLoop, NullDisplay
+from live_attention.pipeline.loop import FrameLoop, NullDisplay, settings_for
 from live_attention.window import Window
 
 TARGET_RUN_RATIO = 1.10  # engine.run / plain forward, same precision (torchvision)
@@ -51,7 +52,11 @@ TARGET_AUTO_VS_FP32 = 0.5
 TARGET_MAPS_MS = 5.0
 TARGET_CUDA_MS = 5.0
 TARGET_STEP_CUDA_MS = 1.5  # the live step, preprocess to maps on the host, ViT-B/16 fp16, H100/H200
+TARGET_RELEVANCE_STEP_CUDA_MS = 6.0  # the same step in the relevance view (eager: autograd)
+TARGET_RENDER_CUDA_FPS = 300.0  # the render pipeline on 720p frames, ViT-B/16, H100/H200
 TARGET_BATCH_CUDA = 1.3  # batch 64 with the parts rollout and CLS views need / plain forward
+TARGET_FULL_FRAME_CUDA_FPS = 60.0  # DINO ViT-S/8 on a 640x480 full frame, attention and heads views
+TARGET_FULL_FRAME_CUDA_MB = 1024.0  # ... its peak CUDA memory
 TARGET_GUI_FPS = 30.0
 TARGET_LATENCY_RATIO = 1.5
 TARGET_RENDER_MS = 8.0
@@ -109,9 +114,10 @@ def _reset_peak_rss() -> None:
 
 
 class Report:
-    def __init__(self) -> None:
+    def __init__(self, echo: bool = True) -> None:
         self.rows: list[tuple[str, str, str]] = []
         self.data: dict[str, object] = {}
+        self.echo = echo  # print each row as it comes (False: the caller prints the table)
 
     def add(self, key: str, label: str, value: float | str, unit: str = "", target: str = "",
             ok: bool | None = None) -> None:
@@ -119,7 +125,8 @@ class Report:
         val = f"{value:.2f} {unit}".strip() if isinstance(value, float) else f"{value} {unit}".strip()
         verdict = "" if ok is None else ("PASS " if ok else "FAIL ")
         self.rows.append((label, val, (verdict + target).strip()))
-        print(f"  {label:<60} {val:>16}  {(verdict + target).strip()}", flush=True)
+        if self.echo:
+            print(f"  {label:<60} {val:>16}  {(verdict + target).strip()}", flush=True)
 
     def target(self, key: str, label: str, value: float, unit: str, limit: float, below: bool = True,
                applies: bool = True) -> None:
@@ -129,7 +136,13 @@ class Report:
         self.add(key, label, value, unit, text if applies else "", ok)
 
     def section(self, title: str) -> None:
-        print(f"\n{title}", flush=True)
+        if self.echo:
+            print(f"\n{title}", flush=True)
+
+    def table(self) -> str:
+        """Every row so far as one table."""
+        width = max([60, *(len(r[0]) for r in self.rows)])
+        return "\n".join(f"  {label:<{width}} {val:>16}  {verdict}" for label, val, verdict in self.rows)
 
 
 def _sync(dev: torch.device):
@@ -202,13 +215,7 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
     out = eng.run(eng.preprocess(frame), keep_for(eng, settings))
     rep.target(f"{name}.maps_ms", "all per-frame maps (CLS, rollout, entropy, query, norms, top-5)",
                _median_ms(lambda: compute_maps(eng, out, settings), reps * 2, sync), "ms", TARGET_MAPS_MS, applies=target)
-    runner = StepRunner(eng)
-    step = _median_ms(lambda: process_frames(eng, [Frame(frame, 0, 0, "bench")], MapSettings(), runner=runner), reps, sync)
-    on_cuda = dev.type == "cuda" and target
-    rep.target(f"{name}.step_ms", "live step: 720p frame to maps on the host" + (" (CUDA graph)" if runner.captures else ""),
-               step, "ms", TARGET_STEP_CUDA_MS, applies=on_cuda and name == "vit_b_16")
-    if runner.fallback_reason:
-        rep.add(f"{name}.graph_fallback", "CUDA graph capture failed", runner.fallback_reason)
+    bench_live_step(rep, name, eng, reps, applies=dev.type == "cuda" and name == "vit_b_16")
     if dev.type == "cuda":
         _bench_batch(rep, name, eng, factory, reps, sync)
     if flow:
@@ -221,6 +228,25 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
     if dev.type == "cuda":
         rep.add(f"{name}.cuda_peak_mb", "peak CUDA memory", torch.cuda.max_memory_allocated(dev) / 2**20, "MB")
     rep.add(f"{name}.peak_rss_mb", "peak process memory (RSS) so far", _rss_mb()[1], "MB")
+
+
+def bench_live_step(rep: Report, name: str, eng: AttentionEngine, reps: int, applies: bool) -> None:
+    """The live step (720p frame to maps on the host, through the worker's kind of runner: CUDA graphs on
+    a GPU) in the attention view and in the relevance view."""
+    frame = _random_frame()
+    sync = _sync(eng.device)
+    for mode, limit in (("attention", TARGET_STEP_CUDA_MS), ("relevance", TARGET_RELEVANCE_STEP_CUDA_MS)):
+        if mode == "relevance" and not eng.has_classifier:
+            continue
+        runner = StepRunner(eng)
+        settings = MapSettings(**settings_for(View(mode=mode)))
+        ms = _median_ms(lambda r=runner, s=settings: process_frames(eng, [Frame(frame, 0, 0, "bench")], s, runner=r),
+                        reps, sync)
+        how = " (CUDA graph)" if runner.captures else " (eager)"
+        rep.target(f"{name}.step_{mode}_ms", f"live step, {mode} view: 720p frame to maps on the host{how}", ms, "ms",
+                   limit, applies=applies)
+        if runner.fallback_reason:
+            rep.add(f"{name}.graph_fallback", "CUDA graph capture failed", runner.fallback_reason)
 
 
 def _bench_batch(rep: Report, name: str, eng: AttentionEngine, factory, reps: int, sync) -> None:
@@ -439,25 +465,32 @@ def bench_timm(rep: Report, device: str, reps: int) -> None:
                               "run": lambda eng=eng, x=x, live=live: eng.run(x, live)}, reps, sync)
         rep.target(f"timm.run_ratio_{p}", f"ViT-S/16: engine (live attention view) / stock timm forward, {p}",
                    r["run"] / r["stock"], "x", TARGET_TIMM_RATIO)
-    # DINO ViT-S/8 on the whole 640x480 frame: 60x80 patches, 4,801 tokens.
+    bench_full_frame(rep, dev, reps)
+
+
+def bench_full_frame(rep: Report, dev: torch.device, reps: int) -> None:
+    """DINO ViT-S/8 (random weights) on the whole 640x480 frame: 60x80 patches, 4,801 tokens, in the
+    attention and heads views, with the live worker's kind of runner; fps and peak memory."""
+    sync = _sync(dev)
     eng = load_model("timm:vit_small_patch8_224.dino", weights="random", device=dev, input_size=480, full_frame=True)
     frame = _random_frame(480, 640)
+    cuda = dev.type == "cuda"
     for mode in ("attention", "heads"):
-        settings = MapSettings(entropy_layer=-1)
+        settings = MapSettings(**settings_for(View(mode=mode)))
         runner = StepRunner(eng)
-        process_frames(eng, [Frame(frame, 0, 0, "bench")], settings, runner=runner)  # warm-up
+        process_frames(eng, [Frame(frame, 0, 0, "bench")], settings, runner=runner)  # warm-up (and capture)
         _reset_peak_rss()
-        if dev.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
         base = _rss_mb()[0]
         ms = _median_ms(lambda settings=settings, runner=runner: process_frames(eng, [Frame(frame, 0, 0, "b")], settings,
                                                                                 runner=runner), max(2, reps // 4), sync)
-        rep.add(f"timm.s8_full_{mode}_fps", f"DINO ViT-S/8, 640x480 full frame ({eng.grid_for(480, 640)}), {mode}, "
-                f"{eng.precision}", 1000.0 / ms, "fps", "" if dev.type == "cpu" else ">= 30 fps",
-                None if dev.type == "cpu" else 1000.0 / ms >= 30)
-        if dev.type == "cuda":
+        rep.target(f"timm.s8_full_{mode}_fps", f"DINO ViT-S/8, 640x480 full frame ({eng.grid_for(480, 640)}), {mode}, "
+                   f"{eng.precision}" + (" (CUDA graph)" if runner.captures else ""), 1000.0 / ms, "fps",
+                   TARGET_FULL_FRAME_CUDA_FPS, below=False, applies=cuda)
+        if cuda:
             peak = torch.cuda.max_memory_allocated(dev) / 2**20
-            rep.target(f"timm.s8_full_{mode}_cuda_mb", "  its peak CUDA memory", peak, "MB", 2048)
+            rep.target(f"timm.s8_full_{mode}_cuda_mb", "  its peak CUDA memory", peak, "MB", TARGET_FULL_FRAME_CUDA_MB)
         else:
             rep.add(f"timm.s8_full_{mode}_rss_mb", "  its peak host memory above the model's", _rss_mb()[1] - base, "MB")
 
@@ -517,9 +550,57 @@ def bench_render_command(rep: Report, source: str, model: str, device: str) -> N
     rep.target("render.ratio", "render wall / engine alone", wall / engine_s, "x", TARGET_RENDER_CMD)
 
 
+def bench_render_frames(rep: Report, eng: AttentionEngine, count: int = 256) -> None:
+    """``render``'s pipeline (a decode thread, batches through the engine on this thread, the drawing
+    pool, pictures handed on in order) on 1280x720 frames held in memory, in render's default view:
+    frames per second. Decoding and H.264 encoding (PyAV) are left out; the ``render`` part times the
+    whole command on a file."""
+    base = _random_frame(seed=4)
+    frames = [np.roll(base, 8 * i, axis=1) for i in range(count)]
+    view = View()
+    settings = MapSettings(**settings_for(view))
+    size = canvas_size(frames[0].shape)
+    size_batch = batch.default_batch(eng)
+    results = batch.engine_results(eng, settings, "bench")  # one runner: its graph is captured once
+
+    def fps(n: int) -> float:
+        items = [batch.Item(i, f, i / 30) for i, f in enumerate(frames[:n])]
+        t = time.perf_counter()
+        written = batch.run(items, results, view, Status(model=eng.describe()), lambda _rgb, _pts: None,
+                            batch=size_batch, size=size, prepare=batch.preprocessor(eng))
+        return written / (time.perf_counter() - t)
+
+    fps(size_batch)  # warm-up
+    rep.target("render.frames_720p_fps", f"render pipeline, {count} 1280x720 frames from memory, batch {size_batch} "
+               "(no decode, no encode)", fps(count), "fps", TARGET_RENDER_CUDA_FPS, below=False,
+               applies=eng.device.type == "cuda")
+
+
+def bench_gpu(rep: Report, reps: int) -> bool:
+    """The GPU targets in one place (what ``make gpu-check`` prints): ViT-B/16 fp16 live step in the
+    attention and relevance views, the render pipeline on 720p frames, batch 64 against the plain
+    forward and the peers, DINO ViT-S/8 on a 640x480 full frame. Random weights. False without CUDA."""
+    if not torch.cuda.is_available():
+        print("gpu: no CUDA device here, nothing to measure")
+        return False
+    dev = torch.device("cuda")
+    rep.section(f"GPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
+    factory = torchvision.models.vit_b_16
+    eng = AttentionEngine.wrap(factory(), device=dev, precision="fp16")
+    rep.add("gpu.device", "device", torch.cuda.get_device_name(dev))
+    bench_live_step(rep, "vit_b_16", eng, reps, applies=True)
+    bench_render_frames(rep, eng)
+    _bench_batch(rep, "vit_b_16", eng, factory, reps, _sync(dev))
+    bench_full_frame(rep, dev, reps)
+    rep.add("gpu.peak_mb", "peak CUDA memory, whole run", torch.cuda.max_memory_allocated(dev) / 2**20, "MB")
+    return True
+
+
 def bench_long_video(rep: Report, minutes: float, model: str) -> None:
     """Memory over a long render: host RSS (and CUDA) sampled while a synthetic video of ``minutes``
     renders; it should stay flat."""
+    import av  # here only: the other parts (and make gpu-check) run without PyAV
+
     rep.section(f"Memory over a {minutes:g}-minute video ({model})")
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / "long.mp4"
@@ -607,6 +688,8 @@ def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
         bench_render_command(rep, src, args.model, args.device)
     if "long" in parts:
         bench_long_video(rep, args.minutes, "demo")
+    if "gpu" in parts:
+        bench_gpu(rep, args.reps)
     rep.add("peak_rss_mb", "peak process memory (RSS)", _rss_mb()[1], "MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rep.data, indent=2, default=str))

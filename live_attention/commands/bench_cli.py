@@ -8,14 +8,15 @@ import sys
 
 from live_attention.commands.args import Parser, finite_float, positive_int
 
-PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "long")
-DEFAULT_PARTS = PARTS[:-1]
+PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "long",
+         "gpu")
+DEFAULT_PARTS = PARTS[:-2]
 
 
 def build_parser() -> Parser:
     p = Parser(prog="live-attention bench",
                description="Speed and memory figures, measured in one run on this machine, with PASS/FAIL against "
-               "the targets. Parts: " + ", ".join(PARTS) + " (long only when asked).")
+               "the targets. Parts: " + ", ".join(PARTS) + " (long and gpu only when asked).")
     p.add_argument("--model", default="vit_b_16", help="torchvision ViT to time (default vit_b_16)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--reps", type=positive_int, default=10, help="timed repetitions per figure (medians)")

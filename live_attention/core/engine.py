@@ -33,6 +33,7 @@ from live_attention.core.preprocess import Box, Preprocess
 from live_attention.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_MAX_INDICES = 4096  # cached index tensors (one per query patch, layer, fusion and target seen)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -109,6 +110,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+ANY_FUSION = "any"  # Keep.fused: the fusion is data (Selection.fusion), chosen when the pass runs
+
+
 @dataclass(frozen=True)
 class Keep:
     """The parts of the attention one forward pass keeps; nothing else is stored.
@@ -116,7 +120,9 @@ class Keep:
     Args:
         attn: every layer's and head's full attention ``[B, L, H, N, N]``.
         rows: these token rows of every layer and head, ``[B, L, H, R, N]`` fp32 (0: the class token).
-        fused: ``mean``, ``max`` or ``min``: per-layer head-fused matrices ``[B, L, N, N]`` (rollout, flow).
+        fused: ``mean``, ``max`` or ``min``: per-layer head-fused matrices ``[B, L, N, N]`` (rollout, flow);
+            ``any``: the one a :class:`Selection` names when the pass runs (a captured graph then serves
+            all three).
         entropy_layers: the normalised entropy of every row of these layers, ``[B, len, H, N]``.
         norms: each token's norm after every block, ``[B, L, N]``.
         dtype: storage of ``attn`` and ``fused`` (fp32, or fp16 to halve their memory).
@@ -153,6 +159,30 @@ class RunOutput:
     targets: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a pass shows of what it keeps, as data on the device rather than code: the token rows kept
+    (``rows`` [R]), the position of the patch-entropy layer among ``Keep.entropy_layers`` (``layer`` [1])
+    and the head fusion's index in :data:`~live_attention.core.maps.FUSIONS` (``fusion`` [1]), all int64
+    views of one tensor. A captured CUDA graph reads them from its own copy, so another query patch,
+    layer or fusion replays the same graph; see :meth:`AttentionEngine.selection`."""
+
+    packed: Tensor  # [R + 2] int64 on the engine's device
+    num_rows: int
+
+    @property
+    def rows(self) -> Tensor:
+        return self.packed[: self.num_rows]
+
+    @property
+    def layer(self) -> Tensor:
+        return self.packed[self.num_rows : self.num_rows + 1]
+
+    @property
+    def fusion(self) -> Tensor:
+        return self.packed[self.num_rows + 1 :]
+
+
 def _fp32_rows(p: Tensor) -> Tensor:
     """Probabilities as fp32 rows summing to 1: a bf16 or fp16 softmax is renormalised after the cast."""
     if p.dtype == torch.float32:
@@ -161,13 +191,27 @@ def _fp32_rows(p: Tensor) -> Tensor:
     return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+def _fuse(p: Tensor, how: str, dtype: torch.dtype) -> Tensor:
+    """Heads fused, ``[B, H, N, N]`` -> ``[B, N, N]`` in ``dtype``: the mean accumulates in fp32 without an
+    fp32 copy of the whole input; max and min are exact in any dtype."""
+    if how == "mean":
+        return p.mean(dim=1, dtype=torch.float32).to(dtype)
+    if how == "max":
+        return p.amax(dim=1).to(dtype)
+    if how == "min":
+        return p.amin(dim=1).to(dtype)
+    return maps.fuse_heads(p, how)  # raises: an unknown fusion
+
+
 class _Collector:
     """Receives each layer's attention during a forward pass (a ``LayerSink``) and keeps what ``keep`` says."""
 
-    def __init__(self, keep: Keep, num_layers: int, grad: bool = False) -> None:
+    def __init__(self, keep: Keep, num_layers: int, select: Selection, grad: bool = False) -> None:
         self.keep = keep
         self.num_layers = num_layers
         self.rows = tuple(keep.rows)
+        self.row_index = select.rows  # the rows as a device tensor: indexing with a list would copy it each time
+        self.select = select
         self.entropy_layers = tuple(sorted({int(i) % num_layers for i in keep.entropy_layers}))
         self.full: list[Tensor | None] = [None] * num_layers
         self.row_parts: list[Tensor | None] = [None] * num_layers
@@ -188,11 +232,13 @@ class _Collector:
         if k.attn:
             self.full[layer] = _fp32_rows(p).to(k.dtype)
         if self.rows:
-            self.row_parts[layer] = _fp32_rows(p[:, :, list(self.rows)])
-        if k.fused is not None:
-            # Mean in fp32 without an fp32 copy of the whole [B, H, N, N]; max and min are exact in any dtype.
-            f = p.mean(dim=1, dtype=torch.float32) if k.fused == "mean" else maps.fuse_heads(p, k.fused).float()
-            self.fused[layer] = f.to(k.dtype)
+            self.row_parts[layer] = _fp32_rows(p.index_select(2, self.row_index))
+        if k.fused == ANY_FUSION:
+            # All three, then the selected one: [B, 3, N, N] only for as long as this layer takes.
+            every = torch.stack([_fuse(p, how, k.dtype) for how in maps.FUSIONS], dim=1)
+            self.fused[layer] = every.index_select(1, self.select.fusion)[:, 0]
+        elif k.fused is not None:
+            self.fused[layer] = _fuse(p, k.fused, k.dtype)
         if layer in self.entropy_layers:
             self.entropy[layer] = maps.row_entropy(p)
 
@@ -283,6 +329,7 @@ class AttentionEngine:
             self.categories = list(categories)
         else:
             self.categories = [f"class {i}" for i in range(self.num_classes)]
+        self._indices: dict[tuple[int, ...], Tensor] = {}
         self.name = name or type(module).__name__
         self.weights_label = weights_label
         self.weights_sha256 = weights_sha256
@@ -315,6 +362,14 @@ class AttentionEngine:
     def image_size(self) -> int:
         """The input side (the square crop), or the shorter side with ``full_frame``."""
         return self.preprocess_spec.crop_size
+
+    @property
+    def on_host(self) -> bool:
+        """True on a CPU: the engine's tensors are host memory, so preprocessing is host work that any
+        thread may do (the offline path's decode thread does). Elsewhere every piece of device work,
+        preprocessing included, belongs to the thread that owns the engine, and other threads get host
+        copies."""
+        return self.device.type == "cpu"
 
     @property
     def full_frame(self) -> bool:
@@ -365,15 +420,39 @@ class AttentionEngine:
             )
         return images.to(device=self.device, dtype=self.dtype, non_blocking=True)
 
+    def selection(self, rows: Sequence[int] = (0,), layer: int = 0, fusion: int = 0) -> Selection:
+        """The :class:`Selection` of these values on the engine's device, made once per distinct value
+        (a copy from the host is a synchronisation: never inside a step)."""
+        rows = tuple(int(r) for r in rows)
+        return Selection(self.index_tensor((*rows, int(layer), int(fusion))), len(rows))
+
+    def index_tensor(self, values: Sequence[int]) -> Tensor:
+        """``values`` as an int64 tensor on the engine's device, made once per distinct tuple (copying
+        from the host synchronises, so never inside a step). Owned by the engine's thread."""
+        key = tuple(int(v) for v in values)
+        t = self._indices.get(key)
+        if t is None:
+            if len(self._indices) >= _MAX_INDICES:
+                self._indices.clear()
+            with torch.inference_mode(False):  # a normal tensor: relevance's autograd may save it
+                t = self._indices[key] = torch.tensor(key, dtype=torch.long, device=self.device)
+        return t
+
+    def _selection_for(self, keep: Keep) -> Selection:
+        fusion = maps.FUSIONS.index(keep.fused) if keep.fused in maps.FUSIONS else 0
+        return self.selection(keep.rows, 0, fusion)
+
     @torch.inference_mode()
-    def run(self, images: Tensor, keep: Keep | None = None) -> RunOutput:
+    def run(self, images: Tensor, keep: Keep | None = None, select: Selection | None = None) -> RunOutput:
         """One forward pass on ``images`` [B, 3, H, W] (sides multiples of the patch size).
 
         Returns the logits and what ``keep`` asks for: by default every layer's and head's attention,
-        ``out.attn`` [B, L, H, N, N] fp32 probabilities.
+        ``out.attn`` [B, L, H, N, N] fp32 probabilities. ``select``: the rows and fusion as device data
+        (see :class:`Selection`; default: ``keep``'s own).
         """
+        keep = keep or Keep()
         x = self._input(images)
-        col = _Collector(keep or Keep(), self.num_layers)
+        col = _Collector(keep, self.num_layers, select or self._selection_for(keep))
         logits = self.family.forward(x, col)
         return col.output(logits, self._grid_of(x), self.num_prefix)
 
@@ -387,34 +466,54 @@ class AttentionEngine:
         return out.logits, out.relevance
 
     def explain(self, images: Tensor, keep: Keep | None = None,
-                targets: int | Sequence[int] | Tensor | None = None) -> RunOutput:
-        """:meth:`run` and :meth:`relevance` from one forward pass (and one backward pass)."""
+                targets: int | Sequence[int] | Tensor | None = None, select: Selection | None = None) -> RunOutput:
+        """:meth:`run` and :meth:`relevance` from one forward pass (and one backward pass), with no
+        synchronisation with the host (the targets are checked on the host before the pass)."""
         if not self.has_classifier:
             raise UserError(f"{self.name} has no classifier: class-specific relevance needs class scores")
+        keep = keep or Keep.parts()
+        select = select or self._selection_for(keep)
+        fixed = self._check_targets(targets)
         with torch.inference_mode(False), torch.enable_grad():
             x = self._input(images).detach().clone().requires_grad_(True)
-            col = _Collector(keep or Keep.parts(), self.num_layers, grad=True)
+            col = _Collector(keep, self.num_layers, select, grad=True)
             logits = self.family.forward(x, col)
-            t = self._targets(targets, logits)
+            t = self._targets(fixed, logits)
             score = logits.float().gather(1, t[:, None]).sum()
             grads = torch.autograd.grad(score, col.graph)
         rel = maps.chefer_relevance([a.detach() for a in col.graph], [g.detach() for g in grads], self.num_prefix)
         out = col.output(logits, self._grid_of(x), self.num_prefix)
         return replace(out, relevance=rel, targets=t)
 
-    def _targets(self, targets, logits: Tensor) -> Tensor:
-        b, c = logits.shape
+    def _check_targets(self, targets) -> Tensor | None:
+        """The targets as an int64 tensor on the engine's device (made once per value), range-checked
+        where they are: on the host for numbers, on the device (one synchronisation) for a tensor there.
+        None: each image's top-1."""
         if targets is None:
-            t = logits.detach().argmax(-1)
+            return None
+        c = self.num_classes
+        if isinstance(targets, Tensor) and targets.device.type != "cpu":
+            t = targets.to(dtype=torch.long).reshape(-1)
+            if bool(((t < 0) | (t >= c)).any()):
+                raise ValueError(f"target class out of range 0..{c - 1}: {t.tolist()}")
+            return t
+        if isinstance(targets, Tensor):
+            values = [int(v) for v in targets.reshape(-1).tolist()]
         else:
-            t = torch.as_tensor(targets, dtype=torch.long, device=logits.device).reshape(-1)
-            if t.numel() == 1:
-                t = t.expand(b)
-            if t.numel() != b:
-                raise ValueError(f"targets: one class index or one per image ({b}), got {t.numel()}")
-        if bool(((t < 0) | (t >= c)).any()):
-            raise ValueError(f"target class out of range 0..{c - 1}: {t.tolist()}")
-        return t
+            values = [int(targets)] if np.ndim(targets) == 0 else [int(v) for v in np.ravel(targets)]
+        if any(not 0 <= v < c for v in values):
+            raise ValueError(f"target class out of range 0..{c - 1}: {values}")
+        return self.index_tensor(values)
+
+    def _targets(self, fixed: Tensor | None, logits: Tensor) -> Tensor:
+        b = logits.shape[0]
+        if fixed is None:
+            return logits.detach().argmax(-1)  # in range by construction: nothing to check
+        if fixed.numel() == 1:
+            return fixed.expand(b)
+        if fixed.numel() != b:
+            raise ValueError(f"targets: one class index or one per image ({b}), got {fixed.numel()}")
+        return fixed
 
     def _grid_of(self, x: Tensor) -> tuple[int, int]:
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)

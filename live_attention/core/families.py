@@ -48,6 +48,7 @@ class LayerSink(Protocol):
         """True when the whole ``[B, H, N, N]`` matrix of ``layer`` is needed, not only some rows."""
 
     rows: tuple[int, ...]  # token rows wanted from every layer when the whole matrix is not
+    row_index: Tensor  # the same rows as an int64 tensor on the model's device (no host copy per layer)
 
     def attention(self, layer: int, probs: Tensor) -> None:
         """The probabilities of ``layer`` ``[B, H, N, N]`` (rows sum to 1)."""
@@ -98,7 +99,7 @@ class Family:
         if sink.wants_full(layer):
             sink.attention(layer, probs)
         elif sink.rows:
-            sink.attention_rows(layer, probs[:, :, list(sink.rows)])
+            sink.attention_rows(layer, probs.index_select(2, sink.row_index))
 
     def _report_block(self, layer: int, tokens: Tensor) -> None:
         if self._sink is not None:
@@ -207,8 +208,7 @@ def _self_attention(mha: nn.MultiheadAttention, x: Tensor, layer: int, sink: Lay
     if sink is None or not sink.wants_full(layer):
         ctx = F.scaled_dot_product_attention(q, k, v)
         if sink is not None and sink.rows:
-            rows = list(sink.rows)
-            scores = torch.matmul(q[:, :, rows], k.transpose(-2, -1)) * scale
+            scores = torch.matmul(q.index_select(2, sink.row_index), k.transpose(-2, -1)) * scale
             sink.attention_rows(layer, torch.softmax(scores, dim=-1, dtype=torch.float32))
     else:
         scores = torch.matmul(q * scale, k.transpose(-2, -1))  # scaling q: a third of the work of scaling scores

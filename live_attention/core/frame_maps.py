@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from live_attention.core import maps
-from live_attention.core.engine import AttentionEngine, Keep, RunOutput
+from live_attention.core.engine import ANY_FUSION, AttentionEngine, Keep, RunOutput, Selection
 from live_attention.core.flow import attention_flow_mixed
 from live_attention.datatypes import MapSettings, Result
 
@@ -40,32 +40,65 @@ def fused_bytes(engine: AttentionEngine, num_tokens: int) -> int:
     return engine.num_layers * num_tokens * num_tokens * fused_dtype(engine, num_tokens).itemsize
 
 
-def keep_layers(engine: AttentionEngine, settings: MapSettings) -> tuple[int, ...]:
-    """The layers whose row entropies a frame keeps: the chosen one on a CPU; all of them on a GPU, where
-    they cost little and one captured step then serves every layer (animation, arrow keys)."""
-    if engine.device.type == "cuda":
+def _graphed(engine: AttentionEngine, graphed: bool | None) -> bool:
+    return engine.device.type == "cuda" if graphed is None else bool(graphed)
+
+
+def keep_layers(engine: AttentionEngine, settings: MapSettings, graphed: bool | None = None) -> tuple[int, ...]:
+    """The layers whose row entropies a frame keeps: the chosen one for an eager step (a CPU); all of
+    them for a captured one (a GPU), where they cost little and one graph then serves every layer
+    (animation, arrow keys). ``graphed``: None for the engine's device's default."""
+    if _graphed(engine, graphed):
         return tuple(range(engine.num_layers))
     return (settings.entropy_layer % engine.num_layers,)
 
 
-def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | None = None) -> Keep:
+def query_patch_kept(engine: AttentionEngine, settings: MapSettings, num_tokens: int | None = None) -> int | None:
+    """The query patch whose rows a frame keeps: ``settings.query_patch`` when it lies on the grid."""
+    n = engine.num_tokens if num_tokens is None else num_tokens
+    q = settings.query_patch
+    return q if q is not None and 0 <= q < n - engine.num_prefix else None
+
+
+def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | None = None,
+             graphed: bool | None = None) -> Keep:
     """What a frame needs kept: the class token's rows (and the query patch's) always; head-fused layers
     for rollout and flow (when they fit), row entropies (:func:`keep_layers`) and token norms when their
     views are asked for; full attention only when asked. In the live attention or heads view that is the
-    class token's rows alone, and the model runs its fused attention kernel."""
+    class token's rows alone, and the model runs its fused attention kernel.
+
+    For a captured step (``graphed``; default: on CUDA) what is kept depends on the view's mode only,
+    not on what it shows of it: every layer's entropies, the fusion chosen when the pass runs
+    (:data:`~live_attention.core.engine.ANY_FUSION`), and in the query view a second row whatever the
+    patch (the class token's while none is chosen), so navigating never needs another capture.
+    """
     n = engine.num_tokens if num_tokens is None else num_tokens
+    graph = _graphed(engine, graphed)
     rows = [0]
-    if settings.query_patch is not None and 0 <= settings.query_patch < n - engine.num_prefix:
-        rows.append(engine.num_prefix + settings.query_patch)
+    q = query_patch_kept(engine, settings, n)
+    if q is not None:
+        rows.append(engine.num_prefix + q)
+    elif graph and settings.views is not None and "query" in settings.views:
+        rows.append(0)  # a placeholder: the same graph serves the patch chosen later
     fused = (settings.wants("rollout") or settings.wants("flow") or "fused" in settings.need)
     return Keep(
         attn="attn" in settings.need,
         rows=tuple(rows),
-        fused=settings.fusion if fused and fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
-        entropy_layers=keep_layers(engine, settings) if settings.wants("entropy") else (),
+        fused=(ANY_FUSION if graph else settings.fusion) if fused and fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
+        entropy_layers=keep_layers(engine, settings, graph) if settings.wants("entropy") else (),
         norms=settings.wants("norms"),
         dtype=fused_dtype(engine, n),
     )
+
+
+def selection_for(engine: AttentionEngine, keep: Keep, settings: MapSettings) -> Selection:
+    """The :class:`~live_attention.core.engine.Selection` that shows ``settings`` from what ``keep`` keeps:
+    its rows, the patch-entropy layer's position among the kept layers, the fusion's index."""
+    layers = sorted({i % engine.num_layers for i in keep.entropy_layers})
+    layer = settings.entropy_layer % engine.num_layers
+    position = layers.index(layer) if layer in layers else 0
+    fusion = maps.FUSIONS.index(settings.fusion) if settings.fusion in maps.FUSIONS else 0
+    return engine.selection(keep.rows, position, fusion)
 
 
 @dataclass(frozen=True)
@@ -78,23 +111,30 @@ class MapsLayout:
     absent: tuple[str, ...]
 
 
-def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, k: int = 5) -> tuple[Tensor, MapsLayout]:
+def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, k: int = 5,
+                select: Selection | None = None) -> tuple[Tensor, MapsLayout]:
     """Every per-frame map of a batch, computed on the device and packed into one fp32 tensor [B, K].
 
     Pure device work (no host synchronisation), so a CUDA graph can capture it with the forward pass;
     :func:`unpack_maps` reads a row back. The maps: ``cls`` [L, H, P], ``prefix_share`` [L, H],
-    ``entropy`` [L, H], ``rollout`` [L, P], ``patch_entropy`` [H, P] (of ``settings.entropy_layer``),
-    ``query`` [L, H, P], ``token_norm`` [L, P], ``relevance`` [P], ``top_p``/``top_i`` [k], ``target``,
-    ``target_p``, ``finite``; those the output does not allow are absent.
+    ``entropy`` [L, H], ``rollout`` [L, P], ``patch_entropy`` [H, P] (of the layer ``select.layer``
+    points at among those kept; default: ``settings.entropy_layer``), ``query`` [L, H, P],
+    ``token_norm`` [L, P], ``relevance`` [P], ``top_p``/``top_i`` [k], ``target``, ``target_p``,
+    ``finite``; those the output does not allow are absent. What ``settings`` changes here (rollout's
+    residual and discard ratio) is part of what a captured step is keyed by.
     """
     npf = out.num_prefix
     rows = out.rows  # [B, L, H, R, N]
     cls_rows = rows[:, :, :, 0, :]
     pe = None
     if out.row_entropy is not None:
-        layer = settings.entropy_layer % engine.num_layers
-        k_ = list(keep_layers(engine, settings)).index(layer) if out.row_entropy.shape[1] > 1 else 0
-        pe = out.row_entropy[:, k_, :, npf:]
+        if out.row_entropy.shape[1] > 1:
+            if select is None:
+                select = selection_for(engine, Keep.parts(entropy_layers=tuple(range(out.row_entropy.shape[1]))),
+                                       settings)
+            pe = out.row_entropy.index_select(1, select.layer)[:, 0, :, npf:]
+        else:
+            pe = out.row_entropy[:, 0, :, npf:]
     parts: dict[str, Tensor | None] = {
         "cls": cls_rows[..., npf:],
         "prefix_share": maps.prefix_share(cls_rows, npf),

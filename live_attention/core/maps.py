@@ -180,7 +180,7 @@ def rollout_cls_from_fused(fused: Tensor, residual: float = 0.5, discard_ratio: 
 
     # Row 0 of each mixed A_l: e0 times it.
     e0 = torch.zeros(*f.shape[:-3], num_layers, 1, f.shape[-1], dtype=torch.float32, device=f.device)
-    e0[..., 0] = 1.0
+    e0[..., 0].fill_(1.0)  # fill_, not a Python scalar assigned: no host tensor inside a captured step
     v = times_mixed(e0, slice(0, num_layers))
     rows = [v[..., 0:1, :, :]]
     # After step s, v[..., l] holds e0ᵀ A_l … A_(l-s); layer l is complete after step l.
@@ -294,7 +294,7 @@ def chefer_relevance(attn: Sequence[Tensor] | Tensor, grads: Sequence[Tensor] | 
         raise ValueError(f"need one gradient per layer: {len(attn)} layers, {len(grads)} gradients")
     b, _, n, _ = attn[0].shape
     v = torch.zeros(b, 1, n, dtype=torch.float32, device=attn[0].device)
-    v[:, 0, 0] = 1.0
+    v[:, 0, 0].fill_(1.0)
     for a, g in zip(reversed(attn), reversed(grads), strict=True):
         if a.shape != g.shape:
             raise ValueError(f"attention {tuple(a.shape)} and gradient {tuple(g.shape)} differ in shape")

@@ -12,6 +12,7 @@ GPU the host only copies bytes. Pure functions; whichever thread owns the engine
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -105,14 +106,57 @@ class Preprocess:
         if h < 2 or w < 2:
             raise ValueError(f"frame too small: {w}×{h} pixels")
         plan = self.plan(h, w)
-        t = TF.resize(chw, list(plan.resized), interpolation=InterpolationMode(self.interpolation), antialias=True)
+        return self.transform(chw.unsqueeze(0), plan, *normalisation(self, chw.device)), plan.box
+
+    def transform(self, rgb: Tensor, plan: Plan, mean: Tensor, std: Tensor) -> Tensor:
+        """RGB uint8 ``[B, 3, H, W]`` to the normalised input ``[B, 3, h, w]`` fp32 where it lies: resize,
+        crop, scale, normalise (``mean``, ``std``: :func:`normalisation`). Pure device work, no
+        synchronisation with the host, so a CUDA graph can capture it."""
+        t = TF.resize(rgb, list(plan.resized), interpolation=InterpolationMode(self.interpolation), antialias=True)
         top, left, ch, cw = plan.crop
         if (top, left, ch, cw) != (0, 0, *plan.resized):
-            t = t[:, top : top + ch, left : left + cw]
-        mean = torch.tensor(self.mean, device=t.device).view(3, 1, 1)
-        std = torch.tensor(self.std, device=t.device).view(3, 1, 1)
-        x = t.to(torch.float32).div_(255.0).sub_(mean).div_(std)
-        return x.unsqueeze(0), plan.box
+            t = t[..., top : top + ch, left : left + cw]
+        return t.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=16)
+def normalisation(spec: Preprocess, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``spec``'s mean and std as ``[3, 1, 1]`` fp32 tensors on ``device``, made once (building them from
+    Python numbers on a GPU is a host-to-device copy: two per frame before)."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=device).view(3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=device).view(3, 1, 1)
+    return mean, std
+
+
+class FrameBatch:
+    """Device preprocessing of same-sized BGR(A)/grey uint8 frames, for the thread that owns the device.
+
+    Made once per frame shape (the plan, mean and std are ready before any step runs); calling it on
+    the frames as one uint8 tensor ``[B, H, W, C]`` (or ``[B, H, W]``) on the device gives the model's
+    input ``[B, 3, h, w]`` with device work only, so it can run inside a captured step. Each frame's
+    region is :attr:`box`.
+    """
+
+    def __init__(self, spec: Preprocess, frame_shape: tuple[int, ...], device: torch.device) -> None:
+        channels = frame_shape[2] if len(frame_shape) == 3 else 1
+        if len(frame_shape) not in (2, 3) or channels not in (1, 3, 4):
+            raise ValueError(f"frame must be H×W, H×W×1, H×W×3 (BGR) or H×W×4 (BGRA), got shape {frame_shape}")
+        h, w = frame_shape[:2]
+        if h < 2 or w < 2:
+            raise ValueError(f"frame too small: {w}×{h} pixels")
+        self.spec, self.channels = spec, channels
+        self.plan = spec.plan(h, w)
+        self.box = self.plan.box
+        self.mean, self.std = normalisation(spec, torch.device(device))
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        if self.channels == 1:
+            grey = frames.reshape(*frames.shape[:3])
+            rgb = grey.unsqueeze(1).expand(-1, 3, -1, -1)
+        else:
+            rgb = frames[..., :3].flip(-1).permute(0, 3, 1, 2)  # BGR(A) -> RGB [B, 3, H, W]
+        return self.spec.transform(rgb, self.plan, self.mean, self.std)
 
 
 def resized_hw(h: int, w: int, size: int) -> tuple[int, int]:

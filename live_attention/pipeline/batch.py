@@ -4,11 +4,12 @@ Stages and threads, with a bounded queue between each, so memory stays flat what
 
 1. **decode** (thread ``"decode"``): reads frames in order (:class:`~live_attention.io.video.VideoReader`,
    a still image, or a recorded session's raw frames);
-2. **results** (the caller's thread, which owns the engine): batches of frames through one forward
-   pass and the per-frame maps (:func:`~live_attention.core.frame_maps.process_frames`), or a
-   recording's stored maps;
+2. **results** (the caller's thread, which owns the engine and all device work): batches of frames
+   through preprocessing (on a GPU: inside the captured step), one forward pass and the per-frame maps
+   (:func:`~live_attention.core.step.process_frames`), or a recording's stored maps; results hold host
+   data only;
 3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.core.render.render` of each frame
-   (OpenCV releases the GIL), attention flow where the view asks for it;
+   (OpenCV releases the GIL), attention flow where the view asks for it (on host copies);
 4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps.
 
 One output frame per input frame, in order. An error in any stage stops the others and is raised on
@@ -45,8 +46,8 @@ _END = object()
 
 @dataclass(frozen=True)
 class Item:
-    """One input frame: its position, picture and media time; ``prepared`` is its model input and box
-    when the decode thread already made them."""
+    """One input frame: its position, picture and media time; ``prepared`` is its model input (a host
+    tensor) and box when the decode thread already made them (CPU engines only)."""
 
     index: int
     image: np.ndarray
@@ -131,9 +132,13 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
                 return _END
 
 
-def preprocessor(engine: AttentionEngine) -> Callable[[Item], Item]:
-    """For the decode thread: each frame's model input made there (the resize and normalisation run
-    beside the model instead of before it). Only the immutable transform is used, never the module."""
+def preprocessor(engine: AttentionEngine) -> Callable[[Item], Item] | None:
+    """For the decode thread, on a CPU engine: each frame's model input made there (host work: the
+    resize and normalisation run beside the model instead of before it; only the immutable transform
+    is used, never the module). None on a device: there preprocessing is device work, which belongs to
+    the thread that owns the engine (it runs inside the step), and the decode thread hands over bytes."""
+    if not engine.on_host:
+        return None
     spec, device = engine.preprocess_spec, engine.device
     return lambda it: replace(it, prepared=spec.apply(it.image, device))
 

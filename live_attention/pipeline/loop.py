@@ -444,6 +444,9 @@ class FrameLoop:
             self.say(job.error, 5.0)
             self.flow_job = None
             return
+        if job is not None and not job.done and self.view.mode != "flow":
+            job.cancel.set()  # the flow view was left: its job would only spend the CPU
+            self.flow_job = job = None
         if job is not None and not job.done:
             self._dirty = self._dirty or now - self._last_render > 0.2  # show the progress
         res = self.prepared if self.prepared is not None and self.prepared.seq == getattr(self.shown, "seq", None) else None

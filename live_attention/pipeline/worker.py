@@ -1,9 +1,11 @@
 """Inference worker: takes the newest frame, runs the engine, computes every map, publishes a result.
 
 Threads:
-* ``InferenceWorker`` (thread "inference") owns the :class:`~live_attention.core.engine.AttentionEngine`;
-  nothing else calls it while the worker runs. One forward pass gives every map, computed on the
-  engine's device and copied to the CPU once (:mod:`live_attention.core.frame_maps`).
+* ``InferenceWorker`` (thread "inference") owns the :class:`~live_attention.core.engine.AttentionEngine`
+  and every piece of device work: nothing else calls it while the worker runs. Preprocessing (on a
+  GPU, inside the captured step), one forward pass and every map happen here, and the maps are copied
+  to the CPU once (:mod:`live_attention.core.step`); what a result keeps of the attention for later
+  (flow, other query patches) is a host copy.
 * Readers (the frame loop, the recorder) only ever see immutable :class:`~live_attention.datatypes.Result`
   objects through a :class:`~live_attention.io.capture.LatestSlot`; the window never waits on inference.
 
@@ -185,7 +187,9 @@ class InferenceWorker(threading.Thread):
         """One frame through preprocessing, the model and the maps (callers' thread when not started)."""
         settings = settings or self._settings
         prepared = None
-        if frame.still and self._still is not None and self._still[0] is frame.image:
+        if not self.engine.on_host:
+            pass  # on a device the step preprocesses inside itself (captured with it): nothing to keep
+        elif frame.still and self._still is not None and self._still[0] is frame.image:
             prepared = [(self._still[2], self._still[1])]  # a still image: preprocessed once
         elif frame.still:
             x, box = self.engine.preprocess_with_box(frame.image)
