@@ -1,5 +1,5 @@
 """Command line: ``live-attention`` (the live window, or ``--headless``) and the commands ``render``,
-``replay``, ``export``, ``bench`` and ``evaluate``.
+``replay``, ``export``, ``bench``, ``evaluate`` and ``serve``.
 
 Every user error ends as one line on stderr and exit status 2, never a traceback.
 
@@ -38,6 +38,7 @@ COMMANDS = {
     "export": "live_attention.commands.export",
     "bench": "live_attention.commands.bench_cli",
     "evaluate": "live_attention.commands.evaluate",
+    "serve": "live_attention.commands.serve",
 }
 
 

@@ -1,0 +1,118 @@
+// live-attention in the browser: the server's picture on a canvas (JPEG over a WebSocket), the
+// window's keys and clicks back to it, and with --source browser this page's camera over WebRTC.
+"use strict";
+
+const token = new URLSearchParams(location.search).get("token");
+const q = token ? "?token=" + encodeURIComponent(token) : "";
+const canvas = document.getElementById("view");
+const ctx = canvas.getContext("2d");
+const statusEl = document.getElementById("status");
+const figures = document.getElementById("figures");
+const cameraButton = document.getElementById("camera");
+const la = (window.liveAttention = { frames: 0, connected: false, camera: "off", lastState: null });
+
+// Browser key names -> the names the server's key controller knows (the window's keys).
+const KEYS = {
+  ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right", " ": "space",
+  Backspace: "backspace", "+": "+", "=": "+", "-": "-", _: "-",
+};
+for (const c of "0123456789") KEYS[c] = c;
+for (const c of "afhmcsrt") { KEYS[c] = c; KEYS[c.toUpperCase()] = c; }
+
+let ws = null;
+let retry = 250;
+
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  ws = new WebSocket(proto + "//" + location.host + "/ws" + q);
+  ws.binaryType = "blob";
+  ws.onopen = () => { la.connected = true; retry = 250; statusEl.textContent = "live"; statusEl.className = ""; };
+  ws.onmessage = async (ev) => {
+    if (typeof ev.data === "string") return;
+    const bitmap = await createImageBitmap(ev.data);
+    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+      canvas.width = bitmap.width; canvas.height = bitmap.height;
+    }
+    ctx.drawImage(bitmap, 0, 0);
+    bitmap.close();
+    la.frames += 1;
+  };
+  ws.onclose = () => {
+    la.connected = false;
+    statusEl.textContent = "reconnecting…"; statusEl.className = "off";
+    setTimeout(connect, retry);  // a dropped network or a restarted server: back within a second
+    retry = Math.min(1000, retry * 2);
+  };
+}
+
+function send(msg) {
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+}
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const name = KEYS[ev.key];
+  if (!name) return;
+  ev.preventDefault();
+  send({ key: name });
+});
+
+canvas.addEventListener("click", (ev) => {
+  const r = canvas.getBoundingClientRect();
+  const fx = (ev.clientX - r.left) / r.width, fy = (ev.clientY - r.top) / r.height;
+  if (fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1) send({ click: [fx, fy] });
+  canvas.focus();
+});
+
+async function startCamera() {
+  la.camera = "starting";
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
+    });
+    document.getElementById("local").srcObject = stream;
+    const pc = new RTCPeerConnection();
+    for (const track of stream.getVideoTracks()) pc.addTrack(track, stream);
+    await pc.setLocalDescription(await pc.createOffer());
+    await new Promise((done) => {  // every candidate in the offer: the server does not trickle
+      if (pc.iceGatheringState === "complete") return done();
+      pc.addEventListener("icegatheringstatechange", () => pc.iceGatheringState === "complete" && done());
+      setTimeout(done, 2000);
+    });
+    const res = await fetch("offer" + q, {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+    });
+    if (!res.ok) throw new Error(await res.text());
+    await pc.setRemoteDescription(await res.json());
+    pc.addEventListener("connectionstatechange", () => { la.camera = pc.connectionState; });
+    la.camera = "sent";
+    cameraButton.hidden = true;
+  } catch (err) {
+    la.camera = "failed: " + err;
+    statusEl.textContent = "camera: " + (err.message || err);
+    statusEl.className = "off";
+    cameraButton.hidden = false;
+  }
+}
+cameraButton.addEventListener("click", startCamera);
+
+function fmt(v, unit) { return v === null || v === undefined ? "–" : v.toFixed(0) + unit; }
+
+async function poll() {
+  try {
+    const s = await (await fetch("state" + q, { cache: "no-store" })).json();
+    la.lastState = s;
+    figures.textContent = `${s.mode ?? ""} · model ${fmt(s.fps, " fps")} · latency ${fmt(s.latency_ms, " ms")} · ` +
+      `${s.viewers} viewer${s.viewers === 1 ? "" : "s"}`;
+    if (s.browser_source && la.camera === "off") {
+      if (s.camera && !s.camera.connected) startCamera();  // nobody sends a camera yet: this page does
+      else cameraButton.hidden = false;  // another page does: take over on a click
+    }
+  } catch (err) { /* the server is away: the WebSocket reconnects and says so */ }
+  setTimeout(poll, 1000);
+}
+
+connect();
+poll();
+canvas.focus();
