@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
-APT_PACKAGES := xvfb xdotool ffmpeg imagemagick libgl1 libglib2.0-0
+APT_PACKAGES := xvfb xdotool ffmpeg imagemagick libgl1 libglib2.0-0 chromium
 
 .PHONY: run demo test lint bench gpu-check system-deps clean
 
@@ -21,9 +21,9 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/live-attention --config configs/demo.toml $(ARGS)
 
-# Debian/Ubuntu tools the GUI, video and recording tests use (installed only when missing).
+# Debian/Ubuntu tools the GUI, video, recording and browser (serve) tests use (installed only when missing).
 system-deps:
-	@missing=""; for c in Xvfb xdotool ffprobe import; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in Xvfb xdotool ffprobe import chromium; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \

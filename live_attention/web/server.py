@@ -212,8 +212,10 @@ class WebServer(threading.Thread):
         return await handler(request)
 
     async def _page(self, request: web.Request) -> web.Response:
-        return web.Response(body=_static("index.html"), content_type="text/html",
-                            headers={"Cache-Control": "no-store"})
+        # The script goes inside the page: a separate request for it would need the token again.
+        script = b"<script>\n" + _static("app.js") + b"</script>"
+        page = _static("index.html").replace(b'<script src="app.js"></script>', script)
+        return web.Response(body=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def _script(self, request: web.Request) -> web.Response:
         return web.Response(body=_static("app.js"), content_type="application/javascript",

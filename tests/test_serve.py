@@ -1,0 +1,290 @@
+"""``live-attention serve``: what pages may send, the browser camera source, bad input in one line, and
+a real headless Chromium (Playwright, Debian's chromium with a fake camera) driving a real server.
+
+Servers listen on 127.0.0.1, except the one that proves a non-local address needs its token (0.0.0.0,
+reached through 127.0.0.1, over TLS). Every wait is bounded; none is a speed requirement: the time
+figures belong to ``bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from live_attention.commands.cli import main as cli_main
+from live_attention.web.display import MAX_PENDING, PAGE_KEYS, WebDisplay, parse_message
+from live_attention.web.source import BrowserSource
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+START_S = 180  # a loaded machine took over a minute to import torch and load a model; only a failure waits this long
+WAIT_S = 30  # for something a running server does several times a second
+
+
+# ---- what pages send -------------------------------------------------------------------------------
+
+
+def test_page_messages_are_checked():
+    assert parse_message('{"key": "2"}') == ("key", "2")
+    assert parse_message('{"key": "up"}') == ("key", "up")
+    assert parse_message('{"click": [0.5, 0.25]}') == ("click", (0.5, 0.25))
+    bad = ['{"key": "q"}', '{"key": "esc"}', '{"key": "x"}', '{"key": 2}', "not json", "[1, 2]", "{}",
+           '{"key": "2", "click": [0, 0]}', '{"click": [0.5]}', '{"click": [1.5, 0.5]}', '{"click": [NaN, 0.5]}',
+           '{"click": [true, 0.5]}', '{"click": "0.5,0.5"}', '{"key": "' + "2" * 1000 + '"}', b"\xff\xfe"]
+    for text in bad:
+        assert parse_message(text) is None, text
+    assert "q" not in PAGE_KEYS and "esc" not in PAGE_KEYS  # one viewer must not stop the others' session
+
+
+def test_display_drops_and_counts_bad_input_and_floods():
+    d = WebDisplay()
+    assert d.push('{"key": "2"}') and not d.push('{"key": "q"}') and not d.push("{")
+    for _ in range(MAX_PENDING + 10):
+        d.push('{"key": "right"}')
+    inputs = d.poll()
+    assert inputs.keys[0] == "2" and len(inputs.keys) == MAX_PENDING
+    assert d.snapshot()["dropped_inputs"] == 2 + 11
+    assert d.poll().keys == []
+
+
+def test_browser_source_takes_sane_frames_and_drops_the_rest():
+    src = BrowserSource()
+    assert not src.offer(np.zeros((4000, 3000, 3), np.uint8))  # larger than any camera a page may send
+    assert not src.offer(np.zeros((480, 640), np.uint8))  # not a colour picture
+    assert not src.offer(object())
+    frame = np.full((480, 640, 3), 7, np.uint8)
+    assert src.offer(frame)
+    assert src.read() is not None and src.received == 1 and src.rejected == 3
+    src.close()
+    assert src.read() is None  # a capture thread waiting for the next frame stops at shutdown
+
+
+# ---- bad input: one line, before the model loads ------------------------------------------------------
+
+
+def one_line(capsys, argv: list[str]) -> str:
+    assert cli_main(["serve", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("live-attention: error:"), err
+    return err
+
+
+def test_port_in_use_is_one_line(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert "in use" in one_line(capsys, ["--source", "demo", "--port", str(port)])
+
+
+def test_bad_certificate_is_one_line(capsys, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    assert "cannot load certificate" in one_line(capsys, ["--source", "demo", "--tls", str(cert), str(key)])
+    assert "not found" in one_line(capsys, ["--source", "demo", "--tls", str(tmp_path / "none.pem"), str(key)])
+
+
+def test_host_and_token_mistakes_are_one_line(capsys):
+    assert "--token" in one_line(capsys, ["--host", "0.0.0.0", "--token", "abc"])  # too short to protect anything
+    assert "--token" in one_line(capsys, ["--host", "0.0.0.0", "--token"])  # the option without its value
+    assert "--host" in one_line(capsys, ["--host"])
+    assert "--host" in one_line(capsys, ["--host", "no-such-host.invalid", "--port", "0"])
+    assert "--port" in one_line(capsys, ["--port", "70000"])
+
+
+# ---- real servers ----------------------------------------------------------------------------------------
+
+
+class Server:
+    """``live-attention serve`` in a child process; its URL read from its first line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "LIVE_ATTENTION_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        self.log = cwd / "server.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "live_attention", "serve", "--port", "0", *args],
+                                     cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True)
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        deadline = time.monotonic() + START_S
+        while self._url is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start ({self.proc.poll()}): {self.log.read_text()[-2000:]}")
+            if select.select([self.proc.stdout], [], [], 0.5)[0]:
+                line = self.proc.stdout.readline()
+                if " on http" in line:
+                    self._url = line.split(" on ", 1)[1].strip()
+        return self._url
+
+    def local(self, path: str = "", token: bool = True) -> str:
+        """The URL through 127.0.0.1 (the printed one names this host)."""
+        scheme, rest = self.url.split("://", 1)
+        port = rest.split("/", 1)[0].rsplit(":", 1)[1]
+        query = rest.split("?", 1)[1] if "?" in rest and token else ""
+        return f"{scheme}://127.0.0.1:{port}/{path}" + (f"?{query}" if query else "")
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(self.local("state"), timeout=5, context=_insecure()) as r:
+            return json.load(r)
+
+    def wait(self, pred, what: str, timeout: float = WAIT_S) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited: {self.log.read_text()[-2000:]}"
+            s = self.state()
+            if pred(s):
+                return s
+            time.sleep(0.2)
+        raise AssertionError(f"{what}: not within {timeout} s; last state {s}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the test's own self-signed certificate
+    return ctx
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    c, k = directory / "cert.pem", directory / "key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return c, k
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Started together so their model loads overlap: the browser-camera server (127.0.0.1, with a token
+    given) and a demo server on every interface over TLS (a random token)."""
+    a, b = tmp_path_factory.mktemp("browser"), tmp_path_factory.mktemp("public")
+    cert, key = _self_signed(b)
+    cam = Server(["--source", "browser", "--model", "demo", "--token", "secret-test-token"], a)
+    public = Server(["--source", "demo", "--host", "0.0.0.0", "--tls", str(cert), str(key)], b)
+    try:
+        yield cam, public
+    finally:
+        cam.stop()
+        public.stop()
+
+
+def test_non_local_address_needs_the_token(servers):
+    _, public = servers
+    assert public.url.startswith("https://") and "?token=" in public.url  # a random token, printed in the URL
+    for path in ("state", "", "ws", "app.js"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(public.local(path, token=False), timeout=5, context=_insecure())
+        assert err.value.code == 401 and b"token" in err.value.read()
+    wrong = public.local("state", token=False) + "?token=wrong-token-guess"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(wrong, timeout=5, context=_insecure())
+    assert err.value.code == 401
+    s = public.wait(lambda s: s.get("mode") == "attention", "the server answers with its token")
+    assert s["unauthorized"] == 5 and s["frames_sent"] == 0  # no picture went to anyone without the token
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (make system-deps)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def page_wait(page, expr: str, what: str, timeout: float = WAIT_S):
+    try:
+        page.wait_for_function(expr, timeout=timeout * 1000)
+    except Exception as exc:
+        raise AssertionError(f"{what}: not within {timeout} s ({page.evaluate('JSON.stringify(window.liveAttention)')})") from exc
+
+
+def test_browser_camera_keys_viewers_and_recording(servers, browser):
+    cam, _ = servers
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(cam.url.replace(cam.url.split("/")[2], cam.local().split("/")[2]))
+    # The fake camera's frames reach the model, and the picture comes back to the page.
+    page_wait(page, "window.liveAttention.frames > 5", "pictures on the page")
+    s0 = cam.wait(lambda s: s["camera"]["connected"] and s["processed"] > 0, "the camera feeds the model")
+    s1 = cam.wait(lambda s: s["processed"] > s0["processed"] + 5 and s["camera"]["received"] > s0["camera"]["received"],
+                  "the model's frame counter grows")
+    assert s1["status"]["source"] == "browser camera" and s1["seq"] is not None
+    # The window's keys, through the same controller.
+    page.keyboard.press("2")
+    cam.wait(lambda s: s["mode"] == "rollout", "2 selects rollout")
+    page.keyboard.press("ArrowDown")
+    cam.wait(lambda s: s["layer"] == s1["layer"] - 1, "Down selects the layer below")
+    # A click on the picture picks the query patch (its centre is inside the part the model sees).
+    page.click("#view")
+    cam.wait(lambda s: s["mode"] == "query" and s["query_patch"] is not None, "a click picks a query patch")
+    # A second viewer watches the same session; neither sends its own camera.
+    second = browser.new_page()
+    second.goto(page.url)
+    page_wait(second, "window.liveAttention.frames > 3 && window.liveAttention.lastState !== null",
+              "pictures on the second page")
+    s2 = cam.wait(lambda s: s["viewers"] == 2, "two viewers")
+    assert second.evaluate("window.liveAttention.camera") == "off" and s2["mode"] == "query"
+    # A closed tab does not stop the server; the other viewer goes on; a returning one sees the picture.
+    page.close()
+    s3 = cam.wait(lambda s: s["viewers"] == 1, "one viewer left")
+    cam.wait(lambda s: s["frames_sent"] > s3["frames_sent"] + 3, "pictures still go out")
+    again = browser.new_page()
+    again.goto(second.url)
+    page_wait(again, "window.liveAttention.frames > 0", "a returning viewer sees the picture")
+    # Junk from a page is dropped and counted; the session goes on.
+    before = cam.state()["dropped_inputs"]
+    again.evaluate("""() => { const ws = new WebSocket(location.href.replace('http', 'ws').replace('/?', '/ws?'));
+        ws.onopen = () => { ws.send('{"key": "q"}'); ws.send('not json'); ws.send('x'.repeat(100000)); }; }""")
+    cam.wait(lambda s: s["dropped_inputs"] >= before + 3 and s["viewers"] >= 2, "junk dropped and counted")
+    # R records on the server, as in the window.
+    again.keyboard.press("r")
+    started = cam.wait(lambda s: s["recording"], "R starts recording")
+    cam.wait(lambda s: s["processed"] >= started["processed"] + 2, "frames recorded")
+    again.keyboard.press("r")
+    cam.wait(lambda s: not s["recording"], "R stops recording")
+    rec = cam.log.parent / started["recording"]  # on the server, under record.dir (relative to its folder)
+    assert rec.is_dir() and any(rec.iterdir())
+    assert cam.proc.poll() is None
+    second.close()
+    again.close()
