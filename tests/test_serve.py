@@ -288,3 +288,12 @@ def test_browser_camera_keys_viewers_and_recording(servers, browser):
     assert cam.proc.poll() is None
     second.close()
     again.close()
+
+
+def test_stops_cleanly_on_sigterm(servers):
+    """Ctrl-C or SIGTERM ends the loop, the session and the server thread: exit status 0, no traceback."""
+    for server in servers:
+        assert server.url  # it started (the URL is printed once it serves)
+        server.proc.terminate()
+        assert server.proc.wait(60) == 0, server.log.read_text()[-2000:]
+        assert "Traceback" not in server.log.read_text(), server.log.read_text()[-2000:]

@@ -124,7 +124,7 @@ class WebServer(threading.Thread):
         self.failed: str | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._halt: asyncio.Event | None = None
         self._wakers: set[asyncio.Event] = set()
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._encode_lock: asyncio.Lock | None = None
@@ -142,10 +142,10 @@ class WebServer(threading.Thread):
             raise UserError(f"the web server did not start: {self.failed or 'timed out'}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None and not loop.is_closed():
+        loop, halt = self._loop, self._halt
+        if loop is not None and halt is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(stop.set)
+                loop.call_soon_threadsafe(halt.set)
             except RuntimeError:  # the loop closed meanwhile
                 pass
         self.join(timeout)
@@ -178,7 +178,7 @@ class WebServer(threading.Thread):
             loop.close()
 
     async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+        self._halt = asyncio.Event()
         self._encode_lock = asyncio.Lock()
         app = web.Application(middlewares=[self._auth], client_max_size=MAX_OFFER_BYTES)
         app.router.add_get("/", self._page)
@@ -192,7 +192,7 @@ class WebServer(threading.Thread):
         await site.start()
         self._ready.set()
         try:
-            await self._stop.wait()
+            await self._halt.wait()
         finally:
             for ws in list(self._sockets):
                 await ws.close()
