@@ -131,6 +131,7 @@ class WebServer(threading.Thread):
         self._sockets: set[web.WebSocketResponse] = set()
         self._camera: Any = None  # the peer connection whose camera feeds the source (latest wins)
         self._peers: set[Any] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # camera readers (the loop keeps only weak references)
         self.unauthorized = 0
         display.on_picture = self.picture_ready
 
@@ -304,7 +305,9 @@ class WebServer(threading.Thread):
         @pc.on("track")
         def on_track(track: Any) -> None:
             if track.kind == "video":
-                asyncio.ensure_future(self._take_camera(pc, track))
+                task = asyncio.ensure_future(self._take_camera(pc, track))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
