@@ -15,7 +15,7 @@ from live_attention.datatypes import Result, View
 def view_from_config(cfg: Config) -> View:
     v = cfg.view
     return View(mode=v.mode, layer=v.layer, head=v.head, fusion=v.fusion, opacity=v.opacity,
-                colormap=v.colormap, show_help=cfg.window.show_help)
+                colormap=v.colormap, show_help=cfg.window.show_help, smooth=v.smooth)
 
 
 @dataclass
@@ -93,6 +93,8 @@ class Controller:
             out.toggle_record = True
         elif k == "t":
             out.cycle_target = True
+        elif k == "j":
+            v = replace(v, smooth=not v.smooth)
         self.view = v
         return out
 
@@ -144,6 +146,8 @@ def top_label(result: Result, cls: int) -> str:
 
 def describe_change(before: View, after: View) -> str | None:
     """A short HUD note for changes that are otherwise hard to see (opacity, colormap, fusion)."""
+    if after.smooth != before.smooth:
+        return f"smoothing {'on: still maps settle, moving ones follow' if after.smooth else 'off: raw maps'}"
     if after.opacity != before.opacity:
         return f"opacity {after.opacity:.1f}"
     if after.colormap != before.colormap:
