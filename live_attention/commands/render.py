@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from live_attention.commands.args import (
     Parser,
@@ -26,6 +27,7 @@ from live_attention.commands.args import (
 )
 from live_attention.config import load_config
 from live_attention.errors import UserError
+from live_attention.io.mapfile import MapsFile, check_maps_path
 from live_attention.io.outputs import partial_path
 from live_attention.pipeline.distributed import render_on_ray
 from live_attention.pipeline.jobs import Job, Renderer, plan_jobs, report_lines
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="output .mp4 (video) or .png (image); a folder with several inputs")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--save-maps", metavar="FILE.npz",
+                   help="also save the shown map of every frame (float16 [frames, rows, cols]) with the timestamps "
+                   "and the grid, for analysis in your own code (one input)")
     p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
     p.add_argument("--batch", type=positive_int, help="frames per forward pass (default: 4 on a CPU, 32 on a GPU)")
     p.add_argument("--workers", type=positive_int, help="drawing threads (default: cores - 1, at most 4)")
@@ -59,11 +64,22 @@ def report(job: Job, frames: int, expected: int | None) -> None:
         print(f"live-attention: {line}", file=sys.stderr)
 
 
+def _maps_path(args: argparse.Namespace, jobs: list[Job]) -> Path | None:
+    if not args.save_maps:
+        return None
+    if len(jobs) > 1:
+        raise UserError(f"--save-maps takes one input, not {len(jobs)}: render them one at a time")
+    if args.ray:
+        raise UserError("--save-maps does not work with --ray: render on this machine")
+    return check_maps_path(args.save_maps, args.overwrite)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, config_overrides(args))
     jobs = plan_jobs(args.inputs, args.output, args.overwrite)
+    maps_path = _maps_path(args, jobs)  # checked before the model loads
     old = terminate_as_interrupt()
     try:
         if args.ray:
@@ -71,7 +87,10 @@ def main(argv: list[str]) -> int:
             return min(failed, 100)
         renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers)
         if len(jobs) == 1:  # one input: its error is the command's error
-            report(jobs[0], *renderer.render(jobs[0], Progress))
+            maps = MapsFile(maps_path, renderer.engine.describe(), jobs[0].input.name) if maps_path else None
+            report(jobs[0], *renderer.render(jobs[0], Progress, maps=maps))
+            if maps is not None:
+                print(f"live-attention: wrote {maps.write(args.overwrite)} ({len(maps)} maps)", file=sys.stderr)
             return 0
         failed = 0
         for job in jobs:

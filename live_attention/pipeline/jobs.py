@@ -20,6 +20,7 @@ from live_attention.core.models import engine_from_config
 from live_attention.core.render import canvas_size
 from live_attention.datatypes import MapSettings, Status, View
 from live_attention.errors import SourceError, UserError
+from live_attention.io.mapfile import MapsFile
 from live_attention.io.outputs import PartialOutput, check_output
 from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, read_image
 from live_attention.pipeline import batch
@@ -111,14 +112,17 @@ class Renderer:
         base = MapSettings(residual=s.residual, discard_ratio=s.discard_ratio)
         return view, replace(base, **settings_for(view))
 
-    def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None) -> tuple[int, int | None]:
-        """Render one job; returns (frames written, frames the input announced or None)."""
+    def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None,
+               maps: MapsFile | None = None) -> tuple[int, int | None]:
+        """Render one job; returns (frames written, frames the input announced or None). ``maps``
+        collects each frame's shown map (``--save-maps``); the caller writes it."""
         status = Status(model=self.engine.describe(), untrained=self.engine.untrained, source=job.input.name)
+        add = maps.add if maps is not None else None
         if job.is_image:
-            return self._image(job, status), 1
-        return self._video(job, status, progress_factory)
+            return self._image(job, status, add), 1
+        return self._video(job, status, progress_factory, add)
 
-    def _image(self, job: Job, status: Status) -> int:
+    def _image(self, job: Job, status: Status, maps=None) -> int:
         img = read_image(job.input)
         if img is None:
             raise SourceError(f"cannot read image {job.input}: is it a valid image file?")
@@ -128,7 +132,8 @@ class Renderer:
         pictures = []
         results = batch.engine_results(self.engine, settings, job.input.name)
         batch.run([batch.Item(0, img, 0.0)], results, view, status, lambda rgb, _t: pictures.append(rgb),
-                  batch=1, workers=1, entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual)
+                  batch=1, workers=1, entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
+                  maps=maps)
         rgb = pictures[0]
         with PartialOutput(job.output, overwrite=True) as out:
             if job.output.suffix.lower() in VIDEO_OUT:
@@ -138,7 +143,7 @@ class Renderer:
                 raise UserError(f"cannot write {job.output}: check the folder is writable and has space")
         return 1
 
-    def _video(self, job: Job, status: Status, progress_factory) -> tuple[int, int | None]:
+    def _video(self, job: Job, status: Status, progress_factory, maps=None) -> tuple[int, int | None]:
         try:
             reader = VideoReader(job.input)
         except SourceError as exc:
@@ -160,7 +165,7 @@ class Renderer:
                                   view, status, writer.write, batch=self.batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                                   size=size, progress=progress.update if progress else None,
-                                  prepare=batch.preprocessor(self.engine))
+                                  prepare=batch.preprocessor(self.engine), maps=maps)
             finally:
                 if progress:
                     progress.close()
