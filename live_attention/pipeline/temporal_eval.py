@@ -228,6 +228,7 @@ class TemporalEvaluation:
     rows: list[Row]
     auc_frames: int = 0
     params: dict = field(default_factory=dict)
+    constant: list[str] = field(default_factory=list)  # kinds whose maps were constant: not measured
 
     def row(self, kind: str, filt: str) -> Row:
         return next(r for r in self.rows if r.kind == kind and r.filter == filt)
@@ -350,9 +351,12 @@ class TemporalEvaluator:
         if self.auc_frames:
             say(f"deletion and insertion curves on {min(self.auc_frames, len(clips['moving'].frames))} frames")
             auc = self.faithfulness(clips["moving"], var["moving"], top1, box, grid)
-        rows = []
+        rows, constant = [], []
         for kind in self.kinds:
             raw_mov, raw_lag = var["moving"]["raw"][kind], var["lag"]["raw"][kind]
+            if not (raw_mov.any() or var["jitter"]["raw"][kind].any()):  # normalised: all zero when constant
+                constant.append(kind)  # e.g. relevance of an untrained model: nothing to smooth or measure
+                continue
             for filt in filter_names():
                 mov = var["moving"][filt][kind]
                 rows.append(Row(kind, filt, tmp.flicker(var["jitter"][filt][kind]), tmp.flicker(var["noise"][filt][kind]),
@@ -361,7 +365,7 @@ class TemporalEvaluator:
                                 tmp.peak_lag(raw_lag, var["lag"][filt][kind]), *_costs(auc, kind, filt)))
         frames = {name: len(c.frames) for name, c in clips.items()}
         return TemporalEvaluation(self.engine.describe(), clips["moving"].name, frames, time.perf_counter() - t0, rows,
-                                  len(self.auc_index(frames["moving"])), asdict(self.params))
+                                  len(self.auc_index(frames["moving"])), asdict(self.params), constant)
 
 
 def _costs(auc: dict, kind: str, filt: str) -> tuple[float | None, float | None, float | None, float | None]:
@@ -405,12 +409,14 @@ def table(ev: TemporalEvaluation) -> str:
         lines.append(f"| {KIND_NAMES[r.kind]} | {name} | {r.flicker_jitter:.4f}{ratio} | {r.flicker_noise:.4f}{ratio_n} "
                      f"| {r.corr_raw:.3f} | {_f(r.consistency)} | {_f(r.warping_error * 1e3, '.2f')} | {r.lag:.1f} "
                      f"| {_f(r.deletion)} | {_f(r.insertion)} | {_f(r.pointing)} |")
+    for kind in ev.constant:
+        lines.append(f"| {KIND_NAMES[kind]} | - | constant maps in every frame: nothing to measure |" + " - |" * 8)
     return "\n".join(lines)
 
 
 def verdict(ev: TemporalEvaluation) -> list[str]:
     """One line per target of the issue, met or not, with the figures."""
-    lines = []
+    lines = [f"{KIND_NAMES[k]}: constant maps in every frame (an untrained model?), not measured" for k in ev.constant]
     for kind in (k for k in TARGET_KINDS if any(r.kind == k for r in ev.rows)):
         raw, sm = ev.row(kind, "raw"), ev.row(kind, "smoothed")
         ratio = sm.flicker_jitter / max(raw.flicker_jitter, 1e-12)
