@@ -287,7 +287,8 @@ class ViewSmoother:
     """The view's map over time: through a :class:`TemporalFilter` when ``view.smooth`` (else raw, still
     measured for the HUD's stability figure). Call it once per result, in order; the same result again
     (a redraw) gives the same map. It starts again when the view shows another map (mode, layer, head,
-    fusion, patch, class) or the frames go back in time or skip more than :data:`MAX_GAP_S`."""
+    fusion, patch, class), the frame is computed again (frozen, new settings), or the frames go back in
+    time or skip more than :data:`MAX_GAP_S`."""
 
     def __init__(self, params: TemporalParams | None = None) -> None:
         self.params = params or TemporalParams()
@@ -295,7 +296,7 @@ class ViewSmoother:
         self.filter: TemporalFilter | None = None
         self._key: tuple | None = None
         self._t: float | None = None
-        self._last: tuple[int, bool, np.ndarray | None] | None = None  # seq, smooth, map
+        self._last: tuple[Result, bool, np.ndarray | None] | None = None  # result, smooth, map
 
     def __call__(self, result: Result, view: View, extras: Extras | None = None) -> np.ndarray | None:
         """The smoothed map [P] to show for ``result`` (None: show the raw map, or the view has no single map)."""
@@ -304,10 +305,13 @@ class ViewSmoother:
             return None
         key = (view.mode, view.resolved_layer(result.num_layers), view.head, view.fusion, view.query_patch,
                view.target, result.grid, tuple(result.box), result.frame.shape)
-        if self._last is not None and key == self._key and self._last[:2] == (result.seq, view.smooth):
-            return self._last[2]
+        last = self._last
+        if last is not None and key == self._key and last[0] is result and last[1] == view.smooth:
+            return last[2]
         t = result_time(result)
-        jump = self._t is None or not 0.0 < t - self._t <= MAX_GAP_S
+        # The same frame computed again (frozen, new settings) starts again too: its first map is raw.
+        again = last is not None and last[0].seq == result.seq
+        jump = again or self._t is None or not 0.0 < t - self._t <= MAX_GAP_S
         if jump:
             self.motion.reset()
         motion = self.motion.step(result.frame, result.box, result.grid)
@@ -318,14 +322,17 @@ class ViewSmoother:
         if self.filter is not None and raw is not None:
             shown = self.filter.step(raw, motion, None if jump or self._t is None else t - self._t, smooth=view.smooth)
             out = shown if view.smooth else None
-        self._key, self._t, self._last = key, t, (result.seq, view.smooth, out)
+        self._key, self._t, self._last = key, t, (result, view.smooth, out)
         return out
 
     def hud(self, view: View) -> str | None:
-        """The HUD's line: whether smoothing is on and the frame-to-frame stability (about the last second)."""
+        """The HUD's line: whether smoothing is on and the frame-to-frame stability (about the last second;
+        no figure until a second frame since the start: the first frame, a cut, a frame computed again)."""
         f = self.filter
-        if view.mode not in SMOOTHED_MODES or f is None or f.raw_stability is None:
+        if view.mode not in SMOOTHED_MODES or f is None:
             return None
+        if f.raw_stability is None:
+            return f"smoothing {'on' if view.smooth else 'off'}"
         if view.smooth and f.stability is not None:
             return f"smoothing on: stability {f.stability:.3f} (raw {f.raw_stability:.3f})"
         return f"smoothing off: stability {f.raw_stability:.3f}"
