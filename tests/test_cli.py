@@ -114,3 +114,5 @@ def test_bench_runs_and_prints_figures(capsys, tmp_path):
     assert "render 720p, mode relevance" in text and "live step: 720p frame to maps on the host" in text
     data = json.loads(out.read_text())
     assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_ms"] > 0
+    assert "smoothing over time, 640x480, centre crop" in text and data["smooth.crop_ms"] > 0  # --smooth's cost
+    assert data["smooth.full_frame_ms"] > 0

@@ -311,8 +311,8 @@ def bench_smoothing(rep: Report, reps: int) -> None:
 
     scene = DemoScene(640, 480, seed=0)
     frames = [scene.frame(1.0 + i / 10) for i in range(2)]
-    for label, box, grid, target in (("ViT-B/16 centre crop, 14x14 patches", (80, 0, 560, 480), (14, 14), True),
-                                     ("ViT-S/8 full frame, 60x80 patches", (0, 0, 640, 480), (60, 80), False)):
+    for label, box, grid, target in (("centre crop, 14x14 patches", (80, 0, 560, 480), (14, 14), True),
+                                     ("full frame, 60x80 patches", (0, 0, 640, 480), (60, 80), False)):
         est, filt = MotionEstimator(), TemporalFilter(grid)
         raw = np.random.default_rng(0).random(grid[0] * grid[1]).astype(np.float32)
         state = {"i": 0}
