@@ -68,6 +68,7 @@ class ViewConfig:
     animate_fps: float = 2.0
     entropy_seconds: float = 10.0
     target: str = ""  # the class relevance explains: a label or an index; "" = each frame's top-1
+    smooth: bool = True  # maps smoothed over time, motion-compensated (--smooth, key J)
 
     @property
     def layer_index(self) -> int:

@@ -142,6 +142,7 @@ class View:
     animating: bool = False
     show_help: bool = False
     show_hud: bool = True
+    smooth: bool = False  # the map smoothed over time (motion-compensated, :mod:`live_attention.core.temporal`)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -178,6 +179,7 @@ class Status:
     error: str | None = None
     flow_progress: float | None = None  # 0..1 while computing
     takes_clicks: bool = False  # shown in a window: the HUD may invite clicks on its labels
+    smoothing: str | None = None  # e.g. "smoothing on: stability 0.98 (raw 0.91)"
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ class Extras:
     entropy_seconds: float = 10.0
     flow: np.ndarray | None = None  # [P] raw flow values for the shown frame
     flow_seq: int | None = None
+    smoothed: np.ndarray | None = None  # [P] the shown map smoothed over time (``View.smooth``)
+    smoothed_seq: int | None = None  # the frame it belongs to
 
 
 __all__ = ["Extras", "Frame", "MapSettings", "Result", "Status", "View"]

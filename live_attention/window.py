@@ -111,7 +111,7 @@ class Window:
         keymap[dpg.mvKey_Open_Brace - 1] = "+"
         for ch in "0123456789":
             keymap[getattr(dpg, f"mvKey_{ch}")] = ch
-        for ch in "AFHMQSCRPTN[]":
+        for ch in "AFHMQSCRPTNJ[]":
             attr = {"[": "Open_Brace", "]": "Close_Brace"}.get(ch, ch)
             keymap[getattr(dpg, f"mvKey_{attr}")] = ch.lower()
         with dpg.handler_registry():

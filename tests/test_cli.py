@@ -116,6 +116,8 @@ def test_bench_runs_and_prints_figures(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert data["demo.run_ratio_fp32"] > 0 and data["render.attention_ms"] > 0 and data["demo.step_attention_ms"] > 0
     assert data["demo.step_relevance_ms"] > 0
+    assert "smoothing over time, 640x480, centre crop" in text and data["smooth.crop_ms"] > 0  # --smooth's cost
+    assert data["smooth.full_frame_ms"] > 0
 
 
 def _render_png(args: list[str], out) -> bytes:

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
 from live_attention.config import Config, load_config
 from live_attention.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -18,6 +25,15 @@ def test_shipped_configs_load(name):
 
 def test_default_toml_documents_the_package_defaults():
     assert load_config(CONFIGS / "default.toml") == Config()
+
+
+def test_default_toml_lists_every_key():
+    """The README says default.toml documents every key: a key left out would still load (its default)."""
+    data = tomllib.loads((CONFIGS / "default.toml").read_text(encoding="utf-8"))
+    cfg = Config()
+    missing = [f"{s.name}.{k.name}" for s in dataclasses.fields(cfg)
+               for k in dataclasses.fields(getattr(cfg, s.name)) if k.name not in data.get(s.name, {})]
+    assert not missing, missing
 
 
 def test_precedence_defaults_file_cli(tmp_path):

@@ -127,6 +127,14 @@ def test_window_on_demo_source_keys_and_recording(xserver, tmp_path):
         app.key("c")
         app.wait(lambda s: s["view"]["colormap"] == "jet", 20, "colormap")
 
+        # Smoothing over time is on by default; J turns it off and on, and the HUD says so with its figure.
+        app.wait(lambda s: (s["status"].get("smoothing") or "").startswith("smoothing on: stability"), 20, "HUD")
+        app.key("j")
+        app.wait(lambda s: not s["view"]["smooth"]
+                 and (s["status"].get("smoothing") or "").startswith("smoothing off: stability"), 20, "J: off")
+        app.key("j")
+        app.wait(lambda s: s["view"]["smooth"], 20, "J: on again")
+
         app.key("a")
         app.wait(lambda s: s["view"]["animating"], 20, "animating")
         layers = set()

@@ -66,6 +66,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="TOML", help="a config file (see configs/)")
 
 
+def on_off(text: str) -> bool:
+    """An argparse type: ``on`` or ``off`` (also true/false, yes/no, 1/0) as a bool."""
+    v = text.strip().lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be on or off, got {text!r}")
+
+
+def add_smooth_arg(p: Any) -> None:
+    """``--smooth off|on`` on a parser or an argument group."""
+    p.add_argument("--smooth", type=on_off, metavar="off|on",
+                   help="smooth the map over time, following the motion: still maps settle, moving ones do not "
+                   "smear (default on; key J)")
+
+
 def add_view_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("view")
     g.add_argument("--mode", choices=MODES, help="what to show (default attention)")
@@ -76,6 +93,7 @@ def add_view_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--colormap", choices=COLORMAPS, help="default inferno")
     g.add_argument("--target", metavar="NAME|INDEX",
                    help="the class relevance explains (mode relevance): a label or a class index; default top-1")
+    add_smooth_arg(g)
 
 
 def add_logging_arg(p: argparse.ArgumentParser) -> None:
@@ -92,7 +110,7 @@ def setup_logging(verbose: bool) -> None:
 def _view_flags(args: argparse.Namespace) -> dict[str, object]:
     """The view flags that were given, as typed: layer and head count from 1 (head 0: heads fused)."""
     o: dict[str, object] = {}
-    for key in ("mode", "fusion", "opacity", "colormap"):
+    for key in ("mode", "fusion", "opacity", "colormap", "smooth"):
         val = getattr(args, key, None)
         if val is not None:
             o[key] = val

@@ -60,6 +60,7 @@ TARGET_FULL_FRAME_CUDA_MB = 1024.0  # ... its peak CUDA memory
 TARGET_GUI_FPS = 30.0
 TARGET_LATENCY_RATIO = 1.5
 TARGET_RENDER_MS = 8.0
+TARGET_SMOOTH_MS = 2.0  # the map's smoothing over time per 640x480 frame (motion estimate + filter)
 TARGET_LOADED = 0.60  # model fps under one busy core / idle
 TARGET_RELEVANCE_RATIO = 3.0
 TARGET_RENDER_CMD = 1.25  # render tour.mp4 wall (process start included) / engine alone at its best batch
@@ -324,6 +325,33 @@ def bench_renderer(rep: Report, reps: int) -> None:
         np.multiply(rgba, np.float32(1 / 255), out=buf, casting="unsafe")
 
     rep.add("render.texture_copy_ms", "RGB -> float RGBA texture buffer, 720p", _median_ms(to_texture, reps * 2), "ms")
+    bench_smoothing(rep, reps)
+
+
+def bench_smoothing(rep: Report, reps: int) -> None:
+    """The map's smoothing over time (``--smooth on``): motion estimate and filter, per 640x480 frame."""
+    from live_attention.core.temporal import MotionEstimator, TemporalFilter
+    from live_attention.demo.synthetic import DemoScene
+
+    scene = DemoScene(640, 480, seed=0)
+    frames = [scene.frame(1.0 + i / 10) for i in range(2)]
+    for label, box, grid, target in (("centre crop, 14x14 patches", (80, 0, 560, 480), (14, 14), True),
+                                     ("full frame, 60x80 patches", (0, 0, 640, 480), (60, 80), False)):
+        est, filt = MotionEstimator(), TemporalFilter(grid)
+        raw = np.random.default_rng(0).random(grid[0] * grid[1]).astype(np.float32)
+        state = {"i": 0}
+
+        def step(est=est, filt=filt, box=box, grid=grid, raw=raw, state=state) -> None:
+            state["i"] += 1
+            motion = est.step(frames[state["i"] % 2], box, grid)
+            filt.step(raw, motion, 0.1)
+
+        key = "smooth." + ("crop_ms" if target else "full_frame_ms")
+        ms = _median_ms(step, reps * 5)
+        if target:
+            rep.target(key, f"smoothing over time, 640x480, {label}", ms, "ms", TARGET_SMOOTH_MS)
+        else:
+            rep.add(key, f"smoothing over time, 640x480, {label}", ms, "ms")
 
 
 def bench_pipeline(source: str, model: str, seconds: float, record: bool = False, window=None,

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="store_true", help="write the layers x heads attention grid of --frame")
     p.add_argument("--layers-gif", action="store_true", help="write --frame's attention through the layers")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--save-maps", metavar="FILE.npz",
+                   help="with a video export: also save the shown map of every frame (float16 [frames, rows, cols]) "
+                   "with the timestamps and the grid")
     p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
     p.add_argument("--weights", help="weights for recomputing what was not recorded (default: the manifest's)")
     p.add_argument("--device", default="auto", help="for recomputed maps: auto, cpu, cuda, mps")
@@ -67,6 +70,7 @@ def export(args: argparse.Namespace) -> int:
     good: ``--help`` and a bad flag answer at once."""
     import cv2
 
+    from live_attention.io.mapfile import MapsFile, check_maps_path
     from live_attention.io.outputs import PartialOutput, check_output, partial_path
     from live_attention.io.recording import Session
     from live_attention.io.video import H264Writer, write_gif
@@ -94,6 +98,9 @@ def export(args: argparse.Namespace) -> int:
             overrides["target"] = engine.class_index(args.target)
         if args.grid and args.layers_gif:
             raise UserError("--grid and --layers-gif write different files: pick one")
+        if args.save_maps and (args.grid or args.layers_gif):
+            raise UserError("--save-maps goes with a video export, not --grid or --layers-gif")
+        maps_path = check_maps_path(args.save_maps, args.overwrite) if args.save_maps else None
         if args.grid or args.layers_gif:
             if not 1 <= args.frame <= len(session):
                 raise UserError(f"--frame {args.frame}: this session has frames 1..{len(session)}")
@@ -124,11 +131,15 @@ def export(args: argparse.Namespace) -> int:
             if engine is None and export_needs_model(session, overrides):
                 engine = engine_for_session(session, args.weights, args.device)
             progress = Progress(len(session), f"export {session.path.name}")
+            maps = MapsFile(maps_path, session.status().model, session.path.name) if maps_path else None
             try:
                 export_video(session, out, overrides, engine=engine, hud=not args.no_hud, overwrite=args.overwrite,
-                             progress=progress.update, batch_size=args.batch, workers=args.workers)
+                             progress=progress.update, batch_size=args.batch, workers=args.workers,
+                             maps=maps.add if maps is not None else None)
             finally:
                 progress.close()
+            if maps is not None:
+                print(f"live-attention: wrote {maps.write(args.overwrite)} ({len(maps)} maps)", file=sys.stderr)
         print(f"live-attention: wrote {out}", file=sys.stderr)
         return 0
     except KeyboardInterrupt:

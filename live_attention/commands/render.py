@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from live_attention.commands.args import (
@@ -26,6 +27,7 @@ from live_attention.commands.args import (
     terminate_as_interrupt,
 )
 from live_attention.config import load_config
+from live_attention.errors import UserError
 
 if TYPE_CHECKING:
     from live_attention.pipeline.jobs import Job, Plan, Renderer
@@ -43,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .mp4 (video) or .png (image); a folder (one output per input) with several "
                         "inputs, or where it is a folder already or ends with /")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--save-maps", metavar="FILE.npz",
+                   help="also save the shown map of every frame (float16 [frames, rows, cols]) with the timestamps "
+                   "and the grid, for analysis in your own code (one input)")
     p.add_argument("--no-hud", action="store_true", help="leave out the HUD text")
-    p.add_argument("--batch", type=positive_int, help="frames per forward pass (default: 4 on a CPU, 32 on a GPU)")
+    p.add_argument("--batch", type=positive_int, help="frames per forward pass (default: 8 on a CPU, 32 on a GPU)")
     p.add_argument("--workers", type=positive_int, help="drawing threads (default: cores - 1, at most 4)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="spread the inputs over a Ray cluster: auto (a local one) or its address "
@@ -83,11 +88,25 @@ def render_here(plan: Plan, renderer: Renderer) -> int:
     return failed
 
 
+def _maps_path(args: argparse.Namespace, plan: Plan) -> Path | None:
+    from live_attention.io.mapfile import check_maps_path
+
+    if not args.save_maps:
+        return None
+    if not plan.single:
+        raise UserError(f"--save-maps takes one input, not {len(plan.jobs) + len(plan.failed)}: "
+                        "render them one at a time")
+    if args.ray:
+        raise UserError("--save-maps does not work with --ray: render on this machine")
+    return check_maps_path(args.save_maps, args.overwrite)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, config_overrides(args))
     # The heavy part (torch, OpenCV, PyAV) loads once the arguments are known good: --help stays instant.
+    from live_attention.io.mapfile import MapsFile
     from live_attention.io.outputs import partial_path
     from live_attention.pipeline.distributed import render_on_ray
     from live_attention.pipeline.jobs import Renderer, plan_jobs, summary_line
@@ -95,6 +114,7 @@ def main(argv: list[str]) -> int:
     plan = plan_jobs(args.inputs, args.output, args.overwrite)
     for spec, why in plan.failed:
         say(f"{spec}: failed: {why}")
+    maps_path = _maps_path(args, plan)  # checked before the model loads
     old = terminate_as_interrupt()
     try:
         if not plan.jobs:  # every input failed before any work
@@ -106,7 +126,11 @@ def main(argv: list[str]) -> int:
             return min(failed, 100)
         renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers, say=say)
         if plan.single:  # one input: its error is the command's error
-            report(plan.jobs[0], *renderer.render(plan.jobs[0], Progress))
+            job = plan.jobs[0]
+            maps = MapsFile(maps_path, renderer.engine.describe(), job.input.name) if maps_path else None
+            report(job, *renderer.render(job, Progress, maps=maps))
+            if maps is not None:
+                say(f"wrote {maps.write(args.overwrite)} ({len(maps)} maps)")
             return 0
         return min(render_here(plan, renderer), 100)
     except KeyboardInterrupt:

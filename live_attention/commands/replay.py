@@ -9,7 +9,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from live_attention.commands.args import Parser, add_logging_arg, finite_float, setup_logging
+from live_attention.commands.args import Parser, add_logging_arg, add_smooth_arg, finite_float, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="for recomputed maps: auto, cpu, cuda, mps")
     p.add_argument("--no-model", action="store_true", help="do not load the model (recorded maps only)")
     p.add_argument("--paused", action="store_true", help="start paused on the first frame")
+    add_smooth_arg(p)  # the recording keeps the raw maps: replay shows them smoothed or not
     p.add_argument("--max-seconds", type=finite_float(positive=True), help="stop after this many seconds")
     p.add_argument("--state-file", help=argparse.SUPPRESS)
     add_logging_arg(p)
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
         engine = None if args.no_model or not session.has_raw else engine_for_session(session, args.weights, args.device)
         feed = ReplayFeed(session, engine, paused=args.paused)
         view = replace(session.view(0), frozen=args.paused, animating=False)
+        if args.smooth is not None:
+            view = replace(view, smooth=args.smooth)
         window = Window(f"{TITLE} replay", 1280, 800, vsync=True)
         window.add_timeline(len(session))
         try:

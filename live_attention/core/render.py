@@ -61,6 +61,7 @@ HELP_LINES = (
     ("F", "fusion: mean / max / min"),
     ("1-8, M", "mode: attention rollout heads entropy query flow relevance norms"),
     ("T / click a label", "the class relevance explains (7)"),
+    ("J", "smoothing over time on / off"),
     ("A", "animate through the layers (not 6 and 7, which use every layer)"),
     ("Space", "freeze the frame"),
     ("Click", "pick the query patch (mode 5)"),
@@ -136,6 +137,16 @@ def select_map(result, view: View, extras: Extras | None = None) -> tuple[np.nda
         n = int(norm_outliers(result.token_norm[layer]).sum())
         return result.token_norm[layer], f"after {lname}: {n} high-norm outlier token{'s' if n != 1 else ''}"
     raise ValueError(view.mode)
+
+
+def shown_map(result, view: View, extras: Extras | None = None) -> tuple[np.ndarray | None, str]:
+    """What :func:`render` overlays: :func:`select_map`'s map, or its smoothing over time when the view
+    asks for it and ``extras`` carries it for this frame (:mod:`live_attention.core.temporal`)."""
+    m, caption = select_map(result, view, extras)
+    if (view.smooth and m is not None and extras is not None and extras.smoothed is not None
+            and extras.smoothed_seq == result.seq and np.size(extras.smoothed) == np.size(m)):
+        return extras.smoothed, f"{caption}, smoothed"
+    return m, caption
 
 
 def explained(result: Result) -> str:
@@ -288,7 +299,7 @@ def render(
         if view.mode == "heads":
             _draw_heads(img, result, view, scale)
         else:
-            m, caption = select_map(result, view, extras)
+            m, caption = shown_map(result, view, extras)
             _dim_outside(img, box)
             if m is not None:
                 _overlay(img, box, normalize(m), result.grid, view)
@@ -524,6 +535,8 @@ def _status_lines(result, view: View, status: Status) -> list[tuple[str, tuple[i
         lines.append(("  ".join(perf2), GREY))
     if status.source:
         lines.append((f"source {status.source}", GREY))
+    if status.smoothing:
+        lines.append((status.smoothing, GREY))
     if result is not None and result.num_prefix > 1 and result.prefix_share is not None:
         layer = view.resolved_layer(result.num_layers)
         share = result.prefix_share[layer]

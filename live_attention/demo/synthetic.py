@@ -452,12 +452,72 @@ class DemoScene:
         return out
 
     # ---------------------------------------------------------------------------------------------
+    def _bg_shift(self, t: float) -> tuple[float, float]:
+        pad = self._pad
+        return (pad * 0.8 * math.sin(2 * math.pi * 0.03 * t + self._bg_phase[0]),
+                pad * 0.8 * math.sin(2 * math.pi * 0.023 * t + self._bg_phase[1]))
+
+    def _objects(self, t: float) -> list[tuple[tuple, np.ndarray, bool, int, tuple[float, float]]]:
+        """What :meth:`frame` draws over the background at ``t``, in drawing order: (identity, polygon,
+        filled, outline thickness (0: none), centre). A target's identity holds its class, so a target
+        that changes class is a new object."""
+        out = []
+        for i, d in enumerate(self._distractors):
+            cx, cy = self._pos(d, d["r"], t)
+            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
+            out.append((("distractor", i), poly, not d["hollow"], d["thick"] if d["hollow"] else 0, (cx, cy)))
+        cycle = int(math.floor(t / self.period))
+        for i, d in enumerate(self._targets):
+            if not self._visible(i, t):
+                continue
+            label = (d["label0"] + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, d["r"], t)
+            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
+            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * d["r"]))), (cx, cy)))
+        return out
+
+    def _owners(self, objects: list) -> np.ndarray:
+        """Which object covers each pixel (its index in ``objects`` plus 1; 0: the background)."""
+        owner = np.zeros((self.height, self.width), np.int16)
+        for k, (_ident, poly, filled, thick, _c) in enumerate(objects):
+            pts = _fixed(poly)
+            if filled:
+                cv2.fillPoly(owner, [pts], k + 1, lineType=cv2.LINE_8, shift=_SHIFT)
+            if thick:
+                cv2.polylines(owner, [pts], True, k + 1, thickness=thick, lineType=cv2.LINE_8, shift=_SHIFT)
+        return owner
+
+    def motion(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        """Ground-truth motion from the frame at ``t1`` back to the frame at ``t0``: ``flow`` [H, W, 2]
+        float32 in pixels (the point at pixel p at ``t1`` was at p + flow[p] at ``t0``), and ``valid``
+        [H, W] bool, False where that point was not visible at ``t0`` (uncovered background, a target
+        that appeared or changed class). The objects' small tilt wobble is left out (under a pixel)."""
+        (bx0, by0), (bx1, by1) = self._bg_shift(t0), self._bg_shift(t1)
+        flow = np.empty((self.height, self.width, 2), np.float32)
+        flow[..., 0], flow[..., 1] = bx1 - bx0, by1 - by0
+        before, after = self._objects(t0), self._objects(t1)
+        own0, own1 = self._owners(before), self._owners(after)
+        ids0 = {obj[0]: k + 1 for k, obj in enumerate(before)}
+        match = np.zeros(len(after) + 1, np.int16)  # object at t1 -> its owner id at t0 (-1: absent)
+        for k, (ident, _poly, _filled, _th, (cx, cy)) in enumerate(after):
+            m = own1 == k + 1
+            if ident in ids0:
+                px, py = before[ids0[ident] - 1][4]
+                flow[m] = (px - cx, py - cy)
+            match[k + 1] = ids0.get(ident, -1)
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width]
+        sx = np.clip(np.rint(xs + flow[..., 0]).astype(np.int64), 0, self.width - 1)
+        sy = np.clip(np.rint(ys + flow[..., 1]).astype(np.int64), 0, self.height - 1)
+        valid = own0[sy, sx] == match[own1]
+        inside = (xs + flow[..., 0] >= 0) & (xs + flow[..., 0] <= self.width - 1) & (ys + flow[..., 1] >= 0) \
+            & (ys + flow[..., 1] <= self.height - 1)
+        return flow, valid & inside & (match[own1] >= 0)
+
     def frame(self, t: float) -> np.ndarray:
         """The scene at time ``t`` seconds: BGR uint8 ``height``×``width``×3."""
         t = float(t)
         pad = self._pad
-        dx = pad * 0.8 * math.sin(2 * math.pi * 0.03 * t + self._bg_phase[0])
-        dy = pad * 0.8 * math.sin(2 * math.pi * 0.023 * t + self._bg_phase[1])
+        dx, dy = self._bg_shift(t)
         m = np.float32([[1, 0, -pad - dx], [0, 1, -pad - dy]])
         img = cv2.warpAffine(self._bg, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)

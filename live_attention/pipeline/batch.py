@@ -9,8 +9,10 @@ Stages and threads, with a bounded queue between each, so memory stays flat what
    (:func:`~live_attention.core.step.process_frames`), or a recording's stored maps; results hold host
    data only;
 3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.core.render.render` of each frame
-   (OpenCV releases the GIL), attention flow where the view asks for it (on host copies);
-4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps.
+   (OpenCV releases the GIL), attention flow where the view asks for it (on host copies); the shown map's smoothing
+   over time (``View.smooth``) is computed before, on the results thread, in frame order;
+4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps, and
+   hands each frame's shown map to ``maps`` (``--save-maps``) when asked.
 
 One output frame per input frame, in order. An error in any stage stops the others and is raised on
 the caller's thread; a partial output file is the caller's to keep or remove.
@@ -34,10 +36,11 @@ from torch import Tensor
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.preprocess import Box
-from live_attention.core.render import canvas_size, render
+from live_attention.core.render import canvas_size, render, shown_map
 from live_attention.core.step import StepRunner, process_frames
+from live_attention.core.temporal import ViewSmoother
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
-from live_attention.pipeline.loop import EntropyHistory
+from live_attention.pipeline.loop import EntropyHistory, smooth_shown
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +183,17 @@ def run(
     size: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
     prepare: Callable[[Item], Item] | None = None,
+    maps: Callable[[Result, View, np.ndarray | None], None] | None = None,
 ) -> int:
     """Run every item through ``results``, the renderer and ``sink(rgb, pts_s)``; returns the frames written.
 
     ``view`` is one view for every frame or a function of the result (export: each frame's recorded
     view). ``size``: the output size (default: :func:`canvas_size` of the first frame). ``prepare``
-    runs on the decode thread (:func:`preprocessor`).
+    runs on the decode thread (:func:`preprocessor`). ``maps(result, view, shown)`` gets each frame's
+    shown map [P] (what the picture overlays, None where there is none), in input order, on the encode thread.
     """
     p = _Pipeline(status, sink, view if callable(view) else (lambda _r, v=view: v), batch, residual, size)
+    p.maps = maps
     if prepare is not None:
         items = map(prepare, items)
     threads = cv2.getNumThreads()
@@ -208,6 +214,8 @@ class _Pipeline:
         self.decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch))
         self.drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
         self.written = 0
+        self.maps: Callable[[Result, View, np.ndarray | None], None] | None = None
+        self.smoother = ViewSmoother()  # used on the results thread only, in frame order
 
     def decode(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -217,15 +225,18 @@ class _Pipeline:
 
     def encode(self) -> None:
         while (fut := _get(self.drawn, self.stop)) is not _END:
-            rgb, pts = fut.result()  # in input order, whichever drawing thread finished first
+            rgb, pts, res, v, shown = fut.result()  # in input order, whichever drawing thread finished first
             self.sink(rgb, pts)
+            if self.maps is not None:
+                self.maps(res, v, shown)
             self.written += 1
 
-    def draw(self, res: Result, v: View, extras: Extras, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    def draw(self, res: Result, v: View, extras: Extras, status: Status,
+             size: tuple[int, int]) -> tuple[np.ndarray, float, Result, View, np.ndarray | None]:
         if v.mode == "flow" and (res.fused is not None or res.attn is not None):
-            extras = Extras(extras.entropy_history, extras.entropy_times, extras.entropy_seconds,
-                            flow=flow_for(res, self.residual), flow_seq=res.seq)
-        return render(res.frame, res, v, self.status, extras, size=size), float(res.pts_s or 0.0)
+            extras = replace(extras, flow=flow_for(res, self.residual), flow_seq=res.seq)
+        shown = shown_map(res, v, extras)[0] if self.maps is not None and v.mode != "heads" else None
+        return render(res.frame, res, v, status, extras, size=size), float(res.pts_s or 0.0), res, v, shown
 
     def take(self) -> tuple[list[Item], bool]:
         """Up to a batch of decoded items, and whether the input has ended."""
@@ -250,8 +261,9 @@ class _Pipeline:
                 for res in results(chunk) if chunk else []:
                     history.add(float(res.pts_s or 0.0), res)  # in order, on this thread
                     self.size = self.size or canvas_size(res.frame.shape)
-                    if not _put(self.drawn, pool.submit(self.draw, res, self.view_of(res), history.extras(),
-                                                        self.size), self.stop):
+                    v = self.view_of(res)
+                    extras, status = smooth_shown(self.smoother, res, v, history.extras(), self.status)
+                    if not _put(self.drawn, pool.submit(self.draw, res, v, extras, status, self.size), self.stop):
                         break
                 if progress is not None:
                     progress(self.written)

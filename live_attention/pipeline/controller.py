@@ -16,7 +16,7 @@ def view_from_config(cfg: Config) -> View:
     """The starting view: the config counts layers and heads from 1, a View from 0."""
     v = cfg.view
     return View(mode=v.mode, layer=v.layer_index, head=v.head_index, fusion=v.fusion, opacity=v.opacity,
-                colormap=v.colormap, show_help=cfg.window.show_help)
+                colormap=v.colormap, show_help=cfg.window.show_help, smooth=v.smooth)
 
 
 @dataclass
@@ -98,6 +98,8 @@ class Controller:
             out.toggle_record = True
         elif k == "t":
             out.cycle_target = True
+        elif k == "j":
+            v = replace(v, smooth=not v.smooth)
         if v.animating and not v.picks_layer:  # a view of every layer: the layer number must not run on
             v = replace(v, animating=False)
             out.note = f"{v.mode} uses every layer: animation stopped"
@@ -152,6 +154,8 @@ def top_label(result: Result, cls: int) -> str:
 
 def describe_change(before: View, after: View) -> str | None:
     """A short HUD note for changes that are otherwise hard to see (opacity, colormap, fusion)."""
+    if after.smooth != before.smooth:
+        return f"smoothing {'on: still maps settle, moving ones follow' if after.smooth else 'off: raw maps'}"
     if after.opacity != before.opacity:
         return f"opacity {after.opacity:.1f}"
     if after.colormap != before.colormap:

@@ -22,6 +22,7 @@ from live_attention.core.models import engine_from_config
 from live_attention.core.render import canvas_size
 from live_attention.datatypes import MapSettings, Status, View
 from live_attention.errors import SourceError, UserError
+from live_attention.io.mapfile import MapsFile
 from live_attention.io.outputs import PartialOutput, check_output
 from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, read_image
 from live_attention.pipeline import batch
@@ -192,8 +193,10 @@ class Renderer:
         base = MapSettings(residual=s.residual, discard_ratio=s.discard_ratio)
         return view, replace(base, **settings_for(view))
 
-    def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None) -> tuple[int, int | None]:
-        """Render one job; returns (frames written, frames the input announced or None)."""
+    def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None,
+               maps: MapsFile | None = None) -> tuple[int, int | None]:
+        """Render one job; returns (frames written, frames the input announced or None). ``maps``
+        collects each frame's shown map (``--save-maps``); the caller writes it."""
         status = Status(model=self.engine.describe(), untrained=self.engine.untrained, source=job.input.name)
         try:  # an unreadable input says why (permissions, I/O), not that it is no valid file
             if job.input.is_file():  # (a pipe would block here)
@@ -201,11 +204,12 @@ class Renderer:
                     pass
         except OSError as exc:
             raise SourceError(f"cannot read {job.input}: {exc.strerror or exc}") from None
+        add = maps.add if maps is not None else None
         if job.is_image:
-            return self._image(job, status), 1
-        return self._video(job, status, progress_factory)
+            return self._image(job, status, add), 1
+        return self._video(job, status, progress_factory, add)
 
-    def _image(self, job: Job, status: Status) -> int:
+    def _image(self, job: Job, status: Status, maps=None) -> int:
         img = read_image(job.input)
         if img is None:
             raise SourceError(f"cannot read image {job.input}: is it a valid image file?")
@@ -215,7 +219,8 @@ class Renderer:
         pictures = []
         results = batch.engine_results(self.engine, settings, job.input.name)
         batch.run([batch.Item(0, img, 0.0)], results, view, status, lambda rgb, _t: pictures.append(rgb),
-                  batch=1, workers=1, entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual)
+                  batch=1, workers=1, entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
+                  maps=maps)
         rgb = pictures[0]
         with PartialOutput(job.output, overwrite=True) as out:
             if job.output.suffix.lower() in VIDEO_OUT:
@@ -231,7 +236,7 @@ class Renderer:
                     raise UserError(f"cannot write {out.path}: {exc.strerror or exc}") from None
         return 1
 
-    def _video(self, job: Job, status: Status, progress_factory) -> tuple[int, int | None]:
+    def _video(self, job: Job, status: Status, progress_factory, maps=None) -> tuple[int, int | None]:
         try:
             reader = VideoReader(job.input)
         except SourceError as exc:
@@ -254,7 +259,7 @@ class Renderer:
                                   view, status, writer.write, batch=size_of_batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                                   size=size, progress=progress.update if progress else None,
-                                  prepare=batch.preprocessor(self.engine))
+                                  prepare=batch.preprocessor(self.engine), maps=maps)
                     if n == 0:  # raised in here, so no empty output is renamed into place
                         why = f"it announces {total}: truncated or damaged?" if total else "corrupt or unsupported codec?"
                         raise SourceError(f"cannot decode any frame of {job.input} ({why})")

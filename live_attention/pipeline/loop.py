@@ -37,6 +37,7 @@ import numpy as np
 from live_attention.core.flow import FlowCancelled
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.render import canvas_size, hud_layout, no_signal_text, render
+from live_attention.core.temporal import ViewSmoother
 from live_attention.datatypes import Extras, Result, Status, View
 from live_attention.io.outputs import save_png
 from live_attention.pipeline.controller import (
@@ -234,6 +235,16 @@ def settings_for(view: View, recording: bool = False) -> dict[str, Any]:
     }
 
 
+def smooth_shown(smoother: ViewSmoother, result: Result, view: View, extras: Extras,
+                 status: Status) -> tuple[Extras, Status]:
+    """The shown map over time (:class:`~live_attention.core.temporal.ViewSmoother`, called in frame order):
+    ``extras`` with the smoothed map when the view smooths, ``status`` with the HUD's stability line."""
+    smoothed = smoother(result, view, extras)
+    if smoothed is not None:
+        extras = replace(extras, smoothed=smoothed, smoothed_seq=result.seq)
+    return extras, replace(status, smoothing=smoother.hud(view))
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +277,7 @@ class FrameLoop:
         self.max_seconds = max_seconds
         self.stop_when_finished = stop_when_finished
         self.stats = LoopStats()
+        self.smoother = ViewSmoother()  # the shown map over time (View.smooth, key J)
         self.shown: Result | None = None  # the newest result taken from the feed
         self.prepared: Result | None = None  # what is drawn: ``shown`` with what the view needs (replay)
         self.rgb: np.ndarray | None = None  # the picture on screen
@@ -475,6 +487,8 @@ class FrameLoop:
                 shown = drawn = self.prepared = self.feed.prepare(res, self.view)
                 extras = self.history.extras(job.flow if job is not None and job.done else None,
                                              job.result.seq if job is not None else None)
+                extras, status = smooth_shown(self.smoother, shown, self.view, extras, status)
+                self._status = status
                 rgb = render(shown.frame, shown, self.view, status, extras, size=canvas_size(shown.frame.shape))
             self.stats.render_ms.append((time.perf_counter() - t) * 1000.0)
             self.rgb = rgb

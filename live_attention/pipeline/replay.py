@@ -383,8 +383,9 @@ def raw_items(session: Session) -> Iterator[batch.Item]:
 def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
                  engine: AttentionEngine | None = None, hud: bool = True, overwrite: bool = False,
                  progress: Callable[[int], None] | None = None, batch_size: int | None = None,
-                 workers: int | None = None) -> Path:
-    """Render every recorded frame again (recorded view + ``overrides``) at the recorded timestamps.
+                 workers: int | None = None, maps: Callable[[Result, View, np.ndarray | None], None] | None = None) -> Path:
+    """Render every recorded frame again (recorded view + ``overrides``) at the recorded timestamps;
+    ``maps`` gets each frame's shown map (``--save-maps``, see :func:`~live_attention.pipeline.batch.run`).
 
     Written to ``NAME.partial.EXT`` and renamed at the end (interrupted: the partial file is kept).
     """
@@ -408,7 +409,7 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
                   lambda res: views[res.seq], session.status(), writer.write,
                   batch=batch_size or (batch.default_batch(engine) if engine is not None else 8), workers=workers,
                   entropy_seconds=session.config_value("view", "entropy_seconds", 10.0), residual=residual,
-                  size=size, progress=progress)
+                  size=size, progress=progress, maps=maps)
     return out
 
 

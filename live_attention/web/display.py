@@ -24,7 +24,7 @@ from live_attention.pipeline.loop import Inputs
 
 # The keys a page may send: the live window's keys by the names the controller knows. Q and Esc are
 # not among them: one viewer must not stop the session of the others (Ctrl-C on the server does).
-PAGE_KEYS = frozenset({"up", "down", "left", "right", "space", "backspace", "+", "-", *"0123456789", *"afhmcsrt"})
+PAGE_KEYS = frozenset({"up", "down", "left", "right", "space", "backspace", "+", "-", *"0123456789", *"afhjmcsrt"})
 MAX_MESSAGE_BYTES = 256  # a key or a click is a few dozen bytes
 MAX_PENDING = 64  # inputs waiting for the loop; more (a flood) are dropped and counted
 
