@@ -1,7 +1,8 @@
 """live-attention: see, live, where a Vision Transformer looks.
 
 The Python API (``load_model``, ``AttentionEngine``, ``Keep``, ``RunOutput``, ``maps``, ``flow``) loads on
-first use, so that importing the package is cheap and sets nothing but the OpenMP wait policy.
+first use, so that importing the package is cheap: it sets the OpenMP wait policy and registers the demo
+model and source (``--model demo``, ``--source demo``), whatever the entry point.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["GOMP_SPINCOUNT"] = "10000"
+
+# The demo registers its model and source by name (the library and io/ never import it). Light: no torch.
+import live_attention.demo  # noqa: E402, F401
 
 __version__ = "0.2.0"
 

@@ -20,20 +20,12 @@ import numpy as np
 import pytest
 
 from live_attention.datatypes import Frame
+from live_attention.demo.source import DemoSource
 from live_attention.errors import SourceError
-from live_attention.io.capture import (
-    NO_SIGNAL_S,
-    CameraSource,
-    CaptureState,
-    CaptureThread,
-    DemoSource,
-    FrameSource,
-    ImageSource,
-    LatestSlot,
-    StreamSource,
-    VideoFileSource,
-    open_source,
-)
+from live_attention.io.capture import NO_SIGNAL_S, CaptureState, CaptureThread, LatestSlot, open_source
+from live_attention.io.file_sources import ImageSource, VideoFileSource
+from live_attention.io.live_sources import CameraSource, StreamSource
+from live_attention.io.sources import FrameSource
 
 FAST = (0.01, 0.04)  # reconnect backoff for tests
 # Waits end as soon as their condition holds: only a failure waits this long. A loaded machine can stall
@@ -652,3 +644,23 @@ def test_demo_source_real_scene() -> None:
     img = frames[-1].image
     assert img.shape == (120, 160, 3) and img.dtype == np.uint8 and img.std() > 0
     assert not np.array_equal(frames[0].image, frames[-1].image)  # things move
+
+
+def test_named_sources_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--source NAME`` opens what was registered under NAME (any case): how the demo plugs in."""
+    from live_attention.io import sources
+    from live_attention.io.sources import named_source, register_source
+
+    monkeypatch.setattr(sources, "_NAMED", dict(sources._NAMED))  # this test's registration goes afterwards
+
+    made: list[tuple[int | None, int | None, float | None]] = []
+
+    def factory(width: int | None, height: int | None, fps: float | None) -> FrameSource:
+        made.append((width, height, fps))
+        return FakeCamera([0])
+
+    assert named_source("test-pattern") is None
+    register_source("test-pattern", factory)
+    src = open_source("Test-Pattern", width=32, fps=5.0)
+    assert isinstance(src, FakeCamera) and made == [(32, None, 5.0)]
+    assert isinstance(open_source("demo", width=64, height=48), DemoSource)  # registered by the package

@@ -25,7 +25,8 @@ from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError, WeightsError
 from live_attention.io import recording
-from live_attention.io.capture import ImageSource, LatestSlot, open_source
+from live_attention.io.capture import LatestSlot, open_source
+from live_attention.io.file_sources import ImageSource
 from live_attention.io.recorder import Recorder
 from live_attention.io.recording import Session
 from live_attention.io.video import read_image, write_gif

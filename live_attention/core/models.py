@@ -12,7 +12,8 @@ Names::
     vit_b_16 | vit_b_32 | vit_l_16 | vit_l_32 | vit_h_14     torchvision, ImageNet weights
     timm:NAME[.TAG]                                           e.g. timm:vit_small_patch8_224.dino
     hf:ORG/NAME | hf:LOCAL_DIR                                e.g. hf:facebook/dinov2-small
-    demo                                                      the project's own toy ViT
+    demo                                                      the project's own toy ViT (registered by
+                                                              live_attention.demo, see core.registry)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from live_attention.core.families import (
     timm_preprocess,
 )
 from live_attention.core.preprocess import Preprocess
+from live_attention.core.registry import model_builder
 from live_attention.core.weights import (
     apply_state_dict,
     file_sha256,
@@ -50,13 +52,11 @@ from live_attention.core.weights import (
     load_weights_file,
     offline,
 )
-from live_attention.demo.model import build_demo_engine
 from live_attention.errors import UserError, WeightsError
 
 logger = logging.getLogger(__name__)
 
 TORCHVISION_MODELS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
-DEMO_MODEL = "demo"
 PRETRAINED = ("imagenet", "default", "pretrained")  # --weights words for "the model's own published weights"
 
 
@@ -83,8 +83,8 @@ def load_model(
     name = str(name).strip()
     w = os.fspath(weights) if isinstance(weights, os.PathLike) else str(weights).strip()
     opts: dict[str, Any] = {"device": device, "precision": precision}
-    if name == DEMO_MODEL:
-        engine = build_demo_engine(weights=w, device=device, precision=precision)
+    if (builder := model_builder(name)) is not None:  # e.g. demo, registered by live_attention.demo
+        engine = builder(w, device, precision)
     elif name.startswith("timm:"):
         engine = _load_timm(name[len("timm:"):].strip(), w, opts)
     elif name.startswith("hf:"):
