@@ -157,3 +157,27 @@ def apply_state_dict(module: nn.Module, state: dict[str, Tensor], *, name: str, 
         )
     check_finite(state, f"weights {source}")
     module.load_state_dict(state, strict=True)
+
+
+PRETRAINED = ("imagenet", "default", "pretrained")  # --weights words for "the model's own published weights"
+
+
+def weights_kind(w: str) -> str:
+    """What a ``--weights`` value asks for: ``random``, ``pretrained`` (the model's published weights), or a ``file``."""
+    low = w.lower()
+    if low == "random":
+        return "random"
+    if low in PRETRAINED:
+        return "pretrained"
+    return "file"
+
+
+def local_weights(module: nn.Module, w: str, kind: str, name: str, label: str) -> tuple[str, str | None]:
+    """A ``--weights`` file applied to ``module``; returns the HUD label and the file's SHA-256."""
+    if kind == "random":
+        return "random", None
+    if kind != "file":
+        return label, None
+    path = Path(w).expanduser()
+    apply_state_dict(module, load_weights_file(path), name=name, source=f"file {path}")
+    return path.name, file_sha256(path)
