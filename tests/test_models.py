@@ -24,9 +24,9 @@ import transformers
 from live_attention import AttentionEngine, load_model
 from live_attention.commands.cli import main
 from live_attention.core import maps
-from live_attention.core.engine import Keep
 from live_attention.core.families import resample_pos_embed, timm_head_is_projection, timm_preprocess
 from live_attention.core.hf_models import hf_preprocess
+from live_attention.core.keep import Keep
 from live_attention.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings

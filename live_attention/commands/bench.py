@@ -30,7 +30,8 @@ import torch
 import torchvision
 
 from live_attention.config import Config
-from live_attention.core.engine import AttentionEngine, Keep, cpu_has_native_bf16, resolve_device
+from live_attention.core.device import cpu_has_native_bf16, resolve_device
+from live_attention.core.engine import AttentionEngine, Keep
 from live_attention.core.flow import attention_flow
 from live_attention.core.frame_maps import compute_maps, keep_for
 from live_attention.core.models import load_model
