@@ -24,7 +24,7 @@ from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
 from live_attention.io.recorder import Recorder, bench_recording
 from live_attention.io.recording import MANIFEST, Session, new_session_dir
-from live_attention.io.video import write_gif
+from live_attention.io.writers import write_gif
 from live_attention.pipeline.controller import next_target
 from live_attention.pipeline.replay import Player, export_video, grid_picture, layers_frames
 from tests.conftest import MEDIA, tiny_vit

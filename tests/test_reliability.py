@@ -29,7 +29,8 @@ from live_attention.io.capture import LatestSlot, open_source
 from live_attention.io.file_sources import ImageSource
 from live_attention.io.recorder import Recorder
 from live_attention.io.recording import Session
-from live_attention.io.video import read_image, write_gif
+from live_attention.io.video import read_image
+from live_attention.io.writers import write_gif
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
 from live_attention.pipeline.replay import ReplayFeed, export_video
@@ -268,15 +269,15 @@ def test_export_writes_a_partial_name_then_renames(tmp_path, monkeypatch):
     s = Session(path)
     out = tmp_path / "e.mp4"
     seen = []
-    from live_attention.io import video
+    from live_attention.io import writers
 
-    orig = video.H264Writer.write
+    orig = writers.H264Writer.write
 
     def spy(self, rgb, pts_s=None):
         seen.append(self.path.name)
         return orig(self, rgb, pts_s)
 
-    monkeypatch.setattr(video.H264Writer, "write", spy)
+    monkeypatch.setattr(writers.H264Writer, "write", spy)
     export_video(s, out)
     assert set(seen) == {"e.partial.mp4"} and out.exists() and not (tmp_path / "e.partial.mp4").exists()
     s.close()

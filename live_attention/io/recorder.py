@@ -7,7 +7,7 @@ Threads:
   blocks and never raises. So however loaded the machine, a killed process loses at most about a
   second: the queue, the attention chunk being filled (<= 0.4 s) and the last video fragment (<= 0.5 s).
 * The recorder thread (``"recorder"``) owns every file of the session: the H.264 overlay
-  (:class:`~live_attention.io.video.H264Writer`), the raw-frame writer (:class:`RawWriter`) and the attention
+  (:class:`~live_attention.io.writers.H264Writer`), the raw-frame writer (:class:`RawWriter`) and the attention
   chunks (:class:`~live_attention.io.recording.ChunkWriter`). An error there (a full disk, a vanished
   folder) becomes one line in :attr:`Recorder.error`; the recording stops, what was written stays
   readable, the manifest is finalised (a 1 MB reserve is given back to the disk for it), the app
@@ -60,7 +60,7 @@ from live_attention.io.recording import (
     unlock_session,
     write_json_atomic,
 )
-from live_attention.io.video import TIME_BASE, H264Writer, StreamWriter
+from live_attention.io.writers import TIME_BASE, H264Writer, StreamWriter
 
 logger = logging.getLogger(__name__)
 
