@@ -100,7 +100,7 @@ def test_sigkill_while_recording_under_load_loses_at_most_a_second(tmp_path):
     """Under one busy core, SIGKILL during --record lost 4-8 s (64 frames queued, a niced encoder).
     The queue is bounded by capture time now: what was shown about a second before the kill is on disk
     (the bounds: the design's, plus what a loaded machine may delay a thread)."""
-    from live_attention.io.recorder import KEY_MS
+    from live_attention.io.encoders import KEY_MS
     from live_attention.io.recording import CHUNK_SECONDS
 
     queue_s = Config().record.max_lag_s

@@ -39,7 +39,7 @@ from live_attention.core.render import canvas_size, render
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
-from live_attention.io.recorder import HEADROOM, bench_recording
+from live_attention.io.encoders import HEADROOM, bench_recording
 from live_attention.io.video import VideoReader
 from live_attention.io.writers import H264Writer
 from live_attention.pipeline import batch
