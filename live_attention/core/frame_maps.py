@@ -47,8 +47,10 @@ def _graphed(engine: AttentionEngine, graphed: bool | None) -> bool:
 
 def keep_layers(engine: AttentionEngine, settings: MapSettings, graphed: bool | None = None) -> tuple[int, ...]:
     """The layers whose row entropies a frame keeps: the chosen one for an eager step (a CPU); all of
-    them for a captured one (a GPU), where they cost little and one graph then serves every layer
-    (animation, arrow keys). ``graphed``: None for the engine's device's default."""
+    them for a captured one (a GPU), where they cost little and keep the shown layer out of what a graph
+    is keyed by (the input's shape, what the mode keeps, rollout's parameters: see
+    :mod:`live_attention.core.step`), so changing the layer (animation, arrow keys) replays the graph
+    already captured. ``graphed``: None for the engine's device's default."""
     if _graphed(engine, graphed):
         return tuple(range(engine.num_layers))
     return (settings.entropy_layer % engine.num_layers,)
