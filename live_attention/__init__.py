@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 # torch's CPU threads (GNU OpenMP) spin while they wait for each other, 300,000 turns by default. When
@@ -24,7 +26,10 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
 # The demo registers its model and source by name (the library and io/ never import it). Light: no torch.
 import live_attention.demo  # noqa: E402, F401
 
-__version__ = "0.2.0"
+try:  # one version string: pyproject.toml's, as installed
+    __version__ = _dist_version("live-attention")
+except PackageNotFoundError:  # a checkout used without installing it
+    __version__ = "0+unknown"
 
 _API = {
     "AttentionEngine": "live_attention.core.engine",

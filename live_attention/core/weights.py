@@ -77,10 +77,14 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if p.is_dir():
         raise WeightsError(f"weights path is a folder, not a file: {p} (pass the checkpoint file inside it)")
     kind = checkpoint_kind(p, f"weights file {p}")
+    if kind == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # a dependency, but an install may lack it: not the file's fault
+            raise WeightsError(f"cannot read weights file {p}: safetensors is not installed "
+                               "(pip install safetensors)") from None
     try:
         if kind == "safetensors":
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(p), device="cpu")
         else:
             obj = safe_torch_load(p)
