@@ -490,8 +490,7 @@ def test_the_unsafe_pickle_error_is_whole(tmp_path):
 def test_a_frame_in_flight_when_the_view_freezes_is_not_shown():
     """Freeze while the worker is busy with the next frame: the frozen view keeps the frame it froze
     on, and the held frame's own recomputations (other settings) still come through."""
-    from tests.test_capture import FakeCamera
-    from tests.test_pipeline import engine as slow_engine
+    from tests.fakes import FakeCamera, slow_engine
 
     cam = FakeCamera([10_000], period=0.01)
     s = LiveSession(Config(), slow_engine(delay=0.2), cam)
