@@ -1,13 +1,16 @@
 """live-attention: see, live, where a Vision Transformer looks.
 
 The Python API (``load_model``, ``AttentionEngine``, ``Keep``, ``RunOutput``, ``maps``, ``flow``) loads on
-first use, so that importing the package is cheap and sets nothing but the OpenMP wait policy.
+first use, so that importing the package is cheap: it sets the OpenMP wait policy and registers the demo
+model and source (``--model demo``, ``--source demo``), whatever the entry point.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 from typing import Any
 
 # torch's CPU threads (GNU OpenMP) spin while they wait for each other, 300,000 turns by default. When
@@ -20,7 +23,13 @@ if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["GOMP_SPINCOUNT"] = "10000"
 
-__version__ = "0.2.0"
+# The demo registers its model and source by name (the library and io/ never import it). Light: no torch.
+import live_attention.demo  # noqa: E402, F401
+
+try:  # one version string: pyproject.toml's, as installed
+    __version__ = _dist_version("live-attention")
+except PackageNotFoundError:  # a checkout used without installing it
+    __version__ = "0+unknown"
 
 _API = {
     "AttentionEngine": "live_attention.core.engine",

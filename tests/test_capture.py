@@ -20,34 +20,15 @@ import numpy as np
 import pytest
 
 from live_attention.datatypes import Frame
+from live_attention.demo.source import DemoSource
 from live_attention.errors import SourceError
-from live_attention.io.capture import (
-    NO_SIGNAL_S,
-    CameraSource,
-    CaptureState,
-    CaptureThread,
-    DemoSource,
-    FrameSource,
-    ImageSource,
-    LatestSlot,
-    StreamSource,
-    VideoFileSource,
-    open_source,
-)
+from live_attention.io.capture import NO_SIGNAL_S, CaptureState, CaptureThread, LatestSlot, open_source
+from live_attention.io.file_sources import ImageSource, VideoFileSource
+from live_attention.io.live_sources import CameraSource, StreamSource
+from live_attention.io.sources import FrameSource
+from tests.fakes import WAIT_S, BlockingSource, FakeCamera, wait_until
 
 FAST = (0.01, 0.04)  # reconnect backoff for tests
-# Waits end as soon as their condition holds: only a failure waits this long. A loaded machine can stall
-# a thread for seconds; the tests' own limits (pytest.mark.timeout) are above it.
-WAIT_S = 10.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
 
 
 def drain(slot: LatestSlot[Frame], until: Callable[[list[Frame]], bool], timeout: float = WAIT_S) -> list[Frame]:
@@ -59,87 +40,6 @@ def drain(slot: LatestSlot[Frame], until: Callable[[list[Frame]], bool], timeout
         if f is not None:
             frames.append(f)
     return frames
-
-
-class FakeCamera:
-    """A live source whose frames are distinct arrays it remembers; scripted outages and open failures.
-
-    ``script`` is consumed one entry per read: an int n means n good frames, "drop" means read() returns
-    None once. ``open_failures`` is how many open() calls fail after each release.
-    """
-
-    is_live = True
-    name = "fake camera"
-    fps = 30.0
-
-    def __init__(self, script: list[int | str] | None = None, open_failures: int = 0, period: float = 0.0):
-        self.script = list(script) if script is not None else []
-        self.open_failures = open_failures
-        self.period = period
-        self.produced: list[np.ndarray] = []
-        self.is_open = False
-        self.opens = 0
-        self.failed_opens = 0
-        self.releases = 0
-        self.reading = False
-        self.released_while_reading = False
-        self.thread: CaptureThread | None = None
-        self.states_at_open: list[CaptureState] = []
-        self._pending_failures = 0
-        self.sizes: list[tuple[int, int]] = []  # (h, w) of each frame in turn; then 4x4
-
-    def open(self) -> None:
-        if self.thread is not None:
-            self.states_at_open.append(self.thread.state)
-        if self.is_open:
-            return
-        if self._pending_failures > 0:
-            self._pending_failures -= 1
-            self.failed_opens += 1
-            raise SourceError("fake camera unplugged")
-        self.opens += 1
-        self.is_open = True
-
-    def _next(self) -> int | str | None:
-        while self.script and self.script[0] == 0:
-            self.script.pop(0)
-        if not self.script:
-            return None
-        head = self.script[0]
-        if head == "drop":
-            self.script.pop(0)
-            return "drop"
-        self.script[0] = int(head) - 1
-        return 1
-
-    def read(self) -> np.ndarray | None:
-        self.reading = True
-        try:
-            if self.period:
-                time.sleep(self.period)
-            if not self.is_open:
-                return None
-            step = self._next()
-            if step is None:
-                time.sleep(0.001)  # script exhausted: behave like an idle camera
-                return None
-            if step == "drop":
-                return None
-            n = len(self.produced)
-            h, w = self.sizes[n] if n < len(self.sizes) else (4, 4)
-            image = np.full((h, w, 3), n % 256, np.uint8)
-            self.produced.append(image)
-            return image
-        finally:
-            self.reading = False
-
-    def release(self) -> None:
-        if self.reading:
-            self.released_while_reading = True
-        if self.is_open:
-            self._pending_failures = self.open_failures
-        self.is_open = False
-        self.releases += 1
 
 
 def assert_real(frames: list[Frame], cam: FakeCamera) -> None:
@@ -285,35 +185,6 @@ def test_fast_camera_latest_wins_gaps_equal_overwritten() -> None:
     assert_real(frames, cam)
     # latest wins: the consumer ends on the newest frame put (a read that returns after stop is dropped)
     assert frames[-1] is slot.peek()
-
-
-class BlockingSource:
-    """A live source whose read() blocks until ``unblock`` is set, like a stalled driver."""
-
-    is_live = True
-    name = "stuck"
-    fps = None
-
-    def __init__(self) -> None:
-        self.unblock = threading.Event()
-        self.in_read = threading.Event()
-        self.reading = False
-        self.released_while_reading = False
-        self.releases = 0
-
-    def open(self) -> None:
-        pass
-
-    def read(self) -> np.ndarray | None:
-        self.reading = True
-        self.in_read.set()
-        self.unblock.wait(10)
-        self.reading = False
-        return np.zeros((2, 2, 3), np.uint8)
-
-    def release(self) -> None:
-        self.released_while_reading |= self.reading
-        self.releases += 1
 
 
 @pytest.mark.timeout(60)
@@ -652,3 +523,23 @@ def test_demo_source_real_scene() -> None:
     img = frames[-1].image
     assert img.shape == (120, 160, 3) and img.dtype == np.uint8 and img.std() > 0
     assert not np.array_equal(frames[0].image, frames[-1].image)  # things move
+
+
+def test_named_sources_come_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--source NAME`` opens what was registered under NAME (any case): how the demo plugs in."""
+    from live_attention.io import sources
+    from live_attention.io.sources import named_source, register_source
+
+    monkeypatch.setattr(sources, "_NAMED", dict(sources._NAMED))  # this test's registration goes afterwards
+
+    made: list[tuple[int | None, int | None, float | None]] = []
+
+    def factory(width: int | None, height: int | None, fps: float | None) -> FrameSource:
+        made.append((width, height, fps))
+        return FakeCamera([0])
+
+    assert named_source("test-pattern") is None
+    register_source("test-pattern", factory)
+    src = open_source("Test-Pattern", width=32, fps=5.0)
+    assert isinstance(src, FakeCamera) and made == [(32, None, 5.0)]
+    assert isinstance(open_source("demo", width=64, height=48), DemoSource)  # registered by the package

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from live_attention import AttentionEngine, load_model
-from live_attention.core.engine import cpu_has_native_bf16, resolve_precision
+from live_attention.core.device import cpu_has_native_bf16, resolve_precision
 from live_attention.core.models import hub_checkpoint_path
 from live_attention.core.preprocess import Preprocess
 from live_attention.errors import UserError, WeightsError

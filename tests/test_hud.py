@@ -17,7 +17,7 @@ from live_attention.pipeline.controller import Controller
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
 from tests.conftest import tiny_vit
-from tests.test_capture import FakeCamera, wait_until
+from tests.fakes import FakeCamera, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

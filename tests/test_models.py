@@ -24,9 +24,9 @@ import transformers
 from live_attention import AttentionEngine, load_model
 from live_attention.commands.cli import main
 from live_attention.core import maps
-from live_attention.core.engine import Keep
 from live_attention.core.families import resample_pos_embed, timm_head_is_projection, timm_preprocess
-from live_attention.core.models import hf_preprocess
+from live_attention.core.hf_models import hf_preprocess
+from live_attention.core.keep import Keep
 from live_attention.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings
@@ -759,7 +759,7 @@ def test_an_unreachable_hub_is_one_probe_and_one_line_not_a_minute_of_retries(tm
 
     import huggingface_hub.constants as hc
 
-    from live_attention.core import models
+    from live_attention.core import hub
 
     tries: list[object] = []
 
@@ -767,14 +767,14 @@ def test_an_unreachable_hub_is_one_probe_and_one_line_not_a_minute_of_retries(tm
         tries.append(args[:2])
         raise OSError("no network")
 
-    for var in ("LIVE_ATTENTION_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *models.PROXY_VARIABLES):
+    for var in ("LIVE_ATTENTION_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *hub.PROXY_VARIABLES):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     (tmp_path / "hub").mkdir()
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
-    models.forget_hub_probe()
+    hub.forget_hub_probe()
     try:
         for name in ("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k", "hf:acme/absent"):
             with pytest.raises(WeightsError) as info:
@@ -783,6 +783,6 @@ def test_an_unreachable_hub_is_one_probe_and_one_line_not_a_minute_of_retries(tm
             assert "huggingface.co cannot be reached" in msg and "--weights PATH" in msg and "\n" not in msg
         assert len(tries) == 1 and hc.HF_HUB_OFFLINE is False  # probed once; the switch is restored
         monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # behind a proxy the proxy decides: no probe
-        assert models.hub_unreachable("https://huggingface.co") is False
+        assert hub.hub_unreachable("https://huggingface.co") is False
     finally:
-        models.forget_hub_probe()
+        hub.forget_hub_probe()

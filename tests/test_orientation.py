@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from live_attention.commands.cli import main
-from live_attention.io.capture import ImageSource, VideoFileSource, open_source
+from live_attention.io.capture import open_source
+from live_attention.io.file_sources import ImageSource, VideoFileSource
 from live_attention.io.recording import RAW, Session
 from live_attention.io.video import VideoReader, matrix_orientation, read_image
 from live_attention.pipeline.replay import ReplayFeed

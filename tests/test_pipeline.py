@@ -12,37 +12,15 @@ import numpy as np
 import pytest
 
 from live_attention.config import Config
-from live_attention.core.engine import AttentionEngine
 from live_attention.core.render import hud_layout, no_signal_text, render
 from live_attention.datatypes import Frame, Status, View
 from live_attention.io.capture import NO_SIGNAL_S, CaptureState
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
-from tests.conftest import tiny_vit
-from tests.test_capture import BlockingSource, FakeCamera, wait_until
+from tests.fakes import BlockingSource, FakeCamera, wait_until
+from tests.fakes import slow_engine as engine
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class SlowEngine(AttentionEngine):
-    """A tiny ViT whose forward pass takes ``delay`` seconds: inference slower than the camera."""
-
-    delay = 0.0
-    failing: range = range(0)  # calls (1-based) that fail
-    calls = 0
-
-    def run(self, images, keep=None, select=None):
-        self.calls += 1
-        if self.calls in self.failing:
-            raise RuntimeError("simulated CUDA error")
-        time.sleep(self.delay)
-        return super().run(images, keep, select)
-
-
-def engine(delay=0.0, failing=range(0)) -> SlowEngine:
-    e = SlowEngine(tiny_vit(), device="cpu", precision="fp32")
-    e.delay, e.failing = delay, failing
-    return e
 
 
 def test_fast_camera_slow_model_latest_wins_and_latency_stays_bounded():

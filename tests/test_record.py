@@ -22,9 +22,11 @@ from live_attention.core.render import hud_layout, render
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
-from live_attention.io.recorder import Recorder, bench_recording
-from live_attention.io.recording import MANIFEST, Session, new_session_dir
-from live_attention.io.video import write_gif
+from live_attention.io.encoders import bench_recording
+from live_attention.io.recorder import Recorder
+from live_attention.io.recording import MANIFEST, Session
+from live_attention.io.session_dir import new_session_dir
+from live_attention.io.writers import write_gif
 from live_attention.pipeline.controller import next_target
 from live_attention.pipeline.replay import Player, export_video, grid_picture, layers_frames
 from tests.conftest import MEDIA, tiny_vit
@@ -288,7 +290,7 @@ def test_full_disk_stops_cleanly(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.WARNING)
     rec = disk["rec"] = Recorder.create(tmp_path, engine, _cfg())
     # The reserve holds its megabyte unlinked: nothing a kill could leave behind.
-    assert rec.reserve.held and not (rec.path / recorder.RESERVE).exists()
+    assert rec.reserve.held and not (rec.path / recording.RESERVE).exists()
     rec.start()
     t = time.monotonic_ns()
     for i, img in enumerate(_frames(20)):

@@ -25,10 +25,12 @@ from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError, WeightsError
 from live_attention.io import recording
-from live_attention.io.capture import ImageSource, LatestSlot, open_source
+from live_attention.io.capture import LatestSlot, open_source
+from live_attention.io.file_sources import ImageSource
 from live_attention.io.recorder import Recorder
 from live_attention.io.recording import Session
-from live_attention.io.video import read_image, write_gif
+from live_attention.io.video import read_image
+from live_attention.io.writers import write_gif
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
 from live_attention.pipeline.replay import ReplayFeed, export_video
@@ -98,7 +100,7 @@ def test_sigkill_while_recording_under_load_loses_at_most_a_second(tmp_path):
     """Under one busy core, SIGKILL during --record lost 4-8 s (64 frames queued, a niced encoder).
     The queue is bounded by capture time now: what was shown about a second before the kill is on disk
     (the bounds: the design's, plus what a loaded machine may delay a thread)."""
-    from live_attention.io.recorder import KEY_MS
+    from live_attention.io.encoders import KEY_MS
     from live_attention.io.recording import CHUNK_SECONDS
 
     queue_s = Config().record.max_lag_s
@@ -267,15 +269,15 @@ def test_export_writes_a_partial_name_then_renames(tmp_path, monkeypatch):
     s = Session(path)
     out = tmp_path / "e.mp4"
     seen = []
-    from live_attention.io import video
+    from live_attention.io import writers
 
-    orig = video.H264Writer.write
+    orig = writers.H264Writer.write
 
     def spy(self, rgb, pts_s=None):
         seen.append(self.path.name)
         return orig(self, rgb, pts_s)
 
-    monkeypatch.setattr(video.H264Writer, "write", spy)
+    monkeypatch.setattr(writers.H264Writer, "write", spy)
     export_video(s, out)
     assert set(seen) == {"e.partial.mp4"} and out.exists() and not (tmp_path / "e.partial.mp4").exists()
     s.close()
@@ -488,8 +490,7 @@ def test_the_unsafe_pickle_error_is_whole(tmp_path):
 def test_a_frame_in_flight_when_the_view_freezes_is_not_shown():
     """Freeze while the worker is busy with the next frame: the frozen view keeps the frame it froze
     on, and the held frame's own recomputations (other settings) still come through."""
-    from tests.test_capture import FakeCamera
-    from tests.test_pipeline import engine as slow_engine
+    from tests.fakes import FakeCamera, slow_engine
 
     cam = FakeCamera([10_000], period=0.01)
     s = LiveSession(Config(), slow_engine(delay=0.2), cam)

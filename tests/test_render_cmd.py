@@ -286,7 +286,7 @@ def test_an_os_error_of_one_input_is_one_line_and_the_others_render(clip, media,
     import errno
     from pathlib import Path
 
-    from live_attention.io import video
+    from live_attention.io import writers
     from live_attention.pipeline import jobs
 
     locked = tmp_path / "locked.jpg"
@@ -299,14 +299,14 @@ def test_an_os_error_of_one_input_is_one_line_and_the_others_render(clip, media,
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(jobs, "open", fake_open, raising=False)
-    real_init = video.CheckedFile.__init__
+    real_init = writers.CheckedFile.__init__
 
     def read_only_for_clip(self, path):
         if path.name.startswith("tour12"):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         real_init(self, path)
 
-    monkeypatch.setattr(video.CheckedFile, "__init__", read_only_for_clip)
+    monkeypatch.setattr(writers.CheckedFile, "__init__", read_only_for_clip)
     out = tmp_path / "out"
     rc = main(["render", str(locked), str(clip), str(media / "coffee.jpg"), "-o", str(out), "--model", "demo"])
     err = capsys.readouterr().err

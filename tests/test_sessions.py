@@ -33,7 +33,8 @@ from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
 from live_attention.io import recorder as recorder_module
 from live_attention.io.capture import open_source
-from live_attention.io.recorder import Recorder, choose_raw_codec, drop_reason, time_encoders
+from live_attention.io.encoders import choose_raw_codec, drop_reason, time_encoders
+from live_attention.io.recorder import Recorder
 from live_attention.io.recording import CANVAS_GREY, MANIFEST, RESERVE, Session
 from live_attention.pipeline.loop import status_line
 from live_attention.pipeline.replay import ReplayFeed, export_video

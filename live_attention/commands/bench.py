@@ -30,7 +30,8 @@ import torch
 import torchvision
 
 from live_attention.config import Config
-from live_attention.core.engine import AttentionEngine, Keep, cpu_has_native_bf16, resolve_device
+from live_attention.core.device import cpu_has_native_bf16, resolve_device
+from live_attention.core.engine import AttentionEngine, Keep
 from live_attention.core.flow import attention_flow
 from live_attention.core.frame_maps import compute_maps, keep_for
 from live_attention.core.models import load_model
@@ -38,8 +39,9 @@ from live_attention.core.render import canvas_size, render
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
-from live_attention.io.recorder import HEADROOM, bench_recording
-from live_attention.io.video import H264Writer, VideoReader
+from live_attention.io.encoders import HEADROOM, bench_recording
+from live_attention.io.video import VideoReader
+from live_attention.io.writers import H264Writer
 from live_attention.pipeline import batch
 from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.live import LiveSession

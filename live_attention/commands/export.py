@@ -73,7 +73,7 @@ def export(args: argparse.Namespace) -> int:
     from live_attention.io.mapfile import MapsFile, check_maps_path
     from live_attention.io.outputs import PartialOutput, check_output, partial_path
     from live_attention.io.recording import Session
-    from live_attention.io.video import H264Writer, write_gif
+    from live_attention.io.writers import H264Writer, write_gif
     from live_attention.pipeline.replay import (
         engine_for_session,
         export_needs_model,

@@ -11,265 +11,29 @@ frame; what the live views keep is a few MB. :meth:`AttentionEngine.relevance` a
 for class-specific relevance (Chefer, Gur & Wolf, ICCV 2021) on a gradient path of its own.
 
 The model families (torchvision, timm, Hugging Face) are in :mod:`live_attention.core.families`;
-the input transform in :mod:`live_attention.core.preprocess`.
+the input transform in :mod:`live_attention.core.preprocess`; :class:`Keep`, :class:`Selection`,
+:class:`RunOutput` and the collector in :mod:`live_attention.core.keep`; the device and precision
+in :mod:`live_attention.core.device`.
 """
 
 from __future__ import annotations
 
 import math
-import platform
-import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from live_attention.core import maps
+from live_attention.core.device import DTYPES, resolve_device, resolve_precision
 from live_attention.core.families import Family, family_of
+from live_attention.core.keep import Collector, Keep, RunOutput, Selection
 from live_attention.core.preprocess import Box, Preprocess
 from live_attention.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _MAX_INDICES = 4096  # cached index tensors (one per query patch, layer, fusion and target seen)
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# --------------------------------------------------------------------------------------------------
-# Device and precision
-# --------------------------------------------------------------------------------------------------
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm BF16)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.system() == "Darwin" and platform.machine() == "arm64" and _macos_has_bf16()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def _macos_has_bf16() -> bool:
-    try:
-        out = subprocess.run(
-            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=2
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out == "1"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then the CPU. An unavailable explicit choice is a UserError."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but CUDA is not available here: use --device cpu or auto")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError(f"device {device!r} asked for but MPS is not available here: use --device cpu or auto")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp16 on CUDA and MPS; bf16 on a CPU with native bf16; fp32 otherwise."""
-    p = str(precision).strip().lower()
-    if p not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if p != "auto":
-        return p  # as asked (fp16 on a CPU is emulated and slow, but allowed)
-    if device.type in ("cuda", "mps"):
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-# --------------------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# What a forward pass keeps
-# --------------------------------------------------------------------------------------------------
-
-
-ANY_FUSION = "any"  # Keep.fused: the fusion is data (Selection.fusion), chosen when the pass runs
-
-
-@dataclass(frozen=True)
-class Keep:
-    """The parts of the attention one forward pass keeps; nothing else is stored.
-
-    Args:
-        attn: every layer's and head's full attention ``[B, L, H, N, N]``.
-        rows: these token rows of every layer and head, ``[B, L, H, R, N]`` fp32 (0: the class token).
-        fused: ``mean``, ``max`` or ``min``: per-layer head-fused matrices ``[B, L, N, N]`` (rollout, flow);
-            ``any``: the one a :class:`Selection` names when the pass runs (a captured graph then serves
-            all three).
-        entropy_layers: the normalised entropy of every row of these layers, ``[B, len, H, N]``.
-        norms: each token's norm after every block, ``[B, L, N]``.
-        dtype: storage of ``attn`` and ``fused`` (fp32, or fp16 to halve their memory).
-    """
-
-    attn: bool = True
-    rows: tuple[int, ...] = ()
-    fused: str | None = None
-    entropy_layers: tuple[int, ...] = ()
-    norms: bool = False
-    dtype: torch.dtype = torch.float32
-
-    @classmethod
-    def parts(cls, **kwargs) -> Keep:
-        """Only the named parts (no full attention)."""
-        return cls(attn=False, **kwargs)
-
-
-@dataclass(frozen=True)
-class RunOutput:
-    """One forward pass. ``logits`` [B, C] fp32 (None without a classifier); the attention parts a
-    :class:`Keep` asked for (else None); ``grid`` (rows, cols) of patches; ``num_prefix`` tokens before
-    them (class, distillation, registers). ``relevance`` [B, P] and ``targets`` [B] when explained."""
-
-    logits: Tensor | None
-    attn: Tensor | None = None
-    rows: Tensor | None = None
-    fused: Tensor | None = None
-    row_entropy: Tensor | None = None
-    norms: Tensor | None = None
-    grid: tuple[int, int] = (0, 0)
-    num_prefix: int = 1
-    relevance: Tensor | None = None
-    targets: Tensor | None = None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What a pass shows of what it keeps, as data on the device rather than code: the token rows kept
-    (``rows`` [R]), the position of the patch-entropy layer among ``Keep.entropy_layers`` (``layer`` [1])
-    and the head fusion's index in :data:`~live_attention.core.maps.FUSIONS` (``fusion`` [1]), all int64
-    views of one tensor. A captured CUDA graph reads them from its own copy, so another query patch,
-    layer or fusion replays the same graph; see :meth:`AttentionEngine.selection`."""
-
-    packed: Tensor  # [R + 2] int64 on the engine's device
-    num_rows: int
-
-    @property
-    def rows(self) -> Tensor:
-        return self.packed[: self.num_rows]
-
-    @property
-    def layer(self) -> Tensor:
-        return self.packed[self.num_rows : self.num_rows + 1]
-
-    @property
-    def fusion(self) -> Tensor:
-        return self.packed[self.num_rows + 1 :]
-
-
-def _fp32_rows(p: Tensor) -> Tensor:
-    """Probabilities as fp32 rows summing to 1: a bf16 or fp16 softmax is renormalised after the cast."""
-    if p.dtype == torch.float32:
-        return p
-    p = p.float()
-    return p / p.sum(-1, keepdim=True).clamp_min(1e-12)
-
-
-def _fuse(p: Tensor, how: str, dtype: torch.dtype) -> Tensor:
-    """Heads fused, ``[B, H, N, N]`` -> ``[B, N, N]`` in ``dtype``: the mean accumulates in fp32 without an
-    fp32 copy of the whole input; max and min are exact in any dtype."""
-    if how == "mean":
-        return p.mean(dim=1, dtype=torch.float32).to(dtype)
-    if how == "max":
-        return p.amax(dim=1).to(dtype)
-    if how == "min":
-        return p.amin(dim=1).to(dtype)
-    return maps.fuse_heads(p, how)  # raises: an unknown fusion
-
-
-class _Collector:
-    """Receives each layer's attention during a forward pass (a ``LayerSink``) and keeps what ``keep`` says."""
-
-    def __init__(self, keep: Keep, num_layers: int, select: Selection, grad: bool = False) -> None:
-        self.keep = keep
-        self.num_layers = num_layers
-        self.rows = tuple(keep.rows)
-        self.row_index = select.rows  # the rows as a device tensor: indexing with a list would copy it each time
-        self.select = select
-        self.entropy_layers = tuple(sorted({int(i) % num_layers for i in keep.entropy_layers}))
-        self.full: list[Tensor | None] = [None] * num_layers
-        self.row_parts: list[Tensor | None] = [None] * num_layers
-        self.fused: list[Tensor | None] = [None] * num_layers
-        self.entropy: dict[int, Tensor] = {}
-        self.norms: list[Tensor | None] = [None] * num_layers
-        self.graph: list[Tensor] | None = [] if grad else None  # the in-graph probabilities, for gradients
-
-    def wants_full(self, layer: int) -> bool:
-        k = self.keep
-        return k.attn or k.fused is not None or layer in self.entropy_layers or self.graph is not None
-
-    def attention(self, layer: int, probs: Tensor) -> None:
-        if self.graph is not None:
-            self.graph.append(probs)
-        p = probs.detach()
-        k = self.keep
-        if k.attn:
-            self.full[layer] = _fp32_rows(p).to(k.dtype)
-        if self.rows:
-            self.row_parts[layer] = _fp32_rows(p.index_select(2, self.row_index))
-        if k.fused == ANY_FUSION:
-            # All three, then the selected one: [B, 3, N, N] only for as long as this layer takes.
-            every = torch.stack([_fuse(p, how, k.dtype) for how in maps.FUSIONS], dim=1)
-            self.fused[layer] = every.index_select(1, self.select.fusion)[:, 0]
-        elif k.fused is not None:
-            self.fused[layer] = _fuse(p, k.fused, k.dtype)
-        if layer in self.entropy_layers:
-            self.entropy[layer] = maps.row_entropy(p)
-
-    def attention_rows(self, layer: int, probs: Tensor) -> None:
-        self.row_parts[layer] = _fp32_rows(probs.detach())
-
-    def block_output(self, layer: int, tokens: Tensor) -> None:
-        if self.keep.norms:
-            self.norms[layer] = tokens.detach().float().norm(dim=-1)
-
-    def output(self, logits: Tensor | None, grid: tuple[int, int], num_prefix: int) -> RunOutput:
-        def stack(parts: list[Tensor | None]) -> Tensor | None:
-            return torch.stack(parts, dim=1) if parts and all(p is not None for p in parts) else None
-
-        k = self.keep
-        ent = torch.stack([self.entropy[i] for i in self.entropy_layers], dim=1) if self.entropy_layers else None
-        return RunOutput(
-            logits=logits.detach().float() if logits is not None else None,
-            attn=stack(self.full) if k.attn else None,
-            rows=stack(self.row_parts) if self.rows else None,
-            fused=stack(self.fused) if k.fused is not None else None,
-            row_entropy=ent,
-            norms=stack(self.norms) if k.norms else None,
-            grid=grid,
-            num_prefix=num_prefix,
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-# Engine
-# --------------------------------------------------------------------------------------------------
 
 
 class AttentionEngine:
@@ -306,7 +70,7 @@ class AttentionEngine:
     ) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.dtype = _DTYPES[self.precision]
+        self.dtype = DTYPES[self.precision]
         self.family: Family = family_of(module)
         self.kind = self.family.kind
         self.module = module.eval().to(device=self.device, dtype=self.dtype)
@@ -452,7 +216,7 @@ class AttentionEngine:
         """
         keep = keep or Keep()
         x = self._input(images)
-        col = _Collector(keep, self.num_layers, select or self._selection_for(keep))
+        col = Collector(keep, self.num_layers, select or self._selection_for(keep))
         logits = self.family.forward(x, col)
         return col.output(logits, self._grid_of(x), self.num_prefix)
 
@@ -476,7 +240,7 @@ class AttentionEngine:
         fixed = self._check_targets(targets)
         with torch.inference_mode(False), torch.enable_grad():
             x = self._input(images).detach().clone().requires_grad_(True)
-            col = _Collector(keep, self.num_layers, select, grad=True)
+            col = Collector(keep, self.num_layers, select, grad=True)
             logits = self.family.forward(x, col)
             t = self._targets(fixed, logits)
             score = logits.float().gather(1, t[:, None]).sum()

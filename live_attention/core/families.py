@@ -172,9 +172,6 @@ class TorchvisionFamily(Family):
     def _own_grid(self) -> tuple[int, int]:
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
-    def clear_cache(self) -> None:
-        self._pos_cache.clear()
-
     def forward(self, x: Tensor, sink: LayerSink | None) -> Tensor:
         m = self.module
         self.check_grid(*x.shape[-2:])

@@ -1,7 +1,7 @@
 """Per-frame maps: what one forward pass gives every view, computed on the device and copied once.
 
 :func:`keep_for` says which parts of the attention a frame needs (so the engine stores nothing else),
-:func:`compute_maps` turns a batch's :class:`~live_attention.core.engine.RunOutput` into per-frame
+:func:`compute_maps` turns a batch's :class:`~live_attention.core.keep.RunOutput` into per-frame
 arrays with one device-to-host copy for the whole batch, and :func:`process_frames` does both for a
 batch of camera frames and returns :class:`~live_attention.datatypes.Result` objects. The inference
 worker, replay, export, ``render`` and ``evaluate`` all go through here.
@@ -19,8 +19,9 @@ import torch
 from torch import Tensor
 
 from live_attention.core import maps
-from live_attention.core.engine import ANY_FUSION, AttentionEngine, Keep, RunOutput, Selection
+from live_attention.core.engine import AttentionEngine
 from live_attention.core.flow import attention_flow_mixed
+from live_attention.core.keep import ANY_FUSION, Keep, RunOutput, Selection
 from live_attention.datatypes import MapSettings, Result
 
 # Rollout and flow need every layer's head-fused N×N matrix. Past this many bytes of them (fp16 at
@@ -46,8 +47,10 @@ def _graphed(engine: AttentionEngine, graphed: bool | None) -> bool:
 
 def keep_layers(engine: AttentionEngine, settings: MapSettings, graphed: bool | None = None) -> tuple[int, ...]:
     """The layers whose row entropies a frame keeps: the chosen one for an eager step (a CPU); all of
-    them for a captured one (a GPU), where they cost little and one graph then serves every layer
-    (animation, arrow keys). ``graphed``: None for the engine's device's default."""
+    them for a captured one (a GPU), where they cost little and keep the shown layer out of what a graph
+    is keyed by (the input's shape, what the mode keeps, rollout's parameters: see
+    :mod:`live_attention.core.step`), so changing the layer (animation, arrow keys) replays the graph
+    already captured. ``graphed``: None for the engine's device's default."""
     if _graphed(engine, graphed):
         return tuple(range(engine.num_layers))
     return (settings.entropy_layer % engine.num_layers,)
@@ -69,7 +72,7 @@ def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | N
 
     For a captured step (``graphed``; default: on CUDA) what is kept depends on the view's mode only,
     not on what it shows of it: every layer's entropies, the fusion chosen when the pass runs
-    (:data:`~live_attention.core.engine.ANY_FUSION`), and in the query view a second row whatever the
+    (:data:`~live_attention.core.keep.ANY_FUSION`), and in the query view a second row whatever the
     patch (the class token's while none is chosen), so navigating never needs another capture.
     """
     n = engine.num_tokens if num_tokens is None else num_tokens
@@ -92,7 +95,7 @@ def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | N
 
 
 def selection_for(engine: AttentionEngine, keep: Keep, settings: MapSettings) -> Selection:
-    """The :class:`~live_attention.core.engine.Selection` that shows ``settings`` from what ``keep`` keeps:
+    """The :class:`~live_attention.core.keep.Selection` that shows ``settings`` from what ``keep`` keeps:
     its rows, the patch-entropy layer's position among the kept layers, the fusion's index."""
     layers = sorted({i % engine.num_layers for i in keep.entropy_layers})
     layer = settings.entropy_layer % engine.num_layers

@@ -1,8 +1,8 @@
 """The per-frame step, from the camera's bytes to every map on the host: eager, or a replayed CUDA graph.
 
-On a GPU one ViT-B/16 frame is a few hundred small kernels: launching them costs more than running
-them (an H200 ran the eager forward in 3.7 ms, the same forward captured as a CUDA graph in 0.9 ms).
-So on CUDA the step (preprocessing on the device, the forward pass with what the views keep, and every
+On a GPU one ViT-B/16 frame is a few hundred small kernels, and launching them one by one from Python
+can cost more than running them; a CUDA graph launches them all at once (``live-attention bench`` on a
+CUDA machine measures both). So on CUDA the step (preprocessing on the device, the forward pass with what the views keep, and every
 map packed into one tensor by :func:`~live_attention.core.frame_maps.maps_tensor`) is captured once per
 input shape and view mode and replayed; the host then copies one small tensor.
 

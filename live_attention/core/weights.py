@@ -77,10 +77,14 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if p.is_dir():
         raise WeightsError(f"weights path is a folder, not a file: {p} (pass the checkpoint file inside it)")
     kind = checkpoint_kind(p, f"weights file {p}")
+    if kind == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # a dependency, but an install may lack it: not the file's fault
+            raise WeightsError(f"cannot read weights file {p}: safetensors is not installed "
+                               "(pip install safetensors)") from None
     try:
         if kind == "safetensors":
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(p), device="cpu")
         else:
             obj = safe_torch_load(p)
@@ -157,3 +161,27 @@ def apply_state_dict(module: nn.Module, state: dict[str, Tensor], *, name: str, 
         )
     check_finite(state, f"weights {source}")
     module.load_state_dict(state, strict=True)
+
+
+PRETRAINED = ("imagenet", "default", "pretrained")  # --weights words for "the model's own published weights"
+
+
+def weights_kind(w: str) -> str:
+    """What a ``--weights`` value asks for: ``random``, ``pretrained`` (the model's published weights), or a ``file``."""
+    low = w.lower()
+    if low == "random":
+        return "random"
+    if low in PRETRAINED:
+        return "pretrained"
+    return "file"
+
+
+def local_weights(module: nn.Module, w: str, kind: str, name: str, label: str) -> tuple[str, str | None]:
+    """A ``--weights`` file applied to ``module``; returns the HUD label and the file's SHA-256."""
+    if kind == "random":
+        return "random", None
+    if kind != "file":
+        return label, None
+    path = Path(w).expanduser()
+    apply_state_dict(module, load_weights_file(path), name=name, source=f"file {path}")
+    return path.name, file_sha256(path)

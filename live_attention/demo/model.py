@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torchvision.models.vision_transformer import ConvStemConfig, VisionTransformer
 
-from live_attention.core.engine import AttentionEngine, resolve_device
+from live_attention.core.device import resolve_device
+from live_attention.core.engine import AttentionEngine
 from live_attention.core.preprocess import Preprocess
 from live_attention.core.weights import (
     apply_state_dict,

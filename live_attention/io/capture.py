@@ -1,4 +1,8 @@
-"""Frame capture: sources, the latest-frame slot and the capture thread.
+"""Frame capture: opening a ``--source``, the latest-frame slot and the capture thread.
+
+The sources themselves live beside this module: :mod:`~live_attention.io.sources` (the protocol and the
+named sources, such as ``demo``), :mod:`~live_attention.io.live_sources` (cameras, streams) and
+:mod:`~live_attention.io.file_sources` (video files, images, folders).
 
 Threads and ownership:
 
@@ -20,38 +24,25 @@ capture thread at the media's own rate; cameras and streams are read as fast as 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import re
-import sys
 import threading
 import time
 from collections import deque
 from enum import Enum
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar, runtime_checkable
-
-import cv2
-import numpy as np
+from typing import Generic, TypeVar
 
 from live_attention.datatypes import Frame
 from live_attention.errors import SourceError
-from live_attention.io.video import IMAGE_EXTENSIONS, VideoReader, read_image, to_bgr8
+from live_attention.io.file_sources import ImageSource, VideoFileSource
+from live_attention.io.live_sources import STREAM_SCHEMES, CameraSource, StreamSource
+from live_attention.io.sources import SOURCE_HINT, FrameSource, named_source, redact
+from live_attention.io.video import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-STREAM_SCHEMES = frozenset({"http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "tcp", "srt"})
-STILL_FPS = 10.0  # stills are re-emitted at this rate: low latency for view changes, CPU mostly idle
 DEFAULT_FILE_FPS = 30.0  # pacing for sources that do not give a frame rate
-STREAM_TIMEOUT_MS = 5000  # FFmpeg open/read timeout for network streams
-# V4L2 read() blocks up to this many seconds (OpenCV's default: 10) on a stalled camera. OpenCV reads
-# it once per process (a function-level static in cap_v4l.cpp, tv_sec of select()), so it must be in
-# the environment before the first V4L2 capture is used. setdefault: a user's own value wins.
-V4L_SELECT_TIMEOUT_S = "1"
-
-_TRY = "try --source demo (make demo in a checkout) or a video file"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,419 +120,6 @@ class LatestSlot(Generic[T]):
             return self._puts
 
 
-# --------------------------------------------------------------------------------------------------
-# Sources
-
-
-@runtime_checkable
-class FrameSource(Protocol):
-    """Anything that yields BGR uint8 frames. Used by one thread at a time.
-
-    ``open()`` acquires the device or file and is a no-op when already open; it raises
-    :class:`SourceError` with a one-line message when it cannot. ``read()`` returns the next frame,
-    or ``None`` on failure or end. ``release()`` frees it (idempotent).
-
-    Optional extras the capture thread uses when present: ``pts_s`` (media time in seconds of the
-    frame last read) and ``ended`` (a file reached its end).
-    """
-
-    def open(self) -> None: ...
-
-    def read(self) -> np.ndarray | None: ...
-
-    def release(self) -> None: ...
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def fps(self) -> float | None: ...
-
-    @property
-    def is_live(self) -> bool: ...
-
-
-def _valid_fps(value: float) -> float | None:
-    """CAP_PROP_FPS can be 0, NaN or nonsense (e.g. 90000 for some streams): ``None`` then."""
-    return float(value) if math.isfinite(value) and 0.0 < value <= 1000.0 else None
-
-
-def _redact(url: str) -> str:
-    """Hide the password in ``scheme://user:password@host`` (names end up in logs and on screen)."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
-
-
-class _OpenCVSource:
-    """Reading and releasing a ``cv2.VideoCapture`` (cameras and streams open it their own way)."""
-
-    _cap: cv2.VideoCapture | None = None
-    _fps: float | None = None
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    def read(self) -> np.ndarray | None:
-        if self._cap is None:
-            return None
-        ok, image = self._cap.read()
-        return to_bgr8(image) if ok else None
-
-    def release(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-
-
-class CameraSource(_OpenCVSource):
-    """A local camera by index (``0``) or device path (``/dev/video2``).
-
-    Args:
-        index_or_path: camera index, or a device path.
-        width, height, fps: requested mode; the camera may pick another, read back after opening
-            into :attr:`width`, :attr:`height` and :attr:`fps`.
-    """
-
-    is_live = True
-
-    def __init__(
-        self,
-        index_or_path: int | str,
-        width: int | None = None,
-        height: int | None = None,
-        fps: float | None = None,
-    ) -> None:
-        self._target = index_or_path
-        self._want = (width, height, fps)
-        self._cap: cv2.VideoCapture | None = None
-        self.width: int | None = None
-        self.height: int | None = None
-        self._fps: float | None = None
-
-    @property
-    def name(self) -> str:
-        return f"camera {self._target}"
-
-    def _missing(self) -> SourceError:
-        if isinstance(self._target, int):
-            return SourceError(
-                f"no camera at index {self._target}: connect one, pick another with --source N, or {_TRY}"
-            )
-        if not os.path.exists(self._target):
-            return SourceError(
-                f"no camera at {self._target}: connect one, pick another with --source N, or {_TRY}"
-            )
-        return SourceError(
-            f"cannot open camera {self._target}: check its permissions (video group) and that no other app "
-            f"holds it, or {_TRY}"
-        )
-
-    def open(self) -> None:
-        if self._cap is not None:
-            return
-        if sys.platform.startswith("linux"):
-            os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", V4L_SELECT_TIMEOUT_S)
-            backend = cv2.CAP_V4L2
-        else:
-            backend = cv2.CAP_ANY
-        if isinstance(self._target, str) and not os.path.exists(self._target):
-            raise self._missing()
-        cap = cv2.VideoCapture(self._target, backend)
-        if not cap.isOpened():
-            cap.release()
-            raise self._missing()
-        width, height, fps = self._want
-        if width:
-            cap.set(cv2.CAP_PROP_FRAME_WIDTH, float(width))
-        if height:
-            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, float(height))
-        if fps:
-            cap.set(cv2.CAP_PROP_FPS, float(fps))
-        # Only some backends honour this; the capture thread drains continuously anyway.
-        if not cap.set(cv2.CAP_PROP_BUFFERSIZE, 1):
-            logger.info("%s: backend %s ignores CAP_PROP_BUFFERSIZE", self.name, cap.getBackendName())
-        # A camera can open yet deliver nothing (busy elsewhere, idle loopback device): probe once.
-        ok, probe = cap.read()
-        if not ok or probe is None:
-            cap.release()
-            raise SourceError(
-                f"{self.name} opened but sends no frames: close other apps using it, pick another with "
-                f"--source N, or {_TRY}"
-            )
-        self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) or probe.shape[1]
-        self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) or probe.shape[0]
-        self._fps = _valid_fps(cap.get(cv2.CAP_PROP_FPS))
-        asked = f" (asked {width}x{height} @ {fps})" if (width or height or fps) else ""
-        logger.info("%s: %dx%d @ %s fps%s", self.name, self.width, self.height, self._fps, asked)
-        self._cap = cap
-
-
-
-class StreamSource(_OpenCVSource):
-    """A network stream (http/https/rtsp/rtmp/udp/...) through FFmpeg. Live."""
-
-    is_live = True
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._cap: cv2.VideoCapture | None = None
-        self._fps: float | None = None
-
-    @property
-    def name(self) -> str:
-        return _redact(self._url)
-
-    def open(self) -> None:
-        if self._cap is not None:
-            return
-        # Timeouts keep open() and a stalled read() from hanging for FFmpeg's defaults (30 s or more).
-        params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            STREAM_TIMEOUT_MS,
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            STREAM_TIMEOUT_MS,
-        ]
-        cap = cv2.VideoCapture(self._url, cv2.CAP_FFMPEG, params)
-        if not cap.isOpened():
-            cap.release()
-            raise SourceError(
-                f"cannot open stream {self.name}: check the address and that it is reachable, or {_TRY}"
-            )
-        self._fps = _valid_fps(cap.get(cv2.CAP_PROP_FPS))
-        self._cap = cap
-
-
-
-class VideoFileSource:
-    """A video file (or an animated GIF), played at its own frame rate (the capture thread paces it).
-
-    Decoded by :class:`~live_attention.io.video.VideoReader`, the reader ``render`` and export use too.
-    ``pts_s`` is the media time of the frame last read. At the end ``read`` returns ``None`` and
-    :attr:`ended` is True, unless ``loop``, which starts again from the beginning (media time too).
-    """
-
-    is_live = False
-
-    def __init__(self, path: str | os.PathLike[str], loop: bool = False) -> None:
-        self._path = Path(path)
-        self.loop = loop
-        self._reader: VideoReader | None = None
-        self._pending: tuple[np.ndarray, float] | None = None  # first frame, decoded by open() to validate
-        self._pts: float | None = None
-        self.ended = False
-        self.frames_read = 0
-
-    @property
-    def name(self) -> str:
-        return self._path.name
-
-    @property
-    def fps(self) -> float | None:
-        return self._reader.fps if self._reader is not None else None
-
-    @property
-    def pts_s(self) -> float | None:
-        return self._pts
-
-    def open(self) -> None:
-        if self._reader is not None:
-            return
-        if not self._path.is_file():
-            raise SourceError(f"video {self._path} not found: check the path, or {_TRY}")
-        try:
-            reader = VideoReader(self._path)
-        except SourceError as exc:
-            raise SourceError(f"{exc}: {_TRY}") from None
-        first = reader.read()
-        if first is None:
-            reader.close()
-            raise SourceError(f"{self._path} has no frames that can be decoded (corrupt or unsupported codec): {_TRY}")
-        self._reader, self._pending, self._pts = reader, first, None
-        self.ended = False
-
-    def read(self) -> np.ndarray | None:
-        if self._reader is None or self.ended:
-            return None
-        item, self._pending = self._pending, None
-        if item is None:
-            item = self._reader.read()
-        if item is None and self.loop and self.frames_read:
-            self._reader.seek(0.0)  # media time restarts (the capture thread re-anchors its pacing)
-            item = self._reader.read()
-        if item is None:
-            self.ended = True
-            return None
-        image, self._pts = item
-        self.frames_read += 1
-        return image
-
-    def release(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self._pending = None
-
-
-def _natural_key(path: Path) -> list[int | str]:
-    """Sort ``img2`` before ``img10``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-class ImageSource:
-    """A still image, repeated at a low rate, or a folder of images shown as a slideshow.
-
-    Unreadable files are skipped with a warning (once per file). ``read`` returns the same read-only
-    array while the picture stays (:attr:`still`): the worker preprocesses a still once, however large,
-    and no one copies it ten times a second. The slideshow advances every ``slideshow_seconds`` of
-    reads at :attr:`fps` (the capture thread paces reads at that rate).
-    """
-
-    is_live = False
-    still = True
-
-    def __init__(self, path_or_folder: str | os.PathLike[str], slideshow_seconds: float = 3.0) -> None:
-        self._path = Path(path_or_folder)
-        self.slideshow_seconds = float(slideshow_seconds)
-        self._files: list[Path] = []
-        self._bad: set[Path] = set()
-        self._index = 0
-        self._image: np.ndarray | None = None
-        self._reads = 0
-        self._opened = False
-
-    @property
-    def name(self) -> str:
-        return self._path.name or str(self._path)
-
-    @property
-    def fps(self) -> float:
-        return STILL_FPS
-
-    @property
-    def current_file(self) -> Path | None:
-        """The file the latest frame came from."""
-        return self._files[self._index] if self._opened else None
-
-    def open(self) -> None:
-        if self._opened:
-            return
-        if self._path.is_dir():
-            files = sorted(
-                (p for p in self._path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                key=_natural_key,
-            )
-            if not files:
-                exts = "/".join(sorted(e[1:] for e in IMAGE_EXTENSIONS))
-                raise SourceError(f"no images ({exts}) in folder {self._path}: add some, or {_TRY}")
-        elif self._path.is_file():
-            files = [self._path]
-        else:
-            raise SourceError(f"{self._path} not found: check the path, or {_TRY}")
-        self._files, self._bad = files, set()
-        for i in range(len(files)):
-            image = self._load(i)
-            if image is not None:
-                self._index, self._image, self._reads, self._opened = i, image, 0, True
-                return
-        where = f"in folder {self._path}" if len(files) > 1 or self._path.is_dir() else f"at {self._path}"
-        raise SourceError(f"no readable image {where} (corrupt or unsupported): {_TRY}")
-
-    def _load(self, i: int) -> np.ndarray | None:
-        path = self._files[i]
-        if path in self._bad:
-            return None
-        try:
-            image = read_image(path)
-        except SourceError as exc:  # too large to decode: skipped like an unreadable one, saying why
-            logger.warning("skipping %s", exc)
-            self._bad.add(path)
-            return None
-        if image is None:
-            logger.warning("skipping unreadable image %s", path)
-            self._bad.add(path)
-            return None
-        image.flags.writeable = False  # shared by every frame of this picture
-        return image
-
-    def read(self) -> np.ndarray | None:
-        if not self._opened or self._image is None:
-            return None
-        per_image = max(1, round(self.slideshow_seconds * STILL_FPS))
-        if len(self._files) > 1 and self._reads >= per_image:
-            self._reads = 0
-            for step in range(1, len(self._files) + 1):
-                j = (self._index + step) % len(self._files)
-                image = self._load(j) if j != self._index else self._image
-                if image is not None:
-                    self._index, self._image = j, image
-                    break
-        self._reads += 1
-        return self._image
-
-    def release(self) -> None:
-        self._image = None
-        self._opened = False
-
-
-class DemoSource:
-    """Moving coloured objects on a textured background (``live_attention.demo.synthetic.DemoScene``).
-
-    Not live: it never disconnects, and the capture thread paces it at ``fps``. Frame n shows the
-    scene at t = n / fps, reported as ``pts_s``: the scene's own clock, which paces it like a video
-    file and lets tests look up where the objects were in any frame.
-    """
-
-    is_live = False
-    name = "demo"
-
-    def __init__(self, width: int = 640, height: int = 480, fps: float = 30, seed: int = 0) -> None:
-        self.width, self.height, self.seed = int(width), int(height), int(seed)
-        self._fps = float(fps)
-        self._scene: _Scene | None = None
-        self._n = 0
-        self._t: float | None = None
-
-    @property
-    def fps(self) -> float:
-        return self._fps
-
-    @property
-    def pts_s(self) -> float | None:
-        return self._t
-
-    @property
-    def scene(self) -> _Scene | None:
-        return self._scene
-
-    def open(self) -> None:
-        if self._scene is not None:
-            return
-        try:
-            from live_attention.demo.synthetic import DemoScene  # lazy: only the demo needs it
-        except ImportError as exc:
-            raise SourceError(
-                f"the demo scene is unavailable ({exc}): reinstall live-attention, or use a video file"
-            ) from exc
-        # One to three targets of different classes, as in training: the multi-label model names each, and
-        # class-specific relevance (--target) picks out one.
-        self._scene = DemoScene(width=self.width, height=self.height, seed=self.seed, num_targets=3)
-        self._n = 0
-
-    def read(self) -> np.ndarray | None:
-        if self._scene is None:
-            return None
-        self._t = self._n / self._fps
-        self._n += 1
-        return to_bgr8(self._scene.frame(self._t))
-
-    def release(self) -> None:
-        self._scene = None
-
-
-class _Scene(Protocol):
-    def frame(self, t: float) -> np.ndarray: ...
-
-
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
@@ -563,9 +141,9 @@ def open_source(
     spec = str(spec).strip()
     source: FrameSource
     if not spec:
-        raise SourceError(f"empty --source: give a camera index, a file, a folder or a URL, or {_TRY}")
-    if spec.lower() == "demo":
-        source = DemoSource(width=width or 640, height=height or 480, fps=fps or 30.0)
+        raise SourceError(f"empty --source: give a camera index, a file, a folder or a URL, or {SOURCE_HINT}")
+    if (factory := named_source(spec)) is not None:  # e.g. demo, registered by live_attention.demo
+        source = factory(width, height, fps)
     elif re.fullmatch(r"\d+", spec):
         source = CameraSource(int(spec), width=width, height=height, fps=fps)
     elif spec.startswith("/dev/video"):
@@ -583,8 +161,8 @@ def open_source(
             )
         if scheme not in STREAM_SCHEMES:
             raise SourceError(
-                f"unsupported URL scheme {scheme!r} in {_redact(spec)}: use one of "
-                f"{', '.join(sorted(STREAM_SCHEMES))}, or {_TRY}"
+                f"unsupported URL scheme {scheme!r} in {redact(spec)}: use one of "
+                f"{', '.join(sorted(STREAM_SCHEMES))}, or {SOURCE_HINT}"
             )
         source = StreamSource(spec)
     else:
@@ -597,7 +175,7 @@ def open_source(
             else:
                 source = VideoFileSource(path, loop=loop)
         else:
-            raise SourceError(f"{spec} not found: check the path, give a camera index, or {_TRY}")
+            raise SourceError(f"{spec} not found: check the path, give a camera index, or {SOURCE_HINT}")
     source.open()
     return source
 
@@ -856,14 +434,8 @@ class CaptureThread(threading.Thread):
 
 
 __all__ = [
-    "CameraSource",
     "CaptureState",
     "CaptureThread",
-    "DemoSource",
-    "FrameSource",
-    "ImageSource",
     "LatestSlot",
-    "StreamSource",
-    "VideoFileSource",
     "open_source",
 ]

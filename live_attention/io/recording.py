@@ -14,7 +14,9 @@ tells a session being recorded from one whose recorder was killed (both have ``"
 
 :func:`frame_row` turns a :class:`~live_attention.datatypes.Result` into a row of arrays and
 :meth:`Session.result` turns a row back into a Result (the round trip is tested). The writers of the
-video files and the recorder thread are in :mod:`live_attention.io.recorder`.
+video files and the recorder thread are in :mod:`live_attention.io.recorder`; the session folder (file
+names, creation, the lock) in :mod:`live_attention.io.session_dir`; the raw frames' reader in
+:mod:`live_attention.io.raw_frames`.
 
 Reading is defensive: a chunk that is damaged (bad CRC, wrong shapes) is skipped with one warning
 naming it and every other frame still plays; a manifest with a wrong type is one line naming the key;
@@ -29,11 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from contextlib import suppress
 from dataclasses import asdict, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +41,23 @@ import numpy as np
 
 from live_attention.datatypes import MapSettings, Result, Status, View
 from live_attention.errors import UserError
-from live_attention.io.video import VideoReader
+from live_attention.io.raw_frames import RawReader, raw_pts_ms
+from live_attention.io.session_dir import (
+    ATTN_DIR,
+    MANIFEST,
+    OVERLAY,
+    RAW,
+    RESERVE,
+    session_is_live,
+)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-OVERLAY = "overlay.mp4"
-RAW = "raw.mkv"
-ATTN_DIR = "attention"
-RESERVE = ".reserve"  # a named reserve file: older recorders left it when killed; readers remove it (see Session)
 CANVAS_GREY = 96  # the neutral background of recorded maps when raw.mkv is missing
 FORMAT_VERSION = 2
 CHUNK_FRAMES = 15  # a chunk is flushed after this many frames ...
 CHUNK_SECONDS = 0.4  # ... or this long after its first frame: with the recorder's queue, <= 1 s lost
 TOPK = 5
-_SESSION_RE = re.compile(r"^session-\d{8}-\d{6}(-\d+)?$")
 _VIEW_FIELDS = {f.name for f in fields(View)}
 _SETTINGS_FIELDS = {f.name for f in fields(MapSettings)}
 # Per-frame arrays every chunk has (format 1 on); the rest are optional (newer formats, some models).
@@ -181,84 +183,6 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def is_session_dir(path: str | os.PathLike[str]) -> bool:
-    p = Path(path)
-    return (p / MANIFEST).exists() or (p / ATTN_DIR).is_dir() or (p / OVERLAY).exists()
-
-
-def new_session_dir(base_dir: str | os.PathLike[str], now: datetime | None = None) -> Path:
-    """Create and return a new, empty ``session-YYYYmmdd-HHMMSS[-N]`` folder under ``base_dir``.
-
-    Refuses ``base_dir`` when it is itself a session folder; never reuses an existing folder
-    (``os.mkdir`` without ``exist_ok`` is the atomic check).
-    """
-    base = Path(base_dir).expanduser()
-    if is_session_dir(base):
-        raise UserError(f"{base} is an existing recording session: pass the folder to record into, "
-                        "a new session folder is created inside it")
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the recording folder {base}: {exc.strerror or exc} "
-                        "(pass --record a writable folder)") from exc
-    stem = (now or datetime.now()).strftime("session-%Y%m%d-%H%M%S")
-    for i in range(1000):
-        p = base / (stem if i == 0 else f"{stem}-{i}")
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UserError(f"cannot record into {base}: {exc.strerror or exc}") from exc
-    raise UserError(f"too many sessions named {stem}* in {base}")
-
-
-def lock_session(path: Path) -> int | None:
-    """Hold an exclusive ``flock`` on the session folder while recording; returns the descriptor to pass to
-    :func:`unlock_session` (None where the platform has no ``flock``). The kernel drops it when the process
-    dies, so a killed recorder leaves nothing behind."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: liveness cannot be told (a session says "not finalised")
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        logger.debug("could not lock %s", path, exc_info=True)
-        return None
-    return fd
-
-
-def unlock_session(fd: int | None) -> None:
-    if fd is not None:
-        with suppress(OSError):
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def session_is_live(path: str | os.PathLike[str]) -> bool:
-    """Whether a recorder (in this or another process) is writing the session now (see :func:`lock_session`)."""
-    try:
-        import fcntl
-    except ImportError:
-        return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no locks on this filesystem: cannot tell
-        return False
-    finally:
-        os.close(fd)
-    return False
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
@@ -329,81 +253,6 @@ def _check_chunk(arrays: dict[str, np.ndarray], layers: int, heads: int) -> None
         raise ValueError(f"cls has shape {cls.shape}, expected [n, {layers}, {heads}, P]")
     if not np.isfinite(cls.astype(np.float32)).all():
         raise ValueError("cls holds NaN or inf")
-
-
-class RawReader:
-    """The raw frames of ``raw.mkv`` by frame index (each frame's pts is known from the attention data).
-
-    Sequential reads decode forward; a jump back or far ahead seeks (every FFV1/MJPEG frame is a keyframe).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], pts_ms: np.ndarray) -> None:
-        self.path = Path(path)
-        self.pts_ms = pts_ms
-        self._pos = {int(p): i for i, p in enumerate(pts_ms)}
-        try:
-            self._reader = VideoReader(self.path)
-        except Exception as exc:
-            raise UserError(f"cannot read the raw frames {self.path}: {exc}") from exc
-        self._next = 0  # the index the reader yields next, when known
-        self._cache: dict[int, np.ndarray] = {}
-
-    def _decode_next(self) -> tuple[int, np.ndarray] | None:
-        item = self._reader.read()
-        if item is None:
-            return None
-        img, t = item
-        return self._pos.get(int(round(t * 1000)), -1), img
-
-    def get(self, index: int) -> np.ndarray | None:
-        """The BGR frame ``index``, or None when the file ends before it."""
-        if index in self._cache:
-            return self._cache[index]
-        if index < self._next - 1 or index > self._next + 60:
-            self._reader.seek(float(self.pts_ms[index]) / 1000.0)
-            self._next = -1
-        restarted = False
-        while True:
-            got = self._decode_next()
-            if got is None:
-                return None
-            i, img = got
-            if i >= 0:
-                self._next = i + 1
-                if len(self._cache) > 8:
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[i] = img
-            if i == index:
-                return img
-            if i > index and not restarted:  # the seek went too far: from the start
-                self._reader.seek(0.0)
-                self._next, restarted = 0, True
-
-    def count(self) -> int:
-        """Number of decodable frames (a full pass; for checks and tests)."""
-        with VideoReader(self.path) as r:
-            return sum(1 for _ in r)
-
-    def close(self) -> None:
-        self._reader.close()
-
-
-def raw_pts_ms(path: Path) -> np.ndarray:
-    """The timestamps (ms) of the frames in ``raw.mkv``, read from the packets without decoding them
-    (the timeline of a session whose attention data is missing). Empty when the file cannot be read."""
-    import av
-
-    pts: list[int] = []
-    try:
-        with av.open(str(path)) as c:
-            stream = c.streams.video[0]
-            tb = float(stream.time_base) if stream.time_base else 1e-3
-            for packet in c.demux(stream):
-                if packet.pts is not None and packet.size:
-                    pts.append(int(round(packet.pts * tb * 1000)))
-    except (av.error.FFmpegError, IndexError, OSError, EOFError) as exc:  # truncated: what came before counts
-        logger.debug("raw frames of %s end: %s", path, exc)
-    return np.asarray(sorted(set(pts)), np.int64)
 
 
 class Session:

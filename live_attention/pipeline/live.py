@@ -23,8 +23,9 @@ import torch
 from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
-from live_attention.io.capture import CaptureState, CaptureThread, FrameSource, LatestSlot
+from live_attention.io.capture import CaptureState, CaptureThread, LatestSlot
 from live_attention.io.recorder import Recorder
+from live_attention.io.sources import FrameSource
 from live_attention.pipeline.worker import InferenceWorker
 
 logger = logging.getLogger(__name__)
