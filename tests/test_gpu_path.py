@@ -290,13 +290,13 @@ class DeviceGuard:
         for cls, name in ((AttentionEngine, "run"), (AttentionEngine, "explain"), (Preprocess, "apply"),
                           (FrameBatch, "__call__")):
             monkeypatch.setattr(cls, name, self._watch(getattr(cls, name), f"{cls.__name__}.{name}"))
-        from live_attention.core import render as render_mod
+        from live_attention.modes import query as query_mode
         from live_attention.pipeline import loop as loop_mod
 
         monkeypatch.setattr(batch, "render", self._reads(batch.render, "draw"))
         monkeypatch.setattr(batch, "flow_for", self._reads(batch.flow_for, "flow (offline)"))
         monkeypatch.setattr(loop_mod, "flow_for", self._reads(loop_mod.flow_for, "flow (live)"))
-        monkeypatch.setattr(render_mod, "query_for", self._reads(render_mod.query_for, "query"))
+        monkeypatch.setattr(query_mode, "query_for", self._reads(query_mode.query_for, "query"))
 
     def _watch(self, fn, what: str):
         def watched(*args, **kwargs):
@@ -372,7 +372,7 @@ def test_the_live_worker_and_flow_job_keep_device_work_on_the_worker(monkeypatch
     job.start()
     job.join(timeout=60.0)
     assert job.done, job.error
-    from live_attention.core.render import render
+    from live_attention.ui.frame import render
 
     render(q.frame, q, View(mode="query", query_patch=7), Status())  # another patch: from the kept attention
     guard.check("inference")

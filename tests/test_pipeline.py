@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from live_attention.config import Config
-from live_attention.core.render import hud_layout, no_signal_text, render
 from live_attention.datatypes import Frame, Status, View
 from live_attention.io.capture import NO_SIGNAL_S, CaptureState
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
+from live_attention.ui.frame import render
+from live_attention.ui.hud import hud_layout, no_signal_text
 from tests.fakes import BlockingSource, FakeCamera, wait_until
 from tests.fakes import slow_engine as engine
 

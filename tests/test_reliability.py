@@ -20,7 +20,7 @@ from live_attention.commands.cli import main
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import load_model
-from live_attention.core.render import axis_labels, render
+from live_attention.core.render import axis_labels
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError, WeightsError
@@ -35,6 +35,7 @@ from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
 from live_attention.pipeline.replay import ReplayFeed, export_video
 from live_attention.pipeline.worker import InferenceWorker
+from live_attention.ui.frame import render
 from tests.conftest import cut_clip, tiny_vit
 
 ENV = {**os.environ, "LIVE_ATTENTION_OFFLINE": "1"}

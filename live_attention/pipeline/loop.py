@@ -36,10 +36,11 @@ import numpy as np
 
 from live_attention.core.flow import FlowCancelled
 from live_attention.core.frame_maps import flow_for
-from live_attention.core.render import canvas_size, hud_layout, no_signal_text, render
+from live_attention.core.render import canvas_size
 from live_attention.core.temporal import ViewSmoother
 from live_attention.datatypes import Extras, Result, Status, View
 from live_attention.io.outputs import save_png
+from live_attention.modes import mode, settings_for, view_smoother
 from live_attention.pipeline.controller import (
     Controller,
     describe_change,
@@ -48,6 +49,8 @@ from live_attention.pipeline.controller import (
     patch_center,
     top_label,
 )
+from live_attention.ui.frame import render
+from live_attention.ui.hud import hud_layout, no_signal_text
 
 logger = logging.getLogger(__name__)
 
@@ -221,20 +224,6 @@ class LoopStats:
     shown: int = 0
 
 
-def settings_for(view: View, recording: bool = False) -> dict[str, Any]:
-    """The map settings a view asks the worker for: only the shown mode's maps, every map while recording
-    (a session keeps them all, so replay and export need no model)."""
-    return {
-        "views": None if recording else (view.mode,),
-        "fusion": view.fusion,
-        "entropy_layer": view.layer,
-        "query_patch": view.query_patch if view.mode == "query" else None,
-        "target": view.target,
-        "relevance": view.mode == "relevance",
-        "need": ("fused",) if view.mode == "flow" else (),
-    }
-
-
 def smooth_shown(smoother: ViewSmoother, result: Result, view: View, extras: Extras,
                  status: Status) -> tuple[Extras, Status]:
     """The shown map over time (:class:`~live_attention.core.temporal.ViewSmoother`, called in frame order):
@@ -277,7 +266,7 @@ class FrameLoop:
         self.max_seconds = max_seconds
         self.stop_when_finished = stop_when_finished
         self.stats = LoopStats()
-        self.smoother = ViewSmoother()  # the shown map over time (View.smooth, key J)
+        self.smoother = view_smoother()  # the shown map over time (View.smooth, key J)
         self.shown: Result | None = None  # the newest result taken from the feed
         self.prepared: Result | None = None  # what is drawn: ``shown`` with what the view needs (replay)
         self.rgb: np.ndarray | None = None  # the picture on screen
@@ -456,13 +445,14 @@ class FrameLoop:
             self.say(job.error, 5.0)
             self.flow_job = None
             return
-        if job is not None and not job.done and self.view.mode != "flow":
+        later = mode(self.view.mode).later
+        if job is not None and not job.done and not later:
             job.cancel.set()  # the flow view was left: its job would only spend the CPU
             self.flow_job = job = None
         if job is not None and not job.done:
             self._dirty = self._dirty or now - self._last_render > 0.2  # show the progress
         res = self.prepared if self.prepared is not None and self.prepared.seq == getattr(self.shown, "seq", None) else None
-        if (self.view.mode == "flow" and res is not None and (res.fused is not None or res.attn is not None)
+        if (later and res is not None and (res.fused is not None or res.attn is not None)
                 and (job is None or job.result.seq != res.seq)):
             if job is not None:
                 job.cancel.set()
