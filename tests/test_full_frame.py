@@ -13,7 +13,7 @@ from live_attention.core.engine import AttentionEngine
 from live_attention.core.preprocess import Preprocess
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, View
-from live_attention.pipeline.controller import patch_at, patch_center
+from live_attention.ui.controller import patch_at, patch_center
 from live_attention.ui.frame import render
 
 

@@ -32,10 +32,11 @@ from live_attention.core.preprocess import FrameBatch, Preprocess
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.io.capture import LatestSlot
+from live_attention.modes import settings_for
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import Controller
-from live_attention.pipeline.loop import FlowJob, settings_for
+from live_attention.pipeline.loop_parts import FlowJob
 from live_attention.pipeline.worker import InferenceWorker
+from live_attention.ui.controller import Controller
 from tests.conftest import tiny_vit
 from tests.host_sync import GuardedReplay, forbid_host_sync
 from tests.tiny_families import FAMILIES, GRAPHED_MODES

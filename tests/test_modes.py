@@ -25,11 +25,12 @@ from live_attention.modes import (
     settings_for,
     unregister_mode,
 )
-from live_attention.pipeline.controller import Controller
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
+from live_attention.ui.controller import Controller
 from live_attention.ui.hud import hud_layout
 from live_attention.ui.keys import actions, help_lines, page_keys
+from live_attention.web.display import parse_message
 from tests.conftest import tiny_vit
 from tests.fakes import FakeCamera
 
@@ -107,14 +108,14 @@ def test_a_new_mode_has_a_key_a_help_line_and_page_key(toy):
     lines = dict(help_lines())
     assert lines["1-9, M"].endswith("relevance norms toy")
     assert lines["A"] == "animate through the layers (not 6, 7 and 9, which use every layer)"
-    assert "9" in page_keys() and actions()["9"] == "mode"
+    assert "9" in page_keys() and actions()["9"] == "mode" and parse_message('{"key": "9"}') == ("key", "9")
     assert View(mode="toy").mode == "toy" and "toy" in config.MODES  # a config and --mode accept it
 
 
 def test_without_it_its_name_is_refused():
     with pytest.raises(ValueError, match="unknown mode 'toy'"):
         View(mode="toy")
-    assert "9" not in page_keys()
+    assert "9" not in page_keys() and parse_message('{"key": "9"}') is None
 
 
 class Shown:

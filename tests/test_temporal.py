@@ -196,7 +196,7 @@ def test_render_draws_the_smoothed_map_only_when_the_view_asks():
 
 def test_j_toggles_smoothing():
     from live_attention.config import load_config
-    from live_attention.pipeline.controller import Controller, describe_change, view_from_config
+    from live_attention.ui.controller import Controller, describe_change, view_from_config
 
     view = view_from_config(load_config())
     assert view.smooth is True  # on by default (the README's flicker section says why)

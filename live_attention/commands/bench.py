@@ -43,11 +43,11 @@ from live_attention.io.encoders import HEADROOM, bench_recording
 from live_attention.io.video import VideoReader
 from live_attention.io.writers import H264Writer
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, NullDisplay, settings_for
+from live_attention.ui.controller import view_from_config
 from live_attention.ui.frame import render
-from live_attention.window import Window
+from live_attention.ui.window import Window
 
 TARGET_RUN_RATIO = 1.10  # engine.run / plain forward, same precision (torchvision)
 TARGET_TIMM_RATIO = 1.15  # engine.run / stock forward of the same timm model

@@ -8,7 +8,7 @@ Stages and threads, with a bounded queue between each, so memory stays flat what
    through preprocessing (on a GPU: inside the captured step), one forward pass and the per-frame maps
    (:func:`~live_attention.core.step.process_frames`), or a recording's stored maps; results hold host
    data only;
-3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.core.render.render` of each frame
+3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.ui.frame.render` of each frame
    (OpenCV releases the GIL), attention flow where the view asks for it (on host copies); the shown map's smoothing
    over time (``View.smooth``) is computed before, on the results thread, in frame order;
 4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps, and
@@ -40,7 +40,7 @@ from live_attention.core.render import canvas_size
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
 from live_attention.modes import mode, shown_map, view_smoother
-from live_attention.pipeline.loop import EntropyHistory, smooth_shown
+from live_attention.pipeline.loop_parts import EntropyHistory, smooth_shown
 from live_attention.ui.frame import render
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from live_attention.io.outputs import PartialOutput, check_output
 from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, read_image
 from live_attention.modes import default_view, map_settings
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import view_from_config
+from live_attention.ui.controller import view_from_config
 
 logger = logging.getLogger(__name__)
 
