@@ -297,12 +297,12 @@ def test_model_fps_after_unfreezing_and_after_results_stop(monkeypatch):
         assert w.fps == pytest.approx(10.0)
         held = Frame(image=image, seq=9, t_capture_ns=0, source="x")
         done = w.processed
-        w.hold(held)  # frozen: the held frame is computed again (and again on settings changes)
+        w.freeze(held)  # frozen: the held frame is computed again (and again on settings changes)
         assert wait_until(lambda: w.processed == done + 1, 20)
         clock.now += 30.0
         w.update_settings(fusion="max")
         assert wait_until(lambda: w.processed == done + 2, 20)
-        w.hold(None)
+        w.freeze(None)
         one(10)  # the first live result, 0.1 s after going live
         assert w.fps == pytest.approx(10.0)
         clock.now += 5.0

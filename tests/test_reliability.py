@@ -399,7 +399,7 @@ def test_frozen_reads_as_frozen_no_model_fps_no_drops(tmp_path):
         assert wait_for(lambda: session.results.peek() is not None)
         assert session.status().infer_fps is not None
         session.freeze(session.results.peek())
-        assert wait_for(lambda: session.worker.holding)
+        assert wait_for(lambda: session.worker.frozen)
         st = session.status()
         assert st.infer_fps is None and st.latency_ms is None
         # Frames that arrive while frozen are left unread on purpose: the HUD does not call them dropped.
