@@ -20,7 +20,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODES = ("attention", "rollout", "heads", "entropy", "query", "flow", "relevance", "norms")
+# The modes a config and --mode accept, in key order: the built-in ones, and any other that
+# live_attention.modes.register_mode adds (the modes themselves live in live_attention/modes/).
+MODES: list[str] = ["attention", "rollout", "heads", "entropy", "query", "flow", "relevance", "norms"]
 FUSIONS = ("mean", "max", "min")
 COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -130,7 +132,7 @@ _FLAGS = {"model.name": "--model", "source.source": "--source"}  # other keys' f
 
 
 # Allowed values: a tuple of choices, or (min, max) bounds for numbers (None = open).
-_CHOICES: dict[str, tuple[str, ...]] = {
+_CHOICES: dict[str, tuple[str, ...] | list[str]] = {
     "model.precision": PRECISIONS,
     "view.mode": MODES,
     "view.fusion": FUSIONS,

@@ -155,11 +155,6 @@ class View:
     def resolved_layer(self, num_layers: int) -> int:
         return self.layer % num_layers if self.layer < 0 else min(self.layer, num_layers - 1)
 
-    @property
-    def picks_layer(self) -> bool:
-        """False in the views whose map combines every layer (flow, relevance): the layer changes nothing."""
-        return self.mode not in ("flow", "relevance")
-
 
 @dataclass(frozen=True)
 class Status:

@@ -85,7 +85,7 @@ def test_config_counts_layers_and_heads_from_1_like_the_flags(tmp_path):
     0-based: 1); it used to be the third layer. Head 0 is heads fused, as ``--head 0``."""
     from live_attention.commands.args import config_overrides
     from live_attention.commands.cli import build_parser
-    from live_attention.pipeline.controller import view_from_config
+    from live_attention.ui.controller import view_from_config
 
     p = tmp_path / "c.toml"
     p.write_text("[view]\nlayer = 2\nhead = 3\n")

@@ -99,13 +99,13 @@ def test_a_session_recorded_without_relevance_exports_it_from_the_raw_frames(tmp
     import time
 
     from live_attention.config import Config
-    from live_attention.core.render import render
     from live_attention.core.step import process_frames
     from live_attention.datatypes import Frame, MapSettings, View
     from live_attention.demo.synthetic import DemoScene
     from live_attention.io.recorder import Recorder
     from live_attention.io.recording import Session
     from live_attention.pipeline.replay import ReplayFeed, engine_for_session, export_needs_model
+    from live_attention.ui.frame import render
 
     eng = load_model("demo", device="cpu", precision="fp32")
     scene = DemoScene(width=320, height=240, seed=0, num_targets=3)

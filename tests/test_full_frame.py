@@ -11,10 +11,10 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.preprocess import Preprocess
-from live_attention.core.render import render
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, View
-from live_attention.pipeline.controller import patch_at, patch_center
+from live_attention.ui.controller import patch_at, patch_center
+from live_attention.ui.frame import render
 
 
 def looks_at_the_brightest_patch(patch: int = 8, dim: int = 8) -> VisionTransformer:

@@ -32,10 +32,11 @@ from live_attention.core.preprocess import FrameBatch, Preprocess
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.io.capture import LatestSlot
+from live_attention.modes import settings_for
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import Controller
-from live_attention.pipeline.loop import FlowJob, settings_for
+from live_attention.pipeline.loop_parts import FlowJob
 from live_attention.pipeline.worker import InferenceWorker
+from live_attention.ui.controller import Controller
 from tests.conftest import tiny_vit
 from tests.host_sync import GuardedReplay, forbid_host_sync
 from tests.tiny_families import FAMILIES, GRAPHED_MODES
@@ -290,13 +291,13 @@ class DeviceGuard:
         for cls, name in ((AttentionEngine, "run"), (AttentionEngine, "explain"), (Preprocess, "apply"),
                           (FrameBatch, "__call__")):
             monkeypatch.setattr(cls, name, self._watch(getattr(cls, name), f"{cls.__name__}.{name}"))
-        from live_attention.core import render as render_mod
+        from live_attention.modes import query as query_mode
         from live_attention.pipeline import loop as loop_mod
 
         monkeypatch.setattr(batch, "render", self._reads(batch.render, "draw"))
         monkeypatch.setattr(batch, "flow_for", self._reads(batch.flow_for, "flow (offline)"))
         monkeypatch.setattr(loop_mod, "flow_for", self._reads(loop_mod.flow_for, "flow (live)"))
-        monkeypatch.setattr(render_mod, "query_for", self._reads(render_mod.query_for, "query"))
+        monkeypatch.setattr(query_mode, "query_for", self._reads(query_mode.query_for, "query"))
 
     def _watch(self, fn, what: str):
         def watched(*args, **kwargs):
@@ -372,7 +373,7 @@ def test_the_live_worker_and_flow_job_keep_device_work_on_the_worker(monkeypatch
     job.start()
     job.join(timeout=60.0)
     assert job.done, job.error
-    from live_attention.core.render import render
+    from live_attention.ui.frame import render
 
     render(q.frame, q, View(mode="query", query_patch=7), Status())  # another patch: from the kept attention
     guard.check("inference")

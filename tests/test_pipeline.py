@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from live_attention.config import Config
-from live_attention.core.render import hud_layout, no_signal_text, render
 from live_attention.datatypes import Frame, Status, View
 from live_attention.io.capture import NO_SIGNAL_S, CaptureState
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
+from live_attention.ui.frame import render
+from live_attention.ui.hud import hud_layout, no_signal_text
 from tests.fakes import BlockingSource, FakeCamera, wait_until
 from tests.fakes import slow_engine as engine
 
@@ -296,12 +297,12 @@ def test_model_fps_after_unfreezing_and_after_results_stop(monkeypatch):
         assert w.fps == pytest.approx(10.0)
         held = Frame(image=image, seq=9, t_capture_ns=0, source="x")
         done = w.processed
-        w.hold(held)  # frozen: the held frame is computed again (and again on settings changes)
+        w.freeze(held)  # frozen: the held frame is computed again (and again on settings changes)
         assert wait_until(lambda: w.processed == done + 1, 20)
         clock.now += 30.0
         w.update_settings(fusion="max")
         assert wait_until(lambda: w.processed == done + 2, 20)
-        w.hold(None)
+        w.freeze(None)
         one(10)  # the first live result, 0.1 s after going live
         assert w.fps == pytest.approx(10.0)
         clock.now += 5.0

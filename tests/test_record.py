@@ -18,7 +18,6 @@ import pytest
 
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.render import hud_layout, render
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
@@ -27,8 +26,10 @@ from live_attention.io.recorder import Recorder
 from live_attention.io.recording import MANIFEST, Session
 from live_attention.io.session_dir import new_session_dir
 from live_attention.io.writers import write_gif
-from live_attention.pipeline.controller import next_target
 from live_attention.pipeline.replay import Player, export_video, grid_picture, layers_frames
+from live_attention.ui.controller import next_target
+from live_attention.ui.frame import render
+from live_attention.ui.hud import hud_layout
 from tests.conftest import MEDIA, tiny_vit
 
 HERE = Path(__file__).resolve().parent
@@ -202,7 +203,8 @@ CHILD = textwrap.dedent("""
     from live_attention.config import Config, RecordConfig
     from live_attention.core.engine import AttentionEngine
     from live_attention.core.step import process_frames
-    from live_attention.core.render import hud_layout, render
+    from live_attention.ui.frame import render
+    from live_attention.ui.hud import hud_layout
     from live_attention.datatypes import Frame, MapSettings, Status, View
     from live_attention.io.recorder import Recorder
 

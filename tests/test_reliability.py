@@ -20,7 +20,7 @@ from live_attention.commands.cli import main
 from live_attention.config import Config, RecordConfig
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import load_model
-from live_attention.core.render import axis_labels, render
+from live_attention.core.render import axis_labels
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError, WeightsError
@@ -35,6 +35,7 @@ from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, Inputs
 from live_attention.pipeline.replay import ReplayFeed, export_video
 from live_attention.pipeline.worker import InferenceWorker
+from live_attention.ui.frame import render
 from tests.conftest import cut_clip, tiny_vit
 
 ENV = {**os.environ, "LIVE_ATTENTION_OFFLINE": "1"}
@@ -398,7 +399,7 @@ def test_frozen_reads_as_frozen_no_model_fps_no_drops(tmp_path):
         assert wait_for(lambda: session.results.peek() is not None)
         assert session.status().infer_fps is not None
         session.freeze(session.results.peek())
-        assert wait_for(lambda: session.worker.holding)
+        assert wait_for(lambda: session.worker.frozen)
         st = session.status()
         assert st.infer_fps is None and st.latency_ms is None
         # Frames that arrive while frozen are left unread on purpose: the HUD does not call them dropped.

@@ -158,9 +158,10 @@ def test_the_batched_path_equals_frame_by_frame(clip):
     the same pictures (to what that rounding can do to a pixel), in order, at the same times, as one
     frame at a time. Holds whatever the CPU (see MAP_TOLERANCE)."""
     from live_attention.core.models import load_model
-    from live_attention.core.render import normalize, select_map
+    from live_attention.core.render import normalize
     from live_attention.datatypes import MapSettings, Status, View
     from live_attention.io.video import VideoReader
+    from live_attention.modes import select_map
     from live_attention.pipeline import batch
 
     eng = load_model("demo", device="cpu", precision="fp32")

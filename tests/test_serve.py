@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from live_attention.commands.cli import main as cli_main
-from live_attention.web.display import MAX_PENDING, PAGE_KEYS, WebDisplay, parse_message
+from live_attention.ui.keys import actions, page_keys
+from live_attention.web.display import MAX_PENDING, WebDisplay, parse_message
 from live_attention.web.source import BrowserSource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def test_page_messages_are_checked():
            '{"click": [true, 0.5]}', '{"click": "0.5,0.5"}', '{"key": "' + "2" * 1000 + '"}', b"\xff\xfe"]
     for text in bad:
         assert parse_message(text) is None, text
-    assert "q" not in PAGE_KEYS and "esc" not in PAGE_KEYS  # one viewer must not stop the others' session
+    assert "q" not in page_keys() and "esc" not in page_keys()  # one viewer must not stop the others' session
+    assert page_keys() == set(actions()) - {"q", "esc"}  # every other key of the window, from one table
 
 
 def test_display_drops_and_counts_bad_input_and_floods():

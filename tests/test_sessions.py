@@ -27,7 +27,6 @@ import pytest
 from live_attention.commands.cli import main
 from live_attention.config import Config, RecordConfig
 from live_attention.core.models import load_model
-from live_attention.core.render import render
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.errors import UserError
@@ -38,6 +37,7 @@ from live_attention.io.recorder import Recorder
 from live_attention.io.recording import CANVAS_GREY, MANIFEST, RESERVE, Session
 from live_attention.pipeline.loop import status_line
 from live_attention.pipeline.replay import ReplayFeed, export_video
+from live_attention.ui.frame import render
 
 HERE = Path(__file__).resolve().parent
 # Maps computed again from the lossless raw frames against the recorded ones: the same model, input and
@@ -314,7 +314,7 @@ CHILD = textwrap.dedent("""
     from live_attention.config import Config, RecordConfig
     from live_attention.core.engine import AttentionEngine
     from live_attention.core.step import process_frames
-    from live_attention.core.render import render
+    from live_attention.ui.frame import render
     from live_attention.datatypes import Frame, MapSettings, View
     from live_attention.io.recorder import Recorder
 

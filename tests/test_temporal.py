@@ -14,6 +14,7 @@ from live_attention.commands.cli import main
 from live_attention.core import temporal as tmp
 from live_attention.datatypes import MapSettings, Result, View
 from live_attention.demo.synthetic import DemoScene
+from live_attention.modes import view_smoother
 from live_attention.pipeline.temporal_eval import shaken
 
 BOX, GRID = (80, 0, 560, 480), (8, 8)  # the demo model's centre crop of a 640x480 frame
@@ -161,7 +162,7 @@ def test_view_smoother_follows_the_view_and_the_frames():
     rng = np.random.default_rng(1)
     frames = shaken(DemoScene(640, 480, seed=0).frame(1.0), 12, rng)
     maps = hot_patches_jump(rng, 12)
-    sm = tmp.ViewSmoother()
+    sm = view_smoother()
     on, off = View(mode="rollout", smooth=True), View(mode="rollout")
     results = [result(i, f, m, i / 10) for i, (f, m) in enumerate(zip(frames, maps, strict=True))]
     outs = [sm(r, on) for r in results]
@@ -180,8 +181,8 @@ def test_view_smoother_follows_the_view_and_the_frames():
 
 
 def test_render_draws_the_smoothed_map_only_when_the_view_asks():
-    from live_attention.core.render import shown_map
     from live_attention.datatypes import Extras
+    from live_attention.modes import shown_map
 
     frame = DemoScene(640, 480, seed=0).frame(1.0)
     res = result(5, frame, blob((2, 2)), 0.5)
@@ -195,7 +196,7 @@ def test_render_draws_the_smoothed_map_only_when_the_view_asks():
 
 def test_j_toggles_smoothing():
     from live_attention.config import load_config
-    from live_attention.pipeline.controller import Controller, describe_change, view_from_config
+    from live_attention.ui.controller import Controller, describe_change, view_from_config
 
     view = view_from_config(load_config())
     assert view.smooth is True  # on by default (the README's flicker section says why)
@@ -204,9 +205,9 @@ def test_j_toggles_smoothing():
     assert c.view.smooth is False and describe_change(view, c.view).startswith("smoothing off")
     c.press("J")
     assert c.view.smooth is True
-    from live_attention.core.render import HELP_LINES
+    from live_attention.ui.keys import help_lines
 
-    assert any(k == "J" for k, _ in HELP_LINES)
+    assert any(k == "J" for k, _ in help_lines())
 
 
 # --------------------------------------------------------------------------------------------------

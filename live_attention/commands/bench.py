@@ -35,7 +35,7 @@ from live_attention.core.engine import AttentionEngine, Keep
 from live_attention.core.flow import attention_flow
 from live_attention.core.frame_maps import compute_maps, keep_for
 from live_attention.core.models import load_model
-from live_attention.core.render import canvas_size, render
+from live_attention.core.render import canvas_size
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
 from live_attention.io.capture import open_source
@@ -43,10 +43,11 @@ from live_attention.io.encoders import HEADROOM, bench_recording
 from live_attention.io.video import VideoReader
 from live_attention.io.writers import H264Writer
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import view_from_config
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop, NullDisplay, settings_for
-from live_attention.window import Window
+from live_attention.ui.controller import view_from_config
+from live_attention.ui.frame import render
+from live_attention.ui.window import Window
 
 TARGET_RUN_RATIO = 1.10  # engine.run / plain forward, same precision (torchvision)
 TARGET_TIMM_RATIO = 1.15  # engine.run / stock forward of the same timm model

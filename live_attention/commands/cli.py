@@ -84,10 +84,10 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
     """The live session, once the arguments and the config are known good: the heavy imports start here."""
     from live_attention.core.models import engine_from_config
     from live_attention.io.capture import open_source
-    from live_attention.pipeline.controller import view_from_config
     from live_attention.pipeline.live import LiveSession
     from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
-    from live_attention.window import TITLE, Window, check_display
+    from live_attention.ui.controller import view_from_config
+    from live_attention.ui.window import TITLE, Window, check_display
 
     source = open_source(cfg.source.source, loop=cfg.source.loop, width=cfg.source.width, height=cfg.source.height,
                          fps=cfg.source.fps, slideshow_seconds=cfg.source.slideshow_seconds)

@@ -74,6 +74,7 @@ def export(args: argparse.Namespace) -> int:
     from live_attention.io.outputs import PartialOutput, check_output, partial_path
     from live_attention.io.recording import Session
     from live_attention.io.writers import H264Writer, write_gif
+    from live_attention.modes import needs_model
     from live_attention.pipeline.replay import (
         engine_for_session,
         export_needs_model,
@@ -81,7 +82,6 @@ def export(args: argparse.Namespace) -> int:
         export_view,
         grid_picture,
         layers_frames,
-        needs_model,
     )
 
     session = Session(args.session)

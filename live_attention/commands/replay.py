@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     from live_attention.io.recording import Session
     from live_attention.pipeline.loop import FrameLoop
     from live_attention.pipeline.replay import ReplayFeed, check_replayable, engine_for_session
-    from live_attention.window import TITLE, Window, check_display
+    from live_attention.ui.window import TITLE, Window, check_display
 
     session = Session(args.session)  # a wrong folder is said first, display or not
     try:

@@ -98,9 +98,9 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
     """Load the model, start the session, the server and the frame loop; stop them in reverse order."""
     from live_attention.core.models import engine_from_config
     from live_attention.io.capture import open_source
-    from live_attention.pipeline.controller import view_from_config
     from live_attention.pipeline.live import LiveSession
     from live_attention.pipeline.loop import FrameLoop
+    from live_attention.ui.controller import view_from_config
     from live_attention.web.display import WebDisplay
     from live_attention.web.server import WebServer
     from live_attention.web.source import BrowserSource

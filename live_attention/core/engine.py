@@ -218,7 +218,7 @@ class AttentionEngine:
         x = self._input(images)
         col = Collector(keep, self.num_layers, select or self._selection_for(keep))
         logits = self.family.forward(x, col)
-        return col.output(logits, self._grid_of(x), self.num_prefix)
+        return col.output(logits, self._record_grid(x), self.num_prefix)
 
     def relevance(self, images: Tensor, targets: int | Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Class-specific relevance (Chefer, Gur & Wolf, ICCV 2021, the self-attention rule).
@@ -246,7 +246,7 @@ class AttentionEngine:
             score = logits.float().gather(1, t[:, None]).sum()
             grads = torch.autograd.grad(score, col.graph)
         rel = maps.chefer_relevance([a.detach() for a in col.graph], [g.detach() for g in grads], self.num_prefix)
-        out = col.output(logits, self._grid_of(x), self.num_prefix)
+        out = col.output(logits, self._record_grid(x), self.num_prefix)
         return replace(out, relevance=rel, targets=t)
 
     def _check_targets(self, targets) -> Tensor | None:
@@ -279,7 +279,8 @@ class AttentionEngine:
             raise ValueError(f"targets: one class index or one per image ({b}), got {fixed.numel()}")
         return fixed
 
-    def _grid_of(self, x: Tensor) -> tuple[int, int]:
+    def _record_grid(self, x: Tensor) -> tuple[int, int]:
+        """The patch grid of input ``x``, recorded as :attr:`grid` (the grid of the last pass)."""
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         self.grid = grid
         return grid

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from live_attention.core.render import select_map
 from live_attention.datatypes import Extras, Result, View
 
 __all__ = [
-    "SMOOTHED_MODES", "MotionEstimator", "MotionField", "TemporalFilter", "TemporalParams", "ViewSmoother",
+    "MotionEstimator", "MotionField", "TemporalFilter", "TemporalParams", "ViewSmoother",
     "consistency", "correlation", "ema", "flicker", "normalise", "peak_lag", "peak_positions", "warp_grid",
     "warping_error",
 ]
@@ -274,7 +273,6 @@ class TemporalFilter:
 # The shown map over time (the frame loop and the offline path)
 # --------------------------------------------------------------------------------------------------
 
-SMOOTHED_MODES = ("attention", "rollout", "entropy", "query", "relevance", "norms")  # one map a frame
 MAX_GAP_S = 1.0  # frames further apart than this (a seek, a stall) start the filter again
 
 
@@ -288,9 +286,17 @@ class ViewSmoother:
     measured for the HUD's stability figure). Call it once per result, in order; the same result again
     (a redraw) gives the same map. It starts again when the view shows another map (mode, layer, head,
     fusion, patch, class), the frame is computed again (frozen, new settings), or the frames go back in
-    time or skip more than :data:`MAX_GAP_S`."""
+    time or skip more than :data:`MAX_GAP_S`.
 
-    def __init__(self, params: TemporalParams | None = None) -> None:
+    Args:
+        select: the view's raw map [P] of a result (None: not available in this frame).
+        smooths: whether a view shows one map a frame that can be smoothed (the heads do not).
+        params: the filter's parameters.
+    """
+
+    def __init__(self, select: Callable[[Result, View, Extras | None], np.ndarray | None],
+                 smooths: Callable[[View], bool], params: TemporalParams | None = None) -> None:
+        self.select, self.smooths = select, smooths
         self.params = params or TemporalParams()
         self.motion = MotionEstimator(self.params.image_side)
         self.filter: TemporalFilter | None = None
@@ -300,7 +306,7 @@ class ViewSmoother:
 
     def __call__(self, result: Result, view: View, extras: Extras | None = None) -> np.ndarray | None:
         """The smoothed map [P] to show for ``result`` (None: show the raw map, or the view has no single map)."""
-        if view.mode not in SMOOTHED_MODES:
+        if not self.smooths(view):
             self.filter = self._key = self._last = None
             return None
         key = (view.mode, view.resolved_layer(result.num_layers), view.head, view.fusion, view.query_patch,
@@ -315,7 +321,7 @@ class ViewSmoother:
         if jump:
             self.motion.reset()
         motion = self.motion.step(result.frame, result.box, result.grid)
-        raw, _ = select_map(result, view, extras)
+        raw = self.select(result, view, extras)
         if raw is None or key != self._key or jump or self.filter is None:
             self.filter = TemporalFilter(result.grid, self.params) if raw is not None else None
         out = None
@@ -329,7 +335,7 @@ class ViewSmoother:
         """The HUD's line: whether smoothing is on and the frame-to-frame stability (about the last second;
         no figure until a second frame since the start: the first frame, a cut, a frame computed again)."""
         f = self.filter
-        if view.mode not in SMOOTHED_MODES or f is None:
+        if not self.smooths(view) or f is None:
             return None
         if f.raw_stability is None:
             return f"smoothing {'on' if view.smooth else 'off'}"

@@ -8,7 +8,7 @@ Stages and threads, with a bounded queue between each, so memory stays flat what
    through preprocessing (on a GPU: inside the captured step), one forward pass and the per-frame maps
    (:func:`~live_attention.core.step.process_frames`), or a recording's stored maps; results hold host
    data only;
-3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.core.render.render` of each frame
+3. **draw** (a pool of threads ``"draw_N"``): :func:`~live_attention.ui.frame.render` of each frame
    (OpenCV releases the GIL), attention flow where the view asks for it (on host copies); the shown map's smoothing
    over time (``View.smooth``) is computed before, on the results thread, in frame order;
 4. **encode** (thread ``"encode"``): writes the pictures in input order at the input's timestamps, and
@@ -36,11 +36,12 @@ from torch import Tensor
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.preprocess import Box
-from live_attention.core.render import canvas_size, render, shown_map
+from live_attention.core.render import canvas_size
 from live_attention.core.step import StepRunner, process_frames
-from live_attention.core.temporal import ViewSmoother
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
-from live_attention.pipeline.loop import EntropyHistory, smooth_shown
+from live_attention.modes import mode, shown_map, view_smoother
+from live_attention.pipeline.loop_parts import EntropyHistory, smooth_shown
+from live_attention.ui.frame import render
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class _Pipeline:
         self.drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
         self.written = 0
         self.maps: Callable[[Result, View, np.ndarray | None], None] | None = None
-        self.smoother = ViewSmoother()  # used on the results thread only, in frame order
+        self.smoother = view_smoother()  # used on the results thread only, in frame order
 
     def decode(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -233,9 +234,10 @@ class _Pipeline:
 
     def draw(self, res: Result, v: View, extras: Extras, status: Status,
              size: tuple[int, int]) -> tuple[np.ndarray, float, Result, View, np.ndarray | None]:
-        if v.mode == "flow" and (res.fused is not None or res.attn is not None):
+        shows = mode(v.mode)
+        if shows.later and (res.fused is not None or res.attn is not None):  # offline: computed at once
             extras = replace(extras, flow=flow_for(res, self.residual), flow_seq=res.seq)
-        shown = shown_map(res, v, extras)[0] if self.maps is not None and v.mode != "heads" else None
+        shown = shown_map(res, v, extras)[0] if self.maps is not None and shows.one_map else None
         return render(res.frame, res, v, status, extras, size=size), float(res.pts_s or 0.0), res, v, shown
 
     def take(self) -> tuple[list[Item], bool]:

@@ -25,9 +25,9 @@ from live_attention.errors import SourceError, UserError
 from live_attention.io.mapfile import MapsFile
 from live_attention.io.outputs import PartialOutput, check_output
 from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, read_image
+from live_attention.modes import default_view, map_settings
 from live_attention.pipeline import batch
-from live_attention.pipeline.controller import view_from_config
-from live_attention.pipeline.loop import settings_for
+from live_attention.ui.controller import view_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -185,13 +185,10 @@ class Renderer:
         return n
 
     def settings(self, grid: tuple[int, int]) -> tuple[View, MapSettings]:
-        view = self.view
-        if view.mode == "query" and view.query_patch is None:
-            gh, gw = grid
-            view = replace(view, query_patch=(gh // 2) * gw + gw // 2)
+        """The view of a picture on a ``grid`` of patches, and the map settings it asks for."""
+        view = default_view(self.view, grid)
         s = self.cfg.view
-        base = MapSettings(residual=s.residual, discard_ratio=s.discard_ratio)
-        return view, replace(base, **settings_for(view))
+        return view, map_settings(view, MapSettings(residual=s.residual, discard_ratio=s.discard_ratio))
 
     def render(self, job: Job, progress_factory: Callable[[int | None, str], ProgressBar] | None = None,
                maps: MapsFile | None = None) -> tuple[int, int | None]:

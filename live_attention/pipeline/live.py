@@ -153,9 +153,9 @@ class LiveSession:
         """Hold the worker on ``result``'s frame (computed again when settings change), or go live."""
         self._frozen = result
         if result is None:
-            self.worker.hold(None)
+            self.worker.freeze(None)
             return
-        self.worker.hold(Frame(image=result.frame, seq=result.seq, t_capture_ns=result.t_capture_ns,
+        self.worker.freeze(Frame(image=result.frame, seq=result.seq, t_capture_ns=result.t_capture_ns,
                                source=self.source.name, pts_s=result.pts_s))
 
     def set_settings(self, **changes: Any) -> None:
@@ -187,7 +187,7 @@ class LiveSession:
         if self.recorder is not None:
             rec = self.recorder.hud_text()
             err = err or self.recorder.error
-        frozen = self.worker.holding
+        frozen = self.worker.frozen
         silent = self.capture.silent_s  # no frames: nothing for the model either, and no latency to speak of
         return Status(
             model=self.engine.describe(),

@@ -7,10 +7,10 @@ PyGui window), headless mode (the live session and :class:`HeadlessDisplay`), re
 and the window or :class:`NullDisplay`). One iteration:
 
 1. the display's keys, clicks and timeline moves go to the feed (playback keys) or the
-   :class:`~live_attention.pipeline.controller.Controller` (the view), and their outcomes happen here:
+   :class:`~live_attention.ui.controller.Controller` (the view), and their outcomes happen here:
    freeze, flow, screenshots, recording, the map settings the worker computes;
 2. the newest result is taken (never waited for);
-3. when anything changed, :func:`~live_attention.core.render.render` composes the picture, the display
+3. when anything changed, :func:`~live_attention.ui.frame.render` composes the picture, the display
    shows it, the recorder gets it with the result it was drawn from, the state file is written;
 4. the display presents the frame (vsync, a frame-rate cap, or waiting for the next result).
 
@@ -20,27 +20,22 @@ attention flow on a thread of its own.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from live_attention.core.flow import FlowCancelled
-from live_attention.core.frame_maps import flow_for
-from live_attention.core.render import canvas_size, hud_layout, no_signal_text, render
-from live_attention.core.temporal import ViewSmoother
-from live_attention.datatypes import Extras, Result, Status, View
+from live_attention.core.render import canvas_size
+from live_attention.datatypes import Result, Status, View
 from live_attention.io.outputs import save_png
-from live_attention.pipeline.controller import (
+from live_attention.modes import mode, settings_for, view_smoother
+from live_attention.pipeline.loop_parts import EntropyHistory, FlowJob, LoopStats, StateWriter, smooth_shown
+from live_attention.ui.controller import (
     Controller,
     describe_change,
     next_target,
@@ -48,6 +43,8 @@ from live_attention.pipeline.controller import (
     patch_center,
     top_label,
 )
+from live_attention.ui.frame import render
+from live_attention.ui.hud import hud_layout, no_signal_text
 
 logger = logging.getLogger(__name__)
 
@@ -128,124 +125,6 @@ class Feed(Protocol):
 
 
 # --------------------------------------------------------------------------------------------------
-# Helpers the loop owns
-# --------------------------------------------------------------------------------------------------
-
-
-class EntropyHistory:
-    """Per-layer CLS entropy (heads averaged) over the last seconds, for the entropy curve."""
-
-    def __init__(self, seconds: float = 10.0) -> None:
-        self.seconds = seconds
-        self._t: deque[float] = deque()
-        self._v: deque[np.ndarray] = deque()
-
-    def add(self, t: float, result: Result) -> None:
-        if self._t and t <= self._t[-1]:  # a seek back (replay): start the curve again
-            self._t.clear()
-            self._v.clear()
-        self._t.append(t)
-        self._v.append(result.entropy.mean(axis=1))
-        while self._t and self._t[0] < t - self.seconds * 1.5:
-            self._t.popleft()
-            self._v.popleft()
-
-    def extras(self, flow: np.ndarray | None = None, flow_seq: int | None = None) -> Extras:
-        """What the renderer needs beyond one result: this history, and a flow map if there is one."""
-        if len(self._t) < 2:
-            hist = times = None
-        else:
-            hist, times = np.stack(self._v), np.asarray(self._t)
-        return Extras(entropy_history=hist, entropy_times=times, entropy_seconds=self.seconds, flow=flow,
-                      flow_seq=flow_seq if flow is not None else None)
-
-
-class FlowJob(threading.Thread):
-    """Attention flow of one result on a background thread; ``progress`` in 0..1, ``flow`` when done."""
-
-    def __init__(self, result: Result, residual: float = 0.5) -> None:
-        super().__init__(name="flow", daemon=True)
-        self.result = result
-        self.residual = residual
-        self.progress = 0.0
-        self.flow: np.ndarray | None = None
-        self.error: str | None = None
-        self.cancel = threading.Event()
-
-    def run(self) -> None:
-        def progress(done: int, total: int) -> None:
-            self.progress = done / max(1, total)
-
-        try:
-            self.flow = flow_for(self.result, self.residual, progress=progress, cancel=self.cancel)
-            self.progress = 1.0
-        except FlowCancelled:
-            logger.info("flow cancelled")
-        except Exception as exc:
-            logger.warning("attention flow failed: %s", exc, exc_info=not isinstance(exc, ValueError))
-            self.error = f"flow failed: {exc}"
-
-    @property
-    def done(self) -> bool:
-        return self.flow is not None
-
-
-class StateWriter:
-    """Writes the shown state as JSON (``--state-file``) for automation and tests: what the HUD says."""
-
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
-        self.path = Path(path) if path else None
-        self._last = ""
-
-    def write(self, view: View, status: Status, extra: dict[str, Any]) -> None:
-        if self.path is None:
-            return
-        data = {"view": asdict(view), "status": asdict(status), **extra}
-        text = json.dumps(data, default=str, sort_keys=True)
-        if text == self._last:
-            return
-        self._last = text
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
-
-
-@dataclass
-class LoopStats:
-    """Figures the bench reads: per-iteration and per-render times, capture-to-display latencies."""
-
-    iterations: int = 0
-    iteration_ms: list[float] = field(default_factory=list)
-    render_ms: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    shown: int = 0
-
-
-def settings_for(view: View, recording: bool = False) -> dict[str, Any]:
-    """The map settings a view asks the worker for: only the shown mode's maps, every map while recording
-    (a session keeps them all, so replay and export need no model)."""
-    return {
-        "views": None if recording else (view.mode,),
-        "fusion": view.fusion,
-        "entropy_layer": view.layer,
-        "query_patch": view.query_patch if view.mode == "query" else None,
-        "target": view.target,
-        "relevance": view.mode == "relevance",
-        "need": ("fused",) if view.mode == "flow" else (),
-    }
-
-
-def smooth_shown(smoother: ViewSmoother, result: Result, view: View, extras: Extras,
-                 status: Status) -> tuple[Extras, Status]:
-    """The shown map over time (:class:`~live_attention.core.temporal.ViewSmoother`, called in frame order):
-    ``extras`` with the smoothed map when the view smooths, ``status`` with the HUD's stability line."""
-    smoothed = smoother(result, view, extras)
-    if smoothed is not None:
-        extras = replace(extras, smoothed=smoothed, smoothed_seq=result.seq)
-    return extras, replace(status, smoothing=smoother.hud(view))
-
-
-# --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
 
@@ -277,7 +156,7 @@ class FrameLoop:
         self.max_seconds = max_seconds
         self.stop_when_finished = stop_when_finished
         self.stats = LoopStats()
-        self.smoother = ViewSmoother()  # the shown map over time (View.smooth, key J)
+        self.smoother = view_smoother()  # the shown map over time (View.smooth, key J)
         self.shown: Result | None = None  # the newest result taken from the feed
         self.prepared: Result | None = None  # what is drawn: ``shown`` with what the view needs (replay)
         self.rgb: np.ndarray | None = None  # the picture on screen
@@ -456,13 +335,14 @@ class FrameLoop:
             self.say(job.error, 5.0)
             self.flow_job = None
             return
-        if job is not None and not job.done and self.view.mode != "flow":
+        later = mode(self.view.mode).later
+        if job is not None and not job.done and not later:
             job.cancel.set()  # the flow view was left: its job would only spend the CPU
             self.flow_job = job = None
         if job is not None and not job.done:
             self._dirty = self._dirty or now - self._last_render > 0.2  # show the progress
         res = self.prepared if self.prepared is not None and self.prepared.seq == getattr(self.shown, "seq", None) else None
-        if (self.view.mode == "flow" and res is not None and (res.fused is not None or res.attn is not None)
+        if (later and res is not None and (res.fused is not None or res.attn is not None)
                 and (job is None or job.result.seq != res.seq)):
             if job is not None:
                 job.cancel.set()

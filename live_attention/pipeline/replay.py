@@ -26,14 +26,16 @@ import numpy as np
 from live_attention.config import RecordConfig
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import PRETRAINED, load_model
-from live_attention.core.render import canvas_size, heads_grid, render
+from live_attention.core.render import canvas_size, heads_grid
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError
 from live_attention.io.outputs import PartialOutput
 from live_attention.io.recording import RAW, Session
 from live_attention.io.video import H264Writer
+from live_attention.modes import default_view, map_settings, mode, needs_model
 from live_attention.pipeline import batch
+from live_attention.ui.frame import render
 
 logger = logging.getLogger(__name__)
 
@@ -111,19 +113,6 @@ class Player:
         return changed
 
 
-def needs_model(view: View, rec: Result) -> bool:
-    """Whether showing ``view`` on the recorded ``rec`` needs maps that were not recorded."""
-    if view.mode == "entropy":  # patch entropy was recorded for one layer only
-        return rec.patch_entropy is None or view.resolved_layer(rec.num_layers) != rec.patch_entropy_layer
-    if view.mode == "rollout":
-        return rec.rollout is None or view.fusion != rec.settings.fusion
-    if view.mode == "relevance":
-        return rec.relevance is None or (view.target is not None and view.target != rec.target)
-    if view.mode == "norms":
-        return rec.token_norm is None
-    return view.mode in ("query", "flow")
-
-
 def recorded_settings(session: Session) -> MapSettings:
     """What a recorder computes every frame with (every view's maps), from the manifest's config and first
     view: how the maps of a session without attention data are computed again."""
@@ -170,17 +159,11 @@ class Recompute:
         self._cache: tuple[int, MapSettings, Result] | None = None
 
     def settings_for(self, view: View, rec: Result) -> MapSettings:
-        return replace(
-            rec.settings,
-            fusion=view.fusion if view.mode == "rollout" else rec.settings.fusion,
-            residual=self.residual,
-            query_patch=view.query_patch if view.mode == "query" else None,
-            entropy_layer=view.resolved_layer(rec.num_layers),
-            relevance=view.mode == "relevance",
-            target=view.target,
-            need=("fused",) if view.mode == "flow" else (),
-            views=(view.mode,),
-        )
+        """What ``view`` asks for on the recorded ``rec``: the recording's settings, the shown layer, and the
+        recorded fusion unless the mode's map is computed with the view's."""
+        asked = replace(view, layer=view.resolved_layer(rec.num_layers),
+                        fusion=view.fusion if mode(view.mode).fusion_sets_map else rec.settings.fusion)
+        return replace(map_settings(asked, rec.settings), residual=self.residual)
 
     def result(self, index: int, rec: Result, view: View) -> Result:
         """``rec`` computed again from its frame with the settings ``view`` needs (cached per frame)."""
@@ -318,10 +301,7 @@ class ReplayFeed:
 def export_view(session: Session, index: int, overrides: dict[str, Any], hud: bool = True) -> View:
     """Frame ``index``'s recorded view with ``overrides`` (CLI flags), for an offline picture."""
     view = replace(session.view(index), frozen=False, animating=False, show_help=False, show_hud=hud, **overrides)
-    if view.mode == "query" and view.query_patch is None:
-        gh, gw = session.grid
-        view = replace(view, query_patch=(gh // 2) * gw + gw // 2)
-    return view
+    return default_view(view, session.grid)
 
 
 def session_results(session: Session, recompute: Recompute | None, overrides: dict[str, Any], hud: bool,

@@ -154,7 +154,7 @@ class InferenceWorker(threading.Thread):
         if changed:
             self._wake.set()
 
-    def hold(self, frame: Frame | None) -> None:
+    def freeze(self, frame: Frame | None) -> None:
         """Freeze on ``frame`` (computed again whenever the settings change), or go live again with None."""
         with self._lock:
             if frame is not None and self._held is None:
@@ -178,7 +178,7 @@ class InferenceWorker(threading.Thread):
             return now - self._ignored - frozen
 
     @property
-    def holding(self) -> bool:
+    def frozen(self) -> bool:
         return self._held is not None
 
     # ---- the worker's thread ----------------------------------------------------------------------
@@ -224,7 +224,7 @@ class InferenceWorker(threading.Thread):
                 frame, settings, live = job
                 last = self._last
                 if (frame.still and last is not None and last.frame is frame.image and last.settings == settings
-                        and not self.holding):
+                        and not self.frozen):
                     # The same still picture with the same settings: the same maps, stamped anew.
                     result = replace(last, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
                                      t_done_ns=time.monotonic_ns())

@@ -21,10 +21,8 @@ import numpy as np
 
 from live_attention.datatypes import Result, Status, View
 from live_attention.pipeline.loop import Inputs
+from live_attention.ui.keys import page_keys
 
-# The keys a page may send: the live window's keys by the names the controller knows. Q and Esc are
-# not among them: one viewer must not stop the session of the others (Ctrl-C on the server does).
-PAGE_KEYS = frozenset({"up", "down", "left", "right", "space", "backspace", "+", "-", *"0123456789", *"afhjmcsrt"})
 MAX_MESSAGE_BYTES = 256  # a key or a click is a few dozen bytes
 MAX_PENDING = 64  # inputs waiting for the loop; more (a flood) are dropped and counted
 
@@ -40,7 +38,9 @@ def parse_message(text: str | bytes) -> tuple[str, Any] | None:
         return None
     if not isinstance(msg, dict) or len(msg) != 1:
         return None
-    if isinstance(msg.get("key"), str) and msg["key"] in PAGE_KEYS:
+    # The keys a page may send: the window's, from the one table of bindings (ui/keys.py), but Q and Esc:
+    # one viewer must not stop the session of the others (Ctrl-C on the server does).
+    if isinstance(msg.get("key"), str) and msg["key"] in page_keys():
         return "key", msg["key"]
     click = msg.get("click")
     if (isinstance(click, list) and len(click) == 2

@@ -6,10 +6,13 @@ controller is unit-tested without a window, and replay and the live window share
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from live_attention.config import COLORMAPS, FUSIONS, MODES, Config
+from live_attention.config import COLORMAPS, FUSIONS, Config
 from live_attention.datatypes import Result, View
+from live_attention.modes import all_modes, first, mode, mode_for_key
+from live_attention.ui.keys import actions
 
 
 def view_from_config(cfg: Config) -> View:
@@ -26,17 +29,18 @@ class KeyOutcome:
     quit: bool = False
     screenshot: bool = False
     toggle_record: bool = False
-    flow: bool = False
     freeze_changed: bool = False
     cycle_target: bool = False
     note: str | None = None  # a short HUD note on what the key did (or why it did nothing)
 
 
-_MODE_KEYS = {str(i + 1): mode for i, mode in enumerate(MODES)}
+def _cycle(values: Sequence[str], current: str) -> str:
+    return values[(list(values).index(current) + 1) % len(values)]
 
 
 class Controller:
-    """Keyboard navigation over layers, heads, modes and display options.
+    """Keyboard navigation over layers, heads, modes and display options: each key's action comes from
+    the one table of bindings (:func:`live_attention.ui.keys.actions`), each mode's key from its class.
 
     Args:
         num_layers, num_heads: the model's size.
@@ -50,72 +54,71 @@ class Controller:
         self.view = replace(v, layer=v.resolved_layer(num_layers), head=min(v.head, num_heads - 1))
 
     def press(self, key: str) -> KeyOutcome:
-        v = self.view
-        out = KeyOutcome()
         k = key.lower()
-        if k == "up":
-            v = replace(v, layer=min(self.num_layers - 1, v.layer + 1), animating=False)
-        elif k == "down":
-            v = replace(v, layer=max(0, v.layer - 1), animating=False)
-        elif k == "right":  # -1 (fused) -> 0 -> ... -> H-1 -> -1
-            v = replace(v, head=v.head + 1 if v.head < self.num_heads - 1 else -1)
-        elif k == "left":
-            v = replace(v, head=v.head - 1 if v.head > -1 else self.num_heads - 1)
-        elif k in ("0", "backspace"):
-            v = replace(v, head=-1)
-        elif k in _MODE_KEYS:
-            v = replace(v, mode=_MODE_KEYS[k])
-            if v.mode == "flow":
-                out.flow = True
-                if not v.frozen:
-                    v = replace(v, frozen=True)
-                    out.freeze_changed = True
-        elif k == "m":
-            v = replace(v, mode=MODES[(MODES.index(v.mode) + 1) % len(MODES)])
-        elif k == "f":
-            v = replace(v, fusion=FUSIONS[(FUSIONS.index(v.fusion) + 1) % len(FUSIONS)])
-        elif k == "a":
-            if v.picks_layer:
-                v = replace(v, animating=not v.animating)
-            else:
-                out.note = f"{v.mode} uses every layer: nothing to animate (A animates the views of one layer)"
-        elif k == "space":
-            v = replace(v, frozen=not v.frozen)
-            out.freeze_changed = True
-        elif k == "+":
-            v = replace(v, opacity=round(min(1.0, v.opacity + 0.1), 2))
-        elif k == "-":
-            v = replace(v, opacity=round(max(0.0, v.opacity - 0.1), 2))
-        elif k == "c":
-            v = replace(v, colormap=COLORMAPS[(COLORMAPS.index(v.colormap) + 1) % len(COLORMAPS)])
-        elif k == "h":
-            v = replace(v, show_help=not v.show_help)
-        elif k in ("q", "esc"):
-            out.quit = True
-        elif k == "s":
-            out.screenshot = True
-        elif k == "r":
-            out.toggle_record = True
-        elif k == "t":
-            out.cycle_target = True
-        elif k == "j":
-            v = replace(v, smooth=not v.smooth)
-        if v.animating and not v.picks_layer:  # a view of every layer: the layer number must not run on
+        out = KeyOutcome()
+        action = actions().get(k)
+        v = self._act(action, k, self.view, out) if action is not None else self.view
+        if v.animating and not mode(v.mode).picks_layer:  # a view of every layer: the layer must not run on
             v = replace(v, animating=False)
             out.note = f"{v.mode} uses every layer: animation stopped"
         self.view = v
         return out
 
+    def _act(self, action: str, k: str, v: View, out: KeyOutcome) -> View:
+        """The view after ``action`` (the key ``k``); what the loop must do goes into ``out``."""
+        views = {
+            "layer_up": lambda: replace(v, layer=min(self.num_layers - 1, v.layer + 1), animating=False),
+            "layer_down": lambda: replace(v, layer=max(0, v.layer - 1), animating=False),
+            "head_next": lambda: replace(v, head=v.head + 1 if v.head < self.num_heads - 1 else -1),  # -1 -> 0 .. H-1 -> -1
+            "head_prev": lambda: replace(v, head=v.head - 1 if v.head > -1 else self.num_heads - 1),
+            "heads_fused": lambda: replace(v, head=-1),
+            "next_mode": lambda: replace(v, mode=_cycle([m.name for m in all_modes()], v.mode)),
+            "fusion": lambda: replace(v, fusion=_cycle(FUSIONS, v.fusion)),
+            "opacity_up": lambda: replace(v, opacity=round(min(1.0, v.opacity + 0.1), 2)),
+            "opacity_down": lambda: replace(v, opacity=round(max(0.0, v.opacity - 0.1), 2)),
+            "colormap": lambda: replace(v, colormap=_cycle(COLORMAPS, v.colormap)),
+            "help": lambda: replace(v, show_help=not v.show_help),
+            "smooth": lambda: replace(v, smooth=not v.smooth),
+        }
+        if action in views:
+            return views[action]()
+        if action == "mode":
+            chosen = mode_for_key(k)
+            assert chosen is not None  # the table binds the registered modes' keys
+            v = replace(v, mode=chosen.name)
+            if chosen.freezes and not v.frozen:
+                v = replace(v, frozen=True)
+                out.freeze_changed = True
+        elif action == "animate":
+            if mode(v.mode).picks_layer:
+                v = replace(v, animating=not v.animating)
+            else:
+                out.note = f"{v.mode} uses every layer: nothing to animate (A animates the views of one layer)"
+        elif action == "freeze":
+            v = replace(v, frozen=not v.frozen)
+            out.freeze_changed = True
+        elif action == "quit":
+            out.quit = True
+        elif action == "screenshot":
+            out.screenshot = True
+        elif action == "record":
+            out.toggle_record = True
+        elif action == "target":
+            out.cycle_target = True
+        return v
+
     def set_target(self, target: int | None) -> None:
-        """Explain ``target`` (a class index; None: each frame's top-1) in the relevance view."""
-        self.view = replace(self.view, target=target, mode="relevance", animating=False)
+        """Explain ``target`` (a class index; None: each frame's top-1) in the mode that explains a class."""
+        self.view = replace(self.view, target=target, mode=first("explains_class").name, animating=False)
 
     def step_animation(self) -> None:
         """Advance the animated layer by one, wrapping around."""
         self.view = replace(self.view, layer=(self.view.layer + 1) % self.num_layers)
 
     def select_patch(self, patch: int | None) -> None:
-        self.view = replace(self.view, query_patch=patch, mode="query" if patch is not None else self.view.mode)
+        """Query ``patch`` (None: leave the mode as it is)."""
+        self.view = replace(self.view, query_patch=patch,
+                            mode=first("picks_patch").name if patch is not None else self.view.mode)
 
 
 def patch_at(result: Result, x: float, y: float) -> int | None:
@@ -161,6 +164,8 @@ def describe_change(before: View, after: View) -> str | None:
     if after.colormap != before.colormap:
         return f"colormap {after.colormap}"
     if after.fusion != before.fusion:
-        note = " (shown when all heads are fused, and in rollout)" if after.head >= 0 and after.mode != "rollout" else ""
+        by_fusion = " and in ".join(m.name for m in all_modes() if m.fusion_sets_map)
+        note = (f" (shown when all heads are fused, and in {by_fusion})"
+                if after.head >= 0 and not mode(after.mode).fusion_sets_map else "")
         return f"head fusion {after.fusion}{note}"
     return None
