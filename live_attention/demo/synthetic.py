@@ -55,6 +55,8 @@ Box = tuple[int, int, int, int]
 def shape_polygon(label: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
     """Vertices (float, K×2) of shape ``label`` with circumradius ``r`` centred on (cx, cy), rotated."""
     name = CLASS_NAMES[label]
+    a: np.ndarray  # vertex angles
+    rad: np.ndarray  # vertex radii
     if name == "circle":
         a = np.linspace(0.0, 2 * math.pi, 40, endpoint=False)
         rad = np.full_like(a, r * 0.9)  # a circle fills its radius; shrink so areas stay comparable
@@ -320,6 +322,52 @@ class DemoTarget:
     fill: tuple[int, int, int]
 
 
+@dataclass(frozen=True)
+class _Orbit:
+    """The one orbit the targets share: mean turns per second ``w``, angular wobble ``wa`` (radians) at
+    ``wf`` Hz, radius oscillation at ``rf`` Hz, and three phases ``p``."""
+
+    w: float
+    wa: float
+    wf: float
+    rf: float
+    p: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Mover:
+    """A target on the orbit: radius, tilt wobble (Hz), first class and hue; the class and hue advance
+    each class period."""
+
+    r: float
+    wobble: float
+    label0: int
+    hue0: float
+
+
+@dataclass(frozen=True)
+class _Distractor:
+    """A distractor on its own Lissajous path (``fx``, ``fy`` Hz; ``px``, ``py`` phases): hollow ones are
+    an outline of ``colour`` and ``thick`` pixels, the others filled with ``dull``."""
+
+    label: int
+    r: float
+    fx: float
+    fy: float
+    px: float
+    py: float
+    wobble: float
+    theta: float
+    hollow: bool
+    colour: tuple[int, int, int]
+    dull: tuple[int, int, int]
+    thick: int
+
+
+# An object as drawn: (identity, polygon, filled, outline thickness (0: none), centre).
+_Drawn = tuple[tuple[object, ...], np.ndarray, bool, int, tuple[float, float]]
+
+
 class DemoScene:
     """Moving synthetic objects for the live ``demo`` source; ``frame(t)`` is a pure function of ``t``.
 
@@ -356,33 +404,33 @@ class DemoScene:
         bg = background(rng, self.height + 2 * pad, self.width + 2 * pad, scale=self.k)
         # static grain at model resolution, so it survives the model's antialiased downscale
         gh, gw = math.ceil(bg.shape[0] / self.k), math.ceil(bg.shape[1] / self.k)
-        grain = rng.normal(0, 6, size=(gh, gw, 3)).astype(np.float32)
+        grain: np.ndarray = rng.normal(0, 6, size=(gh, gw, 3)).astype(np.float32)
         grain = cv2.resize(grain, (bg.shape[1], bg.shape[0]), interpolation=cv2.INTER_NEAREST)
         self._bg = np.clip(bg + grain, 0, 255).astype(np.float32)
         self._bg_phase = rng.uniform(0, 2 * math.pi, size=2)
         # Targets share one orbit around the centre, evenly spaced, so they never overlap.
-        self._orbit = dict(
+        self._orbit = _Orbit(
             w=rng.uniform(0.04, 0.06) * rng.choice([-1.0, 1.0]),  # mean turns per second
             wa=rng.uniform(0.6, 1.0),  # angular wobble, radians
             wf=rng.uniform(0.05, 0.08),
             rf=rng.uniform(0.09, 0.13),  # radius oscillation, Hz
             p=rng.uniform(0, 2 * math.pi, size=3),
         )
-        self._targets = []
+        self._targets: list[_Mover] = []
         first_label = int(rng.integers(NUM_CLASSES))
         for i in range(num_targets):
             self._targets.append(
-                dict(
+                _Mover(
                     r=rng.uniform(9.5, 11.0) * self.k,
                     wobble=rng.uniform(0.1, 0.25),
                     label0=first_label + i,  # all change class together, so they never share one
                     hue0=rng.uniform(0, 180),
                 )
             )
-        self._distractors = []
+        self._distractors: list[_Distractor] = []
         for _ in range(num_distractors):
             self._distractors.append(
-                dict(
+                _Distractor(
                     label=int(rng.integers(NUM_CLASSES)),
                     r=rng.uniform(*DISTRACTOR_RADIUS) * self.k,
                     fx=rng.uniform(0.04, 0.1),
@@ -399,11 +447,11 @@ class DemoScene:
             )
 
     # ---------------------------------------------------------------------------------------------
-    def _pos(self, d: dict, r: float, t: float) -> tuple[float, float]:
+    def _pos(self, d: _Distractor, r: float, t: float) -> tuple[float, float]:
         margin = r * 1.15 + 0.02 * self.side
         half = self.side / 2.0 - margin
-        cx = self.x_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fx"] * t + d["px"])
-        cy = self.y_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fy"] * t + d["py"])
+        cx = self.x_off + self.side / 2.0 + half * math.sin(2 * math.pi * d.fx * t + d.px)
+        cy = self.y_off + self.side / 2.0 + half * math.sin(2 * math.pi * d.fy * t + d.py)
         return cx, cy
 
     def _orbit_pos(self, i: int, r: float, t: float) -> tuple[float, float]:
@@ -414,8 +462,8 @@ class DemoScene:
         # every shape's reach (at most 1.25 r, outline included).
         n = max(2, self.num_targets)
         r_min = min(r_max, 1.3 * r / math.sin(math.pi / n))
-        rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o["rf"] * t + o["p"][0]))
-        phi = 2 * math.pi * o["w"] * t + o["wa"] * math.sin(2 * math.pi * o["wf"] * t + o["p"][1]) + o["p"][2]
+        rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o.rf * t + o.p[0]))
+        phi = 2 * math.pi * o.w * t + o.wa * math.sin(2 * math.pi * o.wf * t + o.p[1]) + o.p[2]
         phi += 2 * math.pi * i / n
         cx = self.x_off + self.side / 2.0 + rho * math.cos(phi)
         cy = self.y_off + self.side / 2.0 + rho * math.sin(phi)
@@ -439,11 +487,11 @@ class DemoScene:
         for i, d in enumerate(self._targets):
             if not self._visible(i, t):
                 continue
-            label = (d["label0"] + cycle) % NUM_CLASSES
-            cx, cy = self._orbit_pos(i, d["r"], t)
-            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
-            th = max(1, int(round(0.18 * d["r"])))
-            fill = _hsv_to_bgr(d["hue0"] + 37 * cycle, 255, 245)
+            label = (d.label0 + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, d.r, t)
+            poly = shape_polygon(label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t))
+            th = max(1, int(round(0.18 * d.r)))
+            fill = _hsv_to_bgr(d.hue0 + 37 * cycle, 255, 245)
             mask = np.zeros((self.height, self.width), np.uint8)
             pts = _fixed(poly)
             cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=_SHIFT)
@@ -457,23 +505,23 @@ class DemoScene:
         return (pad * 0.8 * math.sin(2 * math.pi * 0.03 * t + self._bg_phase[0]),
                 pad * 0.8 * math.sin(2 * math.pi * 0.023 * t + self._bg_phase[1]))
 
-    def _objects(self, t: float) -> list[tuple[tuple, np.ndarray, bool, int, tuple[float, float]]]:
+    def _objects(self, t: float) -> list[_Drawn]:
         """What :meth:`frame` draws over the background at ``t``, in drawing order: (identity, polygon,
         filled, outline thickness (0: none), centre). A target's identity holds its class, so a target
         that changes class is a new object."""
-        out = []
+        out: list[_Drawn] = []
         for i, d in enumerate(self._distractors):
-            cx, cy = self._pos(d, d["r"], t)
-            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
-            out.append((("distractor", i), poly, not d["hollow"], d["thick"] if d["hollow"] else 0, (cx, cy)))
+            cx, cy = self._pos(d, d.r, t)
+            poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
+            out.append((("distractor", i), poly, not d.hollow, d.thick if d.hollow else 0, (cx, cy)))
         cycle = int(math.floor(t / self.period))
-        for i, d in enumerate(self._targets):
+        for i, mv in enumerate(self._targets):
             if not self._visible(i, t):
                 continue
-            label = (d["label0"] + cycle) % NUM_CLASSES
-            cx, cy = self._orbit_pos(i, d["r"], t)
-            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
-            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * d["r"]))), (cx, cy)))
+            label = (mv.label0 + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, mv.r, t)
+            poly = shape_polygon(label, cx, cy, mv.r, MAX_TILT * math.sin(2 * math.pi * mv.wobble * t))
+            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * mv.r))), (cx, cy)))
         return out
 
     def _owners(self, objects: list) -> np.ndarray:
@@ -518,22 +566,22 @@ class DemoScene:
         t = float(t)
         pad = self._pad
         dx, dy = self._bg_shift(t)
-        m = np.float32([[1, 0, -pad - dx], [0, 1, -pad - dy]])
+        m = np.array([[1, 0, -pad - dx], [0, 1, -pad - dy]], np.float32)
         img = cv2.warpAffine(self._bg, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)
         img = np.clip(img, 0, 255).astype(np.uint8)
         for d in self._distractors:
-            cx, cy = self._pos(d, d["r"], t)
-            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
-            if d["hollow"]:
-                _draw_shape(img, poly, None, d["colour"], d["thick"])
+            cx, cy = self._pos(d, d.r, t)
+            poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
+            if d.hollow:
+                _draw_shape(img, poly, None, d.colour, d.thick)
             else:
-                _draw_shape(img, poly, d["dull"], None, 0)
+                _draw_shape(img, poly, d.dull, None, 0)
         for poly, th, tg in self._target_geometry(t):
             _draw_shape(img, poly, tg.fill, (245, 245, 245), th)
         # temporal grain at model resolution
         rng = np.random.default_rng([self.seed, int(round(t * 1000.0)) & 0x7FFFFFFF])
         gh, gw = math.ceil(self.height / self.k), math.ceil(self.width / self.k)
-        grain = rng.normal(0, 5, size=(gh, gw, 3)).astype(np.float32)
+        grain: np.ndarray = rng.normal(0, 5, size=(gh, gw, 3)).astype(np.float32)
         grain = cv2.resize(grain, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
         return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)
