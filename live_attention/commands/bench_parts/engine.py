@@ -7,13 +7,17 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torchvision
+from torch import nn
 
 from live_attention.commands.bench_parts.live import TARGET_GUI_FPS, TARGET_LATENCY_RATIO, bench_pipeline
 from live_attention.commands.bench_parts.measure import (
     Report,
+    Sync,
+    Timed,
     interleaved,
     median_ms,
     random_frame,
@@ -47,6 +51,7 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
     dev = resolve_device(device)
     sync = sync_of(dev)
     rep.section(f"Engine: {name} on {dev.type}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
+    factory: Callable[[], nn.Module]  # a fresh model with the same weights for each precision
     if name == "demo":
         eng32 = load_model("demo", device=dev, precision="fp32")
         factory = lambda: copy.deepcopy(eng32.module).float()  # noqa: E731
@@ -67,7 +72,7 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
         plain = factory().eval().to(dev, eng.dtype)
         xp = x.to(eng.dtype)
         with torch.inference_mode():
-            fns = {"plain": lambda plain=plain, xp=xp: plain(xp), "run": lambda eng=eng: eng.run(x),
+            fns: dict[str, Timed] = {"plain": lambda plain=plain, xp=xp: plain(xp), "run": lambda eng=eng: eng.run(x),
                    "cls": lambda eng=eng: eng.run(x, Keep.parts(rows=(0,))),
                    "live": lambda eng=eng: eng.run(x, live), "every": lambda eng=eng: eng.run(x, every)}
             if p == "fp32":
@@ -105,6 +110,7 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
         bench_batch(rep, name, eng, factory, reps, sync)
     if flow:
         attn = eng32.run(x).attn
+        assert attn is not None  # run() without a Keep keeps every layer's whole attention
         t = time.perf_counter()
         attention_flow(attn[0].cpu())
         fl = time.perf_counter() - t
@@ -134,7 +140,8 @@ def bench_live_step(rep: Report, name: str, eng: AttentionEngine, reps: int, app
             rep.add(f"{name}.graph_fallback", "CUDA graph capture failed", runner.fallback_reason)
 
 
-def bench_batch(rep: Report, name: str, eng: AttentionEngine, factory, reps: int, sync) -> None:
+def bench_batch(rep: Report, name: str, eng: AttentionEngine, factory: Callable[[], nn.Module], reps: int,
+                sync: Sync) -> None:
     """Batch 64 on CUDA: only what rollout and CLS views need (fp16 storage) against the plain forward,
     and the peers side by side (timm with hooks on attn_drop, Hugging Face eager with output_attentions)."""
     dev = eng.device
@@ -143,7 +150,7 @@ def bench_batch(rep: Report, name: str, eng: AttentionEngine, factory, reps: int
         x = torch.randn(b, 3, eng.image_size, eng.image_size, device=dev, dtype=eng.dtype)
         keep = Keep.parts(rows=(0,), fused="mean", dtype=torch.float16)
         with torch.inference_mode():
-            fns = {"plain": lambda x=x: plain(x), "parts": lambda x=x, k=keep: eng.run(x, k),
+            fns: dict[str, Timed] = {"plain": lambda x=x: plain(x), "parts": lambda x=x, k=keep: eng.run(x, k),
                    "all": lambda x=x: eng.run(x)}
             fns.update(_peers(name, dev, x))
             r = interleaved(fns, max(3, reps // 2), sync)
@@ -156,21 +163,28 @@ def bench_batch(rep: Report, name: str, eng: AttentionEngine, factory, reps: int
                         r[peer], "ms", "", r["parts"] <= r[peer])
 
 
-def _peers(name: str, dev: torch.device, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+def _peers(name: str, dev: torch.device, x: torch.Tensor) -> dict[str, Timed]:
     """How others read ViT attention, where those libraries are installed: timm with hooks on
     ``attn_drop`` (vit-explain's way) and transformers eager with ``output_attentions``."""
     if name != "vit_b_16":
         return {}
-    fns: dict[str, Callable[[], object]] = {}
+    fns: dict[str, Timed] = {}
     try:
         import timm
 
-        m = timm.create_model("vit_base_patch16_224", pretrained=False).eval().to(dev, x.dtype)
-        store: list = []
+        # A timm VisionTransformer: its blocks and their attention are read by name (nn.Module types them
+        # only as Tensor | Module).
+        m: Any = timm.create_model("vit_base_patch16_224", pretrained=False).eval().to(dev, x.dtype)
+        store: list[torch.Tensor] = []
         for blk in m.blocks:
             blk.attn.fused_attn = False
             blk.attn.attn_drop.register_forward_hook(lambda _m, _i, o: store.append(o))
-        fns["timm_hooks"] = lambda: (store.clear(), m(x))
+
+        def timm_hooks() -> object:
+            store.clear()
+            return m(x)
+
+        fns["timm_hooks"] = timm_hooks
     except ImportError:
         pass
     try:

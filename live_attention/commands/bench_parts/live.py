@@ -46,7 +46,9 @@ def bench_pipeline(source: str, model: str, seconds: float, record: bool = False
         while session.worker.processed < 2 and time.monotonic() < t0 + 60:  # let the model warm up
             loop.step()
         stats = loop.stats
-        stats.iteration_ms.clear(), stats.latency_ms.clear(), stats.render_ms.clear()
+        stats.iteration_ms.clear()
+        stats.latency_ms.clear()
+        stats.render_ms.clear()
         t0, processed0, it0 = time.monotonic(), session.worker.processed, stats.iterations
         while time.monotonic() < t0 + seconds:
             loop.step()

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# A timed call, made with no arguments. Typed ``Callable[..., object]`` rather than ``Callable[[], object]``
+# because the parts bind loop variables as lambda defaults (``lambda v=v: ...``), which mypy cannot infer
+# against a callable of no parameters.
+Timed = Callable[..., object]
+Sync = Callable[[], None] | None  # torch.cuda.synchronize on a GPU (timings wait for the kernels), else None
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, sync=None) -> dict[str, float]:
+
+def interleaved(fns: Mapping[str, Timed], reps: int, sync: Sync = None) -> dict[str, float]:
     """Median ms of each function, run in alternation so drift in machine load hits all alike."""
     for fn in fns.values():
         fn()
@@ -30,7 +36,7 @@ def interleaved(fns: dict[str, Callable[[], object]], reps: int, sync=None) -> d
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def median_ms(fn: Callable[[], object], reps: int, sync=None) -> float:
+def median_ms(fn: Timed, reps: int, sync: Sync = None) -> float:
     return interleaved({"fn": fn}, reps, sync)["fn"]
 
 
@@ -87,7 +93,7 @@ class Report:
         return "\n".join(f"  {label:<{width}} {val:>16}  {verdict}" for label, val, verdict in self.rows)
 
 
-def sync_of(dev: torch.device):
+def sync_of(dev: torch.device) -> Sync:
     return torch.cuda.synchronize if dev.type == "cuda" else None
 
 

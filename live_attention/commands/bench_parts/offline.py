@@ -40,7 +40,7 @@ def bench_render_command(rep: Report, source: str, model: str, device: str) -> N
 
     def engine_alone() -> tuple[int, float]:
         per_frame = {b: median_ms(lambda b=b: eng.run(torch.cat(xs[:b]), keep), 3, sync) / b for b in (1, 2, 4, 8, 16)}
-        best = min(per_frame, key=per_frame.get)
+        best = min(per_frame, key=lambda b: per_frame[b])
         return best, per_frame[best]
 
     best, before = engine_alone()
