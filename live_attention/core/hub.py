@@ -15,7 +15,6 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 from live_attention.core.weights import first_sentence, offline
 from live_attention.errors import UserError, WeightsError
@@ -82,22 +81,16 @@ def hub_endpoint() -> str:
         return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
-def _hub_constants() -> ModuleType | None:
-    """``huggingface_hub.constants``; None when the hub library is not installed."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return None
-    return constants
-
-
 @contextmanager
 def hub_session() -> Iterator[None]:
     """While a model loads: our offline switch also switches huggingface_hub's (which reads
     ``HF_HUB_OFFLINE`` once, at import, into ``huggingface_hub.constants`` and consults that at every
     call), so does a hub that cannot be reached; the libraries' progress bars, load reports and retry
     warnings stay off the console unless ``-v``."""
-    constants = _hub_constants()
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        constants = None  # type: ignore[assignment]  # no hub library: each use below checks for None
     before = constants.HF_HUB_OFFLINE if constants is not None else None
     if constants is not None and (offline() or hub_unreachable(hub_endpoint())):
         constants.HF_HUB_OFFLINE = True
