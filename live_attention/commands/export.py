@@ -95,6 +95,7 @@ def export(args: argparse.Namespace) -> int:
         if not session.has_maps or args.target is not None:
             engine = engine_for_session(session, args.weights, args.device)
         if args.target is not None:  # a class name or index: the session's model says which class that is
+            assert engine is not None  # loaded just above for a target
             overrides["target"] = engine.class_index(args.target)
         if args.grid and args.layers_gif:
             raise UserError("--grid and --layers-gif write different files: pick one")
@@ -107,14 +108,14 @@ def export(args: argparse.Namespace) -> int:
             index = args.frame - 1
             if args.grid:
                 out = check_output(args.output, args.overwrite, (".png", ".jpg", ".jpeg"), "--grid writes an image")
-                img = grid_picture(session, index, overrides.get("colormap", "inferno"), engine)
+                img = grid_picture(session, index, str(overrides.get("colormap", "inferno")), engine)
                 with PartialOutput(out, args.overwrite) as part:
                     if not cv2.imwrite(str(part.path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                         raise UserError(f"cannot write {out}: use .png or .jpg in a writable folder")
             else:
                 out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
                                    "--layers-gif writes an animation")
-                view = replace(export_view(session, index, overrides), mode=overrides.get("mode", "attention"))
+                view = replace(export_view(session, index, overrides), mode=str(overrides.get("mode", "attention")))
                 if engine is None and session.has_raw and needs_model(view, session.result(index)):
                     engine = engine_for_session(session, args.weights, args.device)
                 frames = layers_frames(session, index, view, engine)

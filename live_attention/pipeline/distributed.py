@@ -132,14 +132,14 @@ class RayWorker:
         where = f"node {ray.util.get_node_ip_address()}"
         if self.renderer is not None:
             where += f", {self.renderer.engine.device}"
-        return ray.get_runtime_context().get_actor_id(), where, self.error
+        return _actor_id(), where, self.error
 
     def render(self, job: Job) -> Outcome:
         import traceback
 
         import ray
 
-        me = ray.get_runtime_context().get_actor_id()
+        me = _actor_id()
         try:
             if self.renderer is None:
                 raise UserError(self.error or "the engine did not load")
@@ -154,6 +154,14 @@ class RayWorker:
     def _notes(self) -> tuple[str, ...]:
         notes, self.notes[:] = tuple(self.notes), []
         return notes
+
+
+def _actor_id() -> str:
+    import ray
+
+    me = ray.get_runtime_context().get_actor_id()
+    assert me is not None  # RayWorker's methods run in its actor, which has an id
+    return me
 
 
 def _check_shared(job: Job, node: str) -> None:
