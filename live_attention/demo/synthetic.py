@@ -33,7 +33,19 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+from live_attention.demo.shapes import (
+    CLASS_NAMES,
+    SHIFT,
+    background,
+    draw_shape,
+    dull_colour,
+    fixed_points,
+    hsv_to_bgr,
+    outline_grey,
+    shape_polygon,
+    target_colour,
+)
+
 NUM_CLASSES = len(CLASS_NAMES)
 MAX_TARGETS = 3  # a scene holds 1 to MAX_TARGETS targets, each of a different class
 MODEL_SIZE = 64  # the demo model's input size, in pixels; object sizes below are in these units
@@ -43,131 +55,7 @@ TARGET_RADIUS = (8.0, 11.5)
 DISTRACTOR_RADIUS = (6.5, 11.0)
 MAX_TILT = math.radians(8)  # shapes are drawn upright (or flipped/transposed by augmentation), tilted a little
 _SUPERSAMPLE = 2
-_SHIFT = 4  # fixed-point bits for OpenCV's sub-pixel drawing
 Box = tuple[int, int, int, int]
-
-
-# --------------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------------
-
-
-def shape_polygon(label: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
-    """Vertices (float, K×2) of shape ``label`` with circumradius ``r`` centred on (cx, cy), rotated."""
-    name = CLASS_NAMES[label]
-    a: np.ndarray  # vertex angles
-    rad: np.ndarray  # vertex radii
-    if name == "circle":
-        a = np.linspace(0.0, 2 * math.pi, 40, endpoint=False)
-        rad = np.full_like(a, r * 0.9)  # a circle fills its radius; shrink so areas stay comparable
-    elif name == "square":
-        a = np.arange(4) * (math.pi / 2) + math.pi / 4
-        rad = np.full(4, r * 0.95)
-    elif name == "triangle":
-        a = np.arange(3) * (2 * math.pi / 3) - math.pi / 2
-        rad = np.full(3, r * 1.05)
-        cy = cy + 0.2 * r  # centre the triangle's box, not its circumcentre
-    elif name == "cross":
-        w = 0.36
-        pts = np.array(
-            [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-             (-w, -w)], dtype=np.float64,
-        ) * (r * 0.8)
-        c, s = math.cos(theta), math.sin(theta)
-        rot = pts @ np.array([[c, s], [-s, c]])
-        return rot + np.array([cx, cy])
-    else:  # pragma: no cover - CLASS_NAMES and this function change together
-        raise ValueError(f"unknown shape {name!r}")
-    a = a + theta
-    return np.stack([cx + rad * np.cos(a), cy + rad * np.sin(a)], axis=1)
-
-
-def _fixed(pts: np.ndarray) -> np.ndarray:
-    return np.round(pts * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
-
-
-def _draw_shape(
-    img: np.ndarray,
-    poly: np.ndarray,
-    fill: tuple[int, int, int] | None,
-    outline: tuple[int, int, int] | None,
-    thickness: int,
-    mask: np.ndarray | None = None,
-) -> None:
-    """Fill and/or outline ``poly`` on ``img`` (and, when given, on the uint8 ``mask`` with 255)."""
-    p = _fixed(poly)
-    if fill is not None:
-        cv2.fillPoly(img, [p], fill, lineType=cv2.LINE_AA, shift=_SHIFT)
-        if mask is not None:
-            cv2.fillPoly(mask, [p], 255, lineType=cv2.LINE_8, shift=_SHIFT)
-    if outline is not None and thickness > 0:
-        cv2.polylines(img, [p], True, outline, thickness=thickness, lineType=cv2.LINE_AA, shift=_SHIFT)
-        if mask is not None:
-            cv2.polylines(mask, [p], True, 255, thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)
-
-
-def _hsv_to_bgr(h: float, s: float, v: float) -> tuple[int, int, int]:
-    px = np.array([[[int(h) % 180, int(np.clip(s, 0, 255)), int(np.clip(v, 0, 255))]]], dtype=np.uint8)
-    b, g, r = cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0]
-    return int(b), int(g), int(r)
-
-
-def target_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A bright, fully saturated fill of random hue (BGR)."""
-    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(225, 255), rng.uniform(215, 255))
-
-
-def _dull_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(0, 90), rng.uniform(55, 150))
-
-
-def _outline_grey(rng: np.random.Generator) -> tuple[int, int, int]:
-    g = int(rng.uniform(200, 255))
-    return (g, g, g)
-
-
-# --------------------------------------------------------------------------------------------------
-# Background
-# --------------------------------------------------------------------------------------------------
-
-
-def background(rng: np.random.Generator, height: int, width: int, scale: float = 1.0) -> np.ndarray:
-    """A textured float32 BGR background: low-frequency colour blobs and faint lines (no noise).
-
-    ``scale`` is output pixels per model pixel; line widths follow it.
-    """
-    gh, gw = int(rng.integers(2, 5)), int(rng.integers(2, 5))
-    base = rng.uniform(40, 200, size=3)
-    grid = base + rng.normal(0, 45, size=(gh, gw, 3))
-    grey = grid.mean(-1, keepdims=True)
-    grid = grey + rng.uniform(0.3, 0.7) * (grid - grey)  # keep blobs well below a target's saturation
-    # The colour field is smooth: build it on a coarse grid, then resize once.
-    ch = 16
-    cw = max(4, int(round(ch * width / height)))
-    field = cv2.resize(grid.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32) + 0.5
-    for _ in range(int(rng.integers(1, 4))):
-        cx, cy = rng.uniform(0, cw), rng.uniform(0, ch)
-        sig = rng.uniform(0.12, 0.3) * min(ch, cw)
-        amp = rng.normal(0, 40, size=3).astype(np.float32)
-        g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sig * sig))
-        field += g[..., None] * amp
-    img = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
-    # faint lines
-    for _ in range(int(rng.integers(2, 6))):
-        p0 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
-        p1 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
-        layer = np.zeros((height, width), np.uint8)
-        t = max(1, int(round(rng.uniform(0.6, 1.6) * scale)))
-        cv2.line(layer, _pt(p0), _pt(p1), 255, thickness=t, lineType=cv2.LINE_AA, shift=_SHIFT)
-        alpha = rng.uniform(0.15, 0.4) * layer.astype(np.float32)[..., None] / 255.0
-        col = rng.uniform(0, 255) if rng.random() < 0.5 else rng.uniform(0, 255, size=3)
-        img = img * (1 - alpha) + alpha * np.asarray(col, np.float32)
-    return np.clip(img, 0, 255).astype(np.float32)
-
-
-def _pt(p: tuple[float, float]) -> tuple[int, int]:
-    return int(round(p[0] * (1 << _SHIFT))), int(round(p[1] * (1 << _SHIFT)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,14 +159,14 @@ def make_scene(
             continue
         placed.append(d)
         if rng.random() < 0.5:  # hollow: outline only
-            _draw_shape(img, d.polygon(), None, _outline_grey(rng), d.thickness)
+            draw_shape(img, d.polygon(), None, outline_grey(rng), d.thickness)
         else:  # dull fill, no outline
-            _draw_shape(img, d.polygon(), _dull_colour(rng), None, 0)
+            draw_shape(img, d.polygon(), dull_colour(rng), None, 0)
     multi_hot = np.zeros(NUM_CLASSES, np.int64)
     boxes = np.zeros((NUM_CLASSES, 4), np.int64)
     for t in targets:
         mask = np.zeros((bh, bw), np.uint8)
-        _draw_shape(img, t.polygon(), target_colour(rng), _outline_grey(rng), t.thickness, mask=mask)
+        draw_shape(img, t.polygon(), target_colour(rng), outline_grey(rng), t.thickness, mask=mask)
         multi_hot[t.label] = 1
         boxes[t.label] = _mask_box(mask, ss)
     out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
@@ -440,8 +328,8 @@ class DemoScene:
                     wobble=rng.uniform(0.05, 0.2),
                     theta=rng.uniform(0, 2 * math.pi),
                     hollow=bool(rng.random() < 0.5),
-                    colour=_outline_grey(rng),
-                    dull=_dull_colour(rng),
+                    colour=outline_grey(rng),
+                    dull=dull_colour(rng),
                     thick=max(1, int(round(0.2 * 8.0 * self.k))),
                 )
             )
@@ -491,11 +379,11 @@ class DemoScene:
             cx, cy = self._orbit_pos(i, d.r, t)
             poly = shape_polygon(label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t))
             th = max(1, int(round(0.18 * d.r)))
-            fill = _hsv_to_bgr(d.hue0 + 37 * cycle, 255, 245)
+            fill = hsv_to_bgr(d.hue0 + 37 * cycle, 255, 245)
             mask = np.zeros((self.height, self.width), np.uint8)
-            pts = _fixed(poly)
-            cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=_SHIFT)
-            cv2.polylines(mask, [pts], True, 255, thickness=th, lineType=cv2.LINE_8, shift=_SHIFT)
+            pts = fixed_points(poly)
+            cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=SHIFT)
+            cv2.polylines(mask, [pts], True, 255, thickness=th, lineType=cv2.LINE_8, shift=SHIFT)
             out.append((poly, th, DemoTarget(label, _mask_box(mask, 1), fill)))
         return out
 
@@ -528,11 +416,11 @@ class DemoScene:
         """Which object covers each pixel (its index in ``objects`` plus 1; 0: the background)."""
         owner = np.zeros((self.height, self.width), np.int16)
         for k, (_ident, poly, filled, thick, _c) in enumerate(objects):
-            pts = _fixed(poly)
+            pts = fixed_points(poly)
             if filled:
-                cv2.fillPoly(owner, [pts], k + 1, lineType=cv2.LINE_8, shift=_SHIFT)
+                cv2.fillPoly(owner, [pts], k + 1, lineType=cv2.LINE_8, shift=SHIFT)
             if thick:
-                cv2.polylines(owner, [pts], True, k + 1, thickness=thick, lineType=cv2.LINE_8, shift=_SHIFT)
+                cv2.polylines(owner, [pts], True, k + 1, thickness=thick, lineType=cv2.LINE_8, shift=SHIFT)
         return owner
 
     def motion(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -574,11 +462,11 @@ class DemoScene:
             cx, cy = self._pos(d, d.r, t)
             poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
             if d.hollow:
-                _draw_shape(img, poly, None, d.colour, d.thick)
+                draw_shape(img, poly, None, d.colour, d.thick)
             else:
-                _draw_shape(img, poly, d.dull, None, 0)
+                draw_shape(img, poly, d.dull, None, 0)
         for poly, th, tg in self._target_geometry(t):
-            _draw_shape(img, poly, tg.fill, (245, 245, 245), th)
+            draw_shape(img, poly, tg.fill, (245, 245, 245), th)
         # temporal grain at model resolution
         rng = np.random.default_rng([self.seed, int(round(t * 1000.0)) & 0x7FFFFFFF])
         gh, gw = math.ceil(self.height / self.k), math.ceil(self.width / self.k)
