@@ -98,7 +98,7 @@ class Outcome:
     """What a worker sends back for one job: frames written, or the one-line error."""
 
     job: Job
-    worker: str  # the Ray actor id of the worker that ran it
+    worker: str | None  # the Ray actor id of the worker that ran it (None: called outside an actor, as tests do)
     frames: int = 0
     expected: int | None = None
     error: str | None = None
@@ -125,21 +125,21 @@ class RayWorker:
                 logger.exception("the engine did not load")
             self.error = failure_reason(exc)
 
-    def ready(self) -> tuple[str, str, str | None]:
+    def ready(self) -> tuple[str | None, str, str | None]:
         """(this worker's actor id, where it runs: node and device, why its engine did not load or None)."""
         import ray
 
         where = f"node {ray.util.get_node_ip_address()}"
         if self.renderer is not None:
             where += f", {self.renderer.engine.device}"
-        return _actor_id(), where, self.error
+        return ray.get_runtime_context().get_actor_id(), where, self.error
 
     def render(self, job: Job) -> Outcome:
         import traceback
 
         import ray
 
-        me = _actor_id()
+        me = ray.get_runtime_context().get_actor_id()
         try:
             if self.renderer is None:
                 raise UserError(self.error or "the engine did not load")
@@ -154,14 +154,6 @@ class RayWorker:
     def _notes(self) -> tuple[str, ...]:
         notes, self.notes[:] = tuple(self.notes), []
         return notes
-
-
-def _actor_id() -> str:
-    import ray
-
-    me = ray.get_runtime_context().get_actor_id()
-    assert me is not None  # RayWorker's methods run in its actor, which has an id
-    return me
 
 
 def _check_shared(job: Job, node: str) -> None:
@@ -355,6 +347,7 @@ class _PoolRun:
             self.finish(jobs.popleft(), f"the Ray worker rendering it died, also on the retry ({type(exc).__name__}: "
                         "a crash, or out of memory? see the worker's log)")
             return
+        assert out.worker is not None  # the pool's jobs run in actors, which have ids
         self.running[out.worker].remove(out.job)
         for note in out.notes:
             if note not in self.said:
