@@ -32,8 +32,10 @@ system-deps:
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
+# The style checker and the type checker (its settings: pyproject.toml's [tool.ruff] and [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check live_attention tests
+	$(BIN)/mypy live_attention
 
 bench: $(STAMP)
 	$(BIN)/live-attention bench $(ARGS)
@@ -46,4 +48,4 @@ gpu-check:
 	@PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PY) -m tests.gpu_check $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -100,6 +100,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         source.release()
         raise
     session = LiveSession(cfg, engine, source)
+    display: HeadlessDisplay | Window
     if args.headless:
         display = HeadlessDisplay()
     else:
@@ -125,7 +126,7 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
                 loop.say(f"recording not started: {exc}", 8.0)  # a bad folder must not stop the live view
         status = loop.run()
     finally:
-        path = str(session.recorder.path) if session.recorder is not None else None
+        saved = str(session.recorder.path) if session.recorder is not None else None
         session.stop()
         display.close()
         for s, h in old.items():
@@ -133,8 +134,8 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if args.headless:
             if session.finished:
                 print(f"live-attention: end of input ({source.name}, {session.capture.frames} frames)", file=sys.stderr)
-            if path:
-                print(f"live-attention: recording saved in {path}", file=sys.stderr)
+            if saved:
+                print(f"live-attention: recording saved in {saved}", file=sys.stderr)
     for err in session.record_errors:  # the app went on; the exit status says the recording did not
         print(f"live-attention: error: {err}", file=sys.stderr)
     return status or (1 if session.record_errors else 0)

@@ -25,6 +25,8 @@ from live_attention.commands.args import (
 from live_attention.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from live_attention.io.recording import Session
 
 
@@ -65,6 +67,20 @@ def main(argv: list[str]) -> int:
     return export(args)
 
 
+def _write_animation(frames: list[np.ndarray], out: Path, overwrite: bool) -> None:
+    """``--layers-gif``: a GIF, or a video at two frames per second."""
+    from live_attention.io.outputs import PartialOutput
+    from live_attention.io.writers import H264Writer, write_gif
+
+    with PartialOutput(out, overwrite) as part:
+        if out.suffix.lower() == ".gif":
+            write_gif(frames, part.path)
+        else:
+            with H264Writer(part.path, frames[0].shape[1], frames[0].shape[0], fps=2, overwrite=True) as w:
+                for i, f in enumerate(frames):
+                    w.write(f, i * 0.5)
+
+
 def export(args: argparse.Namespace) -> int:
     """The export itself. The heavy part (torch, OpenCV, PyAV) loads here, once the arguments are known
     good: ``--help`` and a bad flag answer at once."""
@@ -73,7 +89,6 @@ def export(args: argparse.Namespace) -> int:
     from live_attention.io.mapfile import MapsFile, check_maps_path
     from live_attention.io.outputs import PartialOutput, check_output, partial_path
     from live_attention.io.recording import Session
-    from live_attention.io.writers import H264Writer, write_gif
     from live_attention.modes import needs_model
     from live_attention.pipeline.replay import (
         engine_for_session,
@@ -94,8 +109,8 @@ def export(args: argparse.Namespace) -> int:
         engine = None
         if not session.has_maps or args.target is not None:
             engine = engine_for_session(session, args.weights, args.device)
-        if args.target is not None:  # a class name or index: the session's model says which class that is
-            overrides["target"] = engine.class_index(args.target)
+            if args.target is not None:  # a class name or index: the session's model says which class that is
+                overrides["target"] = engine.class_index(args.target)
         if args.grid and args.layers_gif:
             raise UserError("--grid and --layers-gif write different files: pick one")
         if args.save_maps and (args.grid or args.layers_gif):
@@ -107,24 +122,17 @@ def export(args: argparse.Namespace) -> int:
             index = args.frame - 1
             if args.grid:
                 out = check_output(args.output, args.overwrite, (".png", ".jpg", ".jpeg"), "--grid writes an image")
-                img = grid_picture(session, index, overrides.get("colormap", "inferno"), engine)
+                img = grid_picture(session, index, str(overrides.get("colormap", "inferno")), engine)
                 with PartialOutput(out, args.overwrite) as part:
                     if not cv2.imwrite(str(part.path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
                         raise UserError(f"cannot write {out}: use .png or .jpg in a writable folder")
             else:
                 out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
                                    "--layers-gif writes an animation")
-                view = replace(export_view(session, index, overrides), mode=overrides.get("mode", "attention"))
+                view = replace(export_view(session, index, overrides), mode=str(overrides.get("mode", "attention")))
                 if engine is None and session.has_raw and needs_model(view, session.result(index)):
                     engine = engine_for_session(session, args.weights, args.device)
-                frames = layers_frames(session, index, view, engine)
-                with PartialOutput(out, args.overwrite) as part:
-                    if out.suffix.lower() == ".gif":
-                        write_gif(frames, part.path)
-                    else:
-                        with H264Writer(part.path, frames[0].shape[1], frames[0].shape[0], fps=2, overwrite=True) as w:
-                            for i, f in enumerate(frames):
-                                w.write(f, i * 0.5)
+                _write_animation(layers_frames(session, index, view, engine), out, args.overwrite)
         else:
             out = check_output(args.output, args.overwrite, (".mp4", ".mkv", ".mov"),
                                "a session exports to .mp4 (or .mkv), or --grid to a .png")

@@ -105,8 +105,8 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
     from live_attention.web.server import WebServer
     from live_attention.web.source import BrowserSource
 
-    browser = cfg.source.source.lower() == "browser"
-    source = BrowserSource() if browser else open_source(
+    browser = BrowserSource() if cfg.source.source.lower() == "browser" else None
+    source = browser if browser is not None else open_source(
         cfg.source.source, loop=cfg.source.loop, width=cfg.source.width, height=cfg.source.height,
         fps=cfg.source.fps, slideshow_seconds=cfg.source.slideshow_seconds)
     try:
@@ -117,7 +117,7 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
         raise
     session = LiveSession(cfg, engine, source)
     display = WebDisplay(max_fps=cfg.window.max_fps or 60.0)
-    server = WebServer(display, sock, token, ctx, source if browser else None, extra_state=session.state)
+    server = WebServer(display, sock, token, ctx, browser, extra_state=session.state)
     loop = FrameLoop(session, display, view, entropy_seconds=cfg.view.entropy_seconds, residual=cfg.view.residual,
                      animate_fps=cfg.view.animate_fps, screenshot_dir=cfg.window.screenshot_dir,
                      state_file=args.state_file, max_seconds=args.max_seconds)
@@ -134,16 +134,16 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
             print(f"live-attention: recording to {path}", file=sys.stderr, flush=True)
         status = loop.run()
     finally:
-        path = str(session.recorder.path) if session.recorder is not None else None
-        if browser:
-            source.close()  # ends the capture thread's wait for the next browser frame
+        saved = str(session.recorder.path) if session.recorder is not None else None
+        if browser is not None:
+            browser.close()  # ends the capture thread's wait for the next browser frame
         session.stop()
         server.stop()
         display.close()
         for s, h in old.items():
             signal.signal(s, h)
-        if path:
-            print(f"live-attention: recording saved in {path}", file=sys.stderr)
+        if saved:
+            print(f"live-attention: recording saved in {saved}", file=sys.stderr)
     for err in session.record_errors:
         print(f"live-attention: error: {err}", file=sys.stderr)
     return status or (1 if session.record_errors else 0)

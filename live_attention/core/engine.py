@@ -227,6 +227,7 @@ class AttentionEngine:
         Returns ``(logits [B, C], relevance [B, P])``: fp32 patch relevance, not normalised.
         """
         out = self.explain(images, Keep.parts(), targets)
+        assert out.logits is not None and out.relevance is not None  # explain(): a classifier, and its relevance
         return out.logits, out.relevance
 
     def explain(self, images: Tensor, keep: Keep | None = None,
@@ -241,11 +242,14 @@ class AttentionEngine:
         with torch.inference_mode(False), torch.enable_grad():
             x = self._input(images).detach().clone().requires_grad_(True)
             col = Collector(keep, self.num_layers, select, grad=True)
+            graph = col.graph
+            assert graph is not None  # grad=True: the probabilities as they are in the autograd graph
             logits = self.family.forward(x, col)
+            assert logits is not None  # has_classifier, checked above
             t = self._targets(fixed, logits)
             score = logits.float().gather(1, t[:, None]).sum()
-            grads = torch.autograd.grad(score, col.graph)
-        rel = maps.chefer_relevance([a.detach() for a in col.graph], [g.detach() for g in grads], self.num_prefix)
+            grads = torch.autograd.grad(score, graph)
+        rel = maps.chefer_relevance([a.detach() for a in graph], [g.detach() for g in grads], self.num_prefix)
         out = col.output(logits, self._record_grid(x), self.num_prefix)
         return replace(out, relevance=rel, targets=t)
 

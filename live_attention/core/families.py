@@ -29,7 +29,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ from live_attention.core.preprocess import IMAGENET_MEAN, IMAGENET_STD, INTERPOL
 from live_attention.errors import UserError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class LayerSink(Protocol):
@@ -105,7 +108,7 @@ class Family:
         if self._sink is not None:
             self._sink.block_output(layer, tokens)
 
-    def _hooked_forward(self, run) -> object:
+    def _hooked_forward(self, run: Callable[[], T]) -> T:
         """Run ``run()`` with the hooks reporting to ``sink``; raise if a layer reported nothing."""
         self._seen = 0
         try:
@@ -148,19 +151,21 @@ class TorchvisionFamily(Family):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
-        enc = module.encoder
+        m: Any = module  # torchvision's VisionTransformer (untyped; nn.Module types its attributes as Tensor | Module)
+        enc = m.encoder
         self._blocks = list(enc.layers)
         self.num_layers = len(enc.layers)
         self.num_heads = int(enc.layers[0].num_heads)
-        self.hidden_dim = int(module.hidden_dim)
-        self.patch_size = int(module.patch_size)
-        self.image_size = (int(module.image_size), int(module.image_size))
+        self.hidden_dim = int(m.hidden_dim)
+        self.patch_size = int(m.patch_size)
+        self.image_size = (int(m.image_size), int(m.image_size))
         self.num_prefix = 1
-        self.num_classes = int(module.num_classes)
+        self.num_classes = int(m.num_classes)
         self._pos_cache: dict[tuple[int, int], Tensor] = {}
 
     def pos_embedding(self, grid: tuple[int, int]) -> Tensor:
-        pos = self.module.encoder.pos_embedding
+        m: Any = self.module  # torchvision's VisionTransformer (untyped)
+        pos: Tensor = m.encoder.pos_embedding
         if pos.requires_grad:  # training (the demo model): never cache a tensor in the graph
             return resample_pos_embed(pos, grid, self._own_grid(), 1)
         cached = self._pos_cache.get(grid)
@@ -173,7 +178,7 @@ class TorchvisionFamily(Family):
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
     def forward(self, x: Tensor, sink: LayerSink | None) -> Tensor:
-        m = self.module
+        m: Any = self.module  # torchvision's VisionTransformer (untyped)
         self.check_grid(*x.shape[-2:])
         p = self.patch_size
         grid = (x.shape[-2] // p, x.shape[-1] // p)
@@ -233,11 +238,12 @@ class TimmFamily(Family):
 
         if getattr(module, "cls_token", None) is None:
             raise UserError("this timm model has no class token: live-attention needs a ViT with a class token")
-        pe = module.patch_embed
+        m: Any = module  # a timm VisionTransformer: its blocks' attributes are typed only as Tensor | Module
+        pe = m.patch_embed
         if not isinstance(pe, PatchEmbed):
             raise UserError(f"this timm model embeds patches with {type(pe).__name__} (a CNN stem?): "
                             "live-attention reads plain ViTs (one convolution per patch)")
-        blocks = module.blocks
+        blocks = m.blocks
         for blk in blocks:
             attn = getattr(blk, "attn", None)
             # Attention subclasses only: DiffAttention's map is a difference of two softmaxes, and the
@@ -249,7 +255,7 @@ class TimmFamily(Family):
         self._blocks = list(blocks)
         self.num_layers = len(blocks)
         self.num_heads = int(blocks[0].attn.num_heads)
-        self.hidden_dim = int(module.embed_dim)
+        self.hidden_dim = int(m.embed_dim)
         self.patch_size = int(pe.patch_size[0])
         self.image_size = (int(pe.img_size[0]), int(pe.img_size[1])) if pe.img_size is not None else (224, 224)
         self.num_prefix = int(getattr(module, "num_prefix_tokens", 1))
@@ -268,7 +274,7 @@ class TimmFamily(Family):
         patch), set on a model built without it (what ``create_model(..., dynamic_img_size=True)`` sets)."""
         from timm.layers import Format
 
-        m = self.module
+        m: Any = self.module  # a timm VisionTransformer (patch_embed typed as Tensor | Module)
         if getattr(m, "dynamic_img_size", None) is False and getattr(m, "pos_embed", None) is not None:
             m.dynamic_img_size = True
             m.patch_embed.strict_img_size = False
@@ -380,14 +386,15 @@ class HFFamily(Family):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
-        cfg = module.config
+        m: Any = module  # a transformers model: its config's fields are read by name
+        cfg = m.config
         vision = getattr(cfg, "vision_config", None) or cfg
         # Eager attention, so the probabilities exist (SDPA returns none, and output_attentions
         # silently gives an empty tuple).
-        if hasattr(module, "set_attn_implementation"):
-            module.set_attn_implementation("eager")
+        if hasattr(m, "set_attn_implementation"):
+            m.set_attn_implementation("eager")
         else:  # transformers before 4.56
-            module.config._attn_implementation = "eager"
+            cfg._attn_implementation = "eager"
         self.num_layers = int(vision.num_hidden_layers)
         self.num_heads = int(vision.num_attention_heads)
         self.hidden_dim = int(vision.hidden_size)
@@ -461,9 +468,10 @@ def family_of(module: nn.Module) -> Family:
     try:
         from timm.models.vision_transformer import VisionTransformer as TimmViT
     except ImportError:
-        TimmViT = None  # noqa: N806
-    if TimmViT is not None and isinstance(module, TimmViT):
-        return TimmFamily(module)
+        pass  # timm is optional: then the module is not one of its ViTs
+    else:
+        if isinstance(module, TimmViT):
+            return TimmFamily(module)
     if type(module).__name__ in HF_CLASSES and hasattr(module, "config"):
         return HFFamily(module)
     raise UserError(

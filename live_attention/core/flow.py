@@ -32,6 +32,7 @@ from __future__ import annotations
 import operator
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import numpy as np
 import torch
@@ -210,7 +211,7 @@ class _Tier:
     not (after ``_SPARSE_GIVE_UP`` failures)."""
 
     def __init__(self, first: int, blocks: list[np.ndarray], top: np.ndarray) -> None:
-        self._args: tuple | None = (first, blocks, top)
+        self._args: tuple[int, list[np.ndarray], np.ndarray] | None = (first, blocks, top)
         self._network: _Network | None = None
         self.tries = self.misses = 0
 
@@ -218,6 +219,7 @@ class _Tier:
         if self.misses >= _SPARSE_GIVE_UP and 2 * self.misses > self.tries:
             return False
         if self._network is None:
+            assert self._args is not None  # kept until the network is built
             self._network = _Network(*self._args)
             self._args = None
         self.tries += 1
@@ -248,7 +250,7 @@ def _item_flows(mixed: np.ndarray, num_prefix: int, scale: int) -> Iterator[Call
     src = _floor_units(mixed[0][:, num_prefix:], scale)  # [N, P]: input patch s -> (1, i), A_1[i, s]
     if num_layers == 1:  # the only path is the single edge (0, s) -> (1, 0)
         for k in range(p):
-            yield lambda k=k: int(src[0, k])
+            yield partial(int, src[0, k])
         return
 
     # (l, j) -> (l+1, i) with capacity A_(l+1)[i, j], as [tail j, head i], for l = 1..L-2.
@@ -256,9 +258,10 @@ def _item_flows(mixed: np.ndarray, num_prefix: int, scale: int) -> Iterator[Call
     top = _floor_units(mixed[-1][0], scale)  # (L-1, j) -> sink
 
     # Keep the nodes of layers 1..L-1 that some input patch reaches and that reach the sink.
-    reach = [src.any(1)]
+    # np.any(a, axis) rather than a.any(axis): numpy's stub types the method's result as a bool or an array.
+    reach: list[np.ndarray] = [np.any(src, axis=1)]
     for c in mids:
-        reach.append((reach[-1][:, None] & (c > 0)).any(0))
+        reach.append(np.any(reach[-1][:, None] & (c > 0), axis=0))
     alive = [top > 0]
     for c in reversed(mids):
         alive.insert(0, ((c > 0) & alive[0][None, :]).any(1))
@@ -296,4 +299,4 @@ def _item_flows(mixed: np.ndarray, num_prefix: int, scale: int) -> Iterator[Call
         return full.flow(caps)
 
     for k in range(p):
-        yield lambda k=k: solve(k)
+        yield partial(solve, k)

@@ -154,6 +154,7 @@ def load_hf(source: str, w: str, opts: dict[str, Any]) -> AttentionEngine:
     except (ValueError, RuntimeError, KeyError) as exc:  # a configuration or checkpoint transformers refuses
         raise WeightsError(f"cannot load hf:{source}: {first_sentence(exc)} (a ViT, DINOv2, DeiT or CLIP "
                            "checkpoint saved by transformers is needed)") from exc
+    sha: str | None
     if kind == "file":
         label, sha = Path(w).expanduser().name, file_sha256(Path(w).expanduser())
     else:

@@ -90,7 +90,7 @@ def hub_session() -> Iterator[None]:
     try:
         from huggingface_hub import constants
     except ImportError:
-        constants = None
+        constants = None  # type: ignore[assignment]  # no hub library: each use below checks for None
     before = constants.HF_HUB_OFFLINE if constants is not None else None
     if constants is not None and (offline() or hub_unreachable(hub_endpoint())):
         constants.HF_HUB_OFFLINE = True

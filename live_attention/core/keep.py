@@ -151,7 +151,8 @@ class Collector:
 
     def output(self, logits: Tensor | None, grid: tuple[int, int], num_prefix: int) -> RunOutput:
         def stack(parts: list[Tensor | None]) -> Tensor | None:
-            return torch.stack(parts, dim=1) if parts and all(p is not None for p in parts) else None
+            kept = [p for p in parts if p is not None]
+            return torch.stack(kept, dim=1) if kept and len(kept) == len(parts) else None
 
         k = self.keep
         ent = torch.stack([self.entropy[i] for i in self.entropy_layers], dim=1) if self.entropy_layers else None

@@ -138,7 +138,7 @@ class _Input:
 
     @property
     def hw(self) -> tuple[int, int]:
-        return self.frames.plan.input_hw if self.frames is not None else tuple(self.data.shape[-2:])
+        return self.frames.plan.input_hw if self.frames is not None else (self.data.shape[-2], self.data.shape[-1])
 
     def key(self) -> tuple:
         return ("frames" if self.frames is not None else "input", tuple(self.data.shape), self.data.dtype)

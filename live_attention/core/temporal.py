@@ -131,7 +131,7 @@ class MotionEstimator:
 
     def __init__(self, image_side: int = TemporalParams.image_side) -> None:
         self.image_side = int(image_side)
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._prev: np.ndarray | None = None
         self._key: tuple | None = None
 
@@ -168,13 +168,14 @@ class MotionEstimator:
 
     def between(self, grey: np.ndarray, prev: np.ndarray, grid: tuple[int, int]) -> MotionField:
         """The motion from grey image ``prev`` to ``grey`` (both from :meth:`grey`), on ``grid``."""
-        flow = self._dis.calc(grey, prev, None)  # grey(p) ~ prev(p + flow(p)), pixels
+        # grey(p) ~ prev(p + flow(p)), pixels. None: calc allocates the flow (OpenCV's stub wants an array).
+        flow = self._dis.calc(grey, prev, None)  # type: ignore[call-overload]
         h, w = grey.shape
         cell = np.array([w / grid[1], h / grid[0]], np.float32)
         patches = (cv2.resize(flow, grid[::-1], interpolation=cv2.INTER_AREA) / cell).astype(np.float32)
         camera = np.sort(patches.reshape(-1, 2), axis=0)[patches.shape[0] * patches.shape[1] // 2]  # the median
         cx, cy = (camera * cell).tolist()
-        shifted = cv2.warpAffine(prev, np.float32([[1, 0, cx], [0, 1, cy]]), (w, h),
+        shifted = cv2.warpAffine(prev, np.array([[1, 0, cx], [0, 1, cy]], np.float32), (w, h),
                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
         # Grey-level change over grey-level gradient (+5 against noise in flat patches): about how many pixels
         # the patch is off, whatever its contrast (a sharp edge a tenth of a pixel off changes a lot).
@@ -372,7 +373,7 @@ def flicker(maps: np.ndarray) -> float:
 def consistency(maps: np.ndarray, flows: Sequence[np.ndarray | None]) -> float:
     """Motion-compensated consistency: the mean correlation between each map [T, rows, cols] and the
     previous one warped by ``flows[t]`` (this frame to the previous, in patches; None: skipped)."""
-    vals = [correlation(maps[t], warp_grid(maps[t - 1], flows[t])) for t in range(1, len(maps)) if flows[t] is not None]
+    vals = [correlation(maps[t], warp_grid(maps[t - 1], f)) for t in range(1, len(maps)) if (f := flows[t]) is not None]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -383,9 +384,10 @@ def warping_error(maps: np.ndarray, flows: Sequence[np.ndarray | None], masks: S
     n = np.stack([normalise(m) for m in maps])
     errs = []
     for t in range(1, len(n)):
-        if flows[t] is None:
+        f = flows[t]
+        if f is None:
             continue
-        d = (n[t] - warp_grid(n[t - 1], flows[t])) ** 2
+        d = (n[t] - warp_grid(n[t - 1], f)) ** 2
         m = np.ones(d.shape, bool) if masks[t] is None else np.asarray(masks[t], bool)
         if m.any():
             errs.append(float(d[m].mean()))

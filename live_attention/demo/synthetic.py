@@ -33,7 +33,19 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+from live_attention.demo.shapes import (
+    CLASS_NAMES,
+    SHIFT,
+    background,
+    draw_shape,
+    dull_colour,
+    fixed_points,
+    hsv_to_bgr,
+    outline_grey,
+    shape_polygon,
+    target_colour,
+)
+
 NUM_CLASSES = len(CLASS_NAMES)
 MAX_TARGETS = 3  # a scene holds 1 to MAX_TARGETS targets, each of a different class
 MODEL_SIZE = 64  # the demo model's input size, in pixels; object sizes below are in these units
@@ -43,129 +55,7 @@ TARGET_RADIUS = (8.0, 11.5)
 DISTRACTOR_RADIUS = (6.5, 11.0)
 MAX_TILT = math.radians(8)  # shapes are drawn upright (or flipped/transposed by augmentation), tilted a little
 _SUPERSAMPLE = 2
-_SHIFT = 4  # fixed-point bits for OpenCV's sub-pixel drawing
 Box = tuple[int, int, int, int]
-
-
-# --------------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------------
-
-
-def shape_polygon(label: int, cx: float, cy: float, r: float, theta: float) -> np.ndarray:
-    """Vertices (float, K×2) of shape ``label`` with circumradius ``r`` centred on (cx, cy), rotated."""
-    name = CLASS_NAMES[label]
-    if name == "circle":
-        a = np.linspace(0.0, 2 * math.pi, 40, endpoint=False)
-        rad = np.full_like(a, r * 0.9)  # a circle fills its radius; shrink so areas stay comparable
-    elif name == "square":
-        a = np.arange(4) * (math.pi / 2) + math.pi / 4
-        rad = np.full(4, r * 0.95)
-    elif name == "triangle":
-        a = np.arange(3) * (2 * math.pi / 3) - math.pi / 2
-        rad = np.full(3, r * 1.05)
-        cy = cy + 0.2 * r  # centre the triangle's box, not its circumcentre
-    elif name == "cross":
-        w = 0.36
-        pts = np.array(
-            [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w),
-             (-w, -w)], dtype=np.float64,
-        ) * (r * 0.8)
-        c, s = math.cos(theta), math.sin(theta)
-        rot = pts @ np.array([[c, s], [-s, c]])
-        return rot + np.array([cx, cy])
-    else:  # pragma: no cover - CLASS_NAMES and this function change together
-        raise ValueError(f"unknown shape {name!r}")
-    a = a + theta
-    return np.stack([cx + rad * np.cos(a), cy + rad * np.sin(a)], axis=1)
-
-
-def _fixed(pts: np.ndarray) -> np.ndarray:
-    return np.round(pts * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
-
-
-def _draw_shape(
-    img: np.ndarray,
-    poly: np.ndarray,
-    fill: tuple[int, int, int] | None,
-    outline: tuple[int, int, int] | None,
-    thickness: int,
-    mask: np.ndarray | None = None,
-) -> None:
-    """Fill and/or outline ``poly`` on ``img`` (and, when given, on the uint8 ``mask`` with 255)."""
-    p = _fixed(poly)
-    if fill is not None:
-        cv2.fillPoly(img, [p], fill, lineType=cv2.LINE_AA, shift=_SHIFT)
-        if mask is not None:
-            cv2.fillPoly(mask, [p], 255, lineType=cv2.LINE_8, shift=_SHIFT)
-    if outline is not None and thickness > 0:
-        cv2.polylines(img, [p], True, outline, thickness=thickness, lineType=cv2.LINE_AA, shift=_SHIFT)
-        if mask is not None:
-            cv2.polylines(mask, [p], True, 255, thickness=thickness, lineType=cv2.LINE_8, shift=_SHIFT)
-
-
-def _hsv_to_bgr(h: float, s: float, v: float) -> tuple[int, int, int]:
-    px = np.array([[[int(h) % 180, int(np.clip(s, 0, 255)), int(np.clip(v, 0, 255))]]], dtype=np.uint8)
-    b, g, r = cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0]
-    return int(b), int(g), int(r)
-
-
-def target_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A bright, fully saturated fill of random hue (BGR)."""
-    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(225, 255), rng.uniform(215, 255))
-
-
-def _dull_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    return _hsv_to_bgr(rng.uniform(0, 180), rng.uniform(0, 90), rng.uniform(55, 150))
-
-
-def _outline_grey(rng: np.random.Generator) -> tuple[int, int, int]:
-    g = int(rng.uniform(200, 255))
-    return (g, g, g)
-
-
-# --------------------------------------------------------------------------------------------------
-# Background
-# --------------------------------------------------------------------------------------------------
-
-
-def background(rng: np.random.Generator, height: int, width: int, scale: float = 1.0) -> np.ndarray:
-    """A textured float32 BGR background: low-frequency colour blobs and faint lines (no noise).
-
-    ``scale`` is output pixels per model pixel; line widths follow it.
-    """
-    gh, gw = int(rng.integers(2, 5)), int(rng.integers(2, 5))
-    base = rng.uniform(40, 200, size=3)
-    grid = base + rng.normal(0, 45, size=(gh, gw, 3))
-    grey = grid.mean(-1, keepdims=True)
-    grid = grey + rng.uniform(0.3, 0.7) * (grid - grey)  # keep blobs well below a target's saturation
-    # The colour field is smooth: build it on a coarse grid, then resize once.
-    ch = 16
-    cw = max(4, int(round(ch * width / height)))
-    field = cv2.resize(grid.astype(np.float32), (cw, ch), interpolation=cv2.INTER_CUBIC)
-    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32) + 0.5
-    for _ in range(int(rng.integers(1, 4))):
-        cx, cy = rng.uniform(0, cw), rng.uniform(0, ch)
-        sig = rng.uniform(0.12, 0.3) * min(ch, cw)
-        amp = rng.normal(0, 40, size=3).astype(np.float32)
-        g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sig * sig))
-        field += g[..., None] * amp
-    img = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
-    # faint lines
-    for _ in range(int(rng.integers(2, 6))):
-        p0 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
-        p1 = (rng.uniform(-0.2, 1.2) * width, rng.uniform(-0.2, 1.2) * height)
-        layer = np.zeros((height, width), np.uint8)
-        t = max(1, int(round(rng.uniform(0.6, 1.6) * scale)))
-        cv2.line(layer, _pt(p0), _pt(p1), 255, thickness=t, lineType=cv2.LINE_AA, shift=_SHIFT)
-        alpha = rng.uniform(0.15, 0.4) * layer.astype(np.float32)[..., None] / 255.0
-        col = rng.uniform(0, 255) if rng.random() < 0.5 else rng.uniform(0, 255, size=3)
-        img = img * (1 - alpha) + alpha * np.asarray(col, np.float32)
-    return np.clip(img, 0, 255).astype(np.float32)
-
-
-def _pt(p: tuple[float, float]) -> tuple[int, int]:
-    return int(round(p[0] * (1 << _SHIFT))), int(round(p[1] * (1 << _SHIFT)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -269,14 +159,14 @@ def make_scene(
             continue
         placed.append(d)
         if rng.random() < 0.5:  # hollow: outline only
-            _draw_shape(img, d.polygon(), None, _outline_grey(rng), d.thickness)
+            draw_shape(img, d.polygon(), None, outline_grey(rng), d.thickness)
         else:  # dull fill, no outline
-            _draw_shape(img, d.polygon(), _dull_colour(rng), None, 0)
+            draw_shape(img, d.polygon(), dull_colour(rng), None, 0)
     multi_hot = np.zeros(NUM_CLASSES, np.int64)
     boxes = np.zeros((NUM_CLASSES, 4), np.int64)
     for t in targets:
         mask = np.zeros((bh, bw), np.uint8)
-        _draw_shape(img, t.polygon(), target_colour(rng), _outline_grey(rng), t.thickness, mask=mask)
+        draw_shape(img, t.polygon(), target_colour(rng), outline_grey(rng), t.thickness, mask=mask)
         multi_hot[t.label] = 1
         boxes[t.label] = _mask_box(mask, ss)
     out = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
@@ -320,6 +210,52 @@ class DemoTarget:
     fill: tuple[int, int, int]
 
 
+@dataclass(frozen=True)
+class _Orbit:
+    """The one orbit the targets share: mean turns per second ``w``, angular wobble ``wa`` (radians) at
+    ``wf`` Hz, radius oscillation at ``rf`` Hz, and three phases ``p``."""
+
+    w: float
+    wa: float
+    wf: float
+    rf: float
+    p: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Mover:
+    """A target on the orbit: radius, tilt wobble (Hz), first class and hue; the class and hue advance
+    each class period."""
+
+    r: float
+    wobble: float
+    label0: int
+    hue0: float
+
+
+@dataclass(frozen=True)
+class _Distractor:
+    """A distractor on its own Lissajous path (``fx``, ``fy`` Hz; ``px``, ``py`` phases): hollow ones are
+    an outline of ``colour`` and ``thick`` pixels, the others filled with ``dull``."""
+
+    label: int
+    r: float
+    fx: float
+    fy: float
+    px: float
+    py: float
+    wobble: float
+    theta: float
+    hollow: bool
+    colour: tuple[int, int, int]
+    dull: tuple[int, int, int]
+    thick: int
+
+
+# An object as drawn: (identity, polygon, filled, outline thickness (0: none), centre).
+_Drawn = tuple[tuple[object, ...], np.ndarray, bool, int, tuple[float, float]]
+
+
 class DemoScene:
     """Moving synthetic objects for the live ``demo`` source; ``frame(t)`` is a pure function of ``t``.
 
@@ -356,33 +292,33 @@ class DemoScene:
         bg = background(rng, self.height + 2 * pad, self.width + 2 * pad, scale=self.k)
         # static grain at model resolution, so it survives the model's antialiased downscale
         gh, gw = math.ceil(bg.shape[0] / self.k), math.ceil(bg.shape[1] / self.k)
-        grain = rng.normal(0, 6, size=(gh, gw, 3)).astype(np.float32)
+        grain: np.ndarray = rng.normal(0, 6, size=(gh, gw, 3)).astype(np.float32)
         grain = cv2.resize(grain, (bg.shape[1], bg.shape[0]), interpolation=cv2.INTER_NEAREST)
         self._bg = np.clip(bg + grain, 0, 255).astype(np.float32)
         self._bg_phase = rng.uniform(0, 2 * math.pi, size=2)
         # Targets share one orbit around the centre, evenly spaced, so they never overlap.
-        self._orbit = dict(
+        self._orbit = _Orbit(
             w=rng.uniform(0.04, 0.06) * rng.choice([-1.0, 1.0]),  # mean turns per second
             wa=rng.uniform(0.6, 1.0),  # angular wobble, radians
             wf=rng.uniform(0.05, 0.08),
             rf=rng.uniform(0.09, 0.13),  # radius oscillation, Hz
             p=rng.uniform(0, 2 * math.pi, size=3),
         )
-        self._targets = []
+        self._targets: list[_Mover] = []
         first_label = int(rng.integers(NUM_CLASSES))
         for i in range(num_targets):
             self._targets.append(
-                dict(
+                _Mover(
                     r=rng.uniform(9.5, 11.0) * self.k,
                     wobble=rng.uniform(0.1, 0.25),
                     label0=first_label + i,  # all change class together, so they never share one
                     hue0=rng.uniform(0, 180),
                 )
             )
-        self._distractors = []
+        self._distractors: list[_Distractor] = []
         for _ in range(num_distractors):
             self._distractors.append(
-                dict(
+                _Distractor(
                     label=int(rng.integers(NUM_CLASSES)),
                     r=rng.uniform(*DISTRACTOR_RADIUS) * self.k,
                     fx=rng.uniform(0.04, 0.1),
@@ -392,18 +328,18 @@ class DemoScene:
                     wobble=rng.uniform(0.05, 0.2),
                     theta=rng.uniform(0, 2 * math.pi),
                     hollow=bool(rng.random() < 0.5),
-                    colour=_outline_grey(rng),
-                    dull=_dull_colour(rng),
+                    colour=outline_grey(rng),
+                    dull=dull_colour(rng),
                     thick=max(1, int(round(0.2 * 8.0 * self.k))),
                 )
             )
 
     # ---------------------------------------------------------------------------------------------
-    def _pos(self, d: dict, r: float, t: float) -> tuple[float, float]:
+    def _pos(self, d: _Distractor, r: float, t: float) -> tuple[float, float]:
         margin = r * 1.15 + 0.02 * self.side
         half = self.side / 2.0 - margin
-        cx = self.x_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fx"] * t + d["px"])
-        cy = self.y_off + self.side / 2.0 + half * math.sin(2 * math.pi * d["fy"] * t + d["py"])
+        cx = self.x_off + self.side / 2.0 + half * math.sin(2 * math.pi * d.fx * t + d.px)
+        cy = self.y_off + self.side / 2.0 + half * math.sin(2 * math.pi * d.fy * t + d.py)
         return cx, cy
 
     def _orbit_pos(self, i: int, r: float, t: float) -> tuple[float, float]:
@@ -414,8 +350,8 @@ class DemoScene:
         # every shape's reach (at most 1.25 r, outline included).
         n = max(2, self.num_targets)
         r_min = min(r_max, 1.3 * r / math.sin(math.pi / n))
-        rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o["rf"] * t + o["p"][0]))
-        phi = 2 * math.pi * o["w"] * t + o["wa"] * math.sin(2 * math.pi * o["wf"] * t + o["p"][1]) + o["p"][2]
+        rho = r_min + (r_max - r_min) * 0.5 * (1 + math.sin(2 * math.pi * o.rf * t + o.p[0]))
+        phi = 2 * math.pi * o.w * t + o.wa * math.sin(2 * math.pi * o.wf * t + o.p[1]) + o.p[2]
         phi += 2 * math.pi * i / n
         cx = self.x_off + self.side / 2.0 + rho * math.cos(phi)
         cy = self.y_off + self.side / 2.0 + rho * math.sin(phi)
@@ -439,15 +375,15 @@ class DemoScene:
         for i, d in enumerate(self._targets):
             if not self._visible(i, t):
                 continue
-            label = (d["label0"] + cycle) % NUM_CLASSES
-            cx, cy = self._orbit_pos(i, d["r"], t)
-            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
-            th = max(1, int(round(0.18 * d["r"])))
-            fill = _hsv_to_bgr(d["hue0"] + 37 * cycle, 255, 245)
+            label = (d.label0 + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, d.r, t)
+            poly = shape_polygon(label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t))
+            th = max(1, int(round(0.18 * d.r)))
+            fill = hsv_to_bgr(d.hue0 + 37 * cycle, 255, 245)
             mask = np.zeros((self.height, self.width), np.uint8)
-            pts = _fixed(poly)
-            cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=_SHIFT)
-            cv2.polylines(mask, [pts], True, 255, thickness=th, lineType=cv2.LINE_8, shift=_SHIFT)
+            pts = fixed_points(poly)
+            cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=SHIFT)
+            cv2.polylines(mask, [pts], True, 255, thickness=th, lineType=cv2.LINE_8, shift=SHIFT)
             out.append((poly, th, DemoTarget(label, _mask_box(mask, 1), fill)))
         return out
 
@@ -457,34 +393,34 @@ class DemoScene:
         return (pad * 0.8 * math.sin(2 * math.pi * 0.03 * t + self._bg_phase[0]),
                 pad * 0.8 * math.sin(2 * math.pi * 0.023 * t + self._bg_phase[1]))
 
-    def _objects(self, t: float) -> list[tuple[tuple, np.ndarray, bool, int, tuple[float, float]]]:
+    def _objects(self, t: float) -> list[_Drawn]:
         """What :meth:`frame` draws over the background at ``t``, in drawing order: (identity, polygon,
         filled, outline thickness (0: none), centre). A target's identity holds its class, so a target
         that changes class is a new object."""
-        out = []
+        out: list[_Drawn] = []
         for i, d in enumerate(self._distractors):
-            cx, cy = self._pos(d, d["r"], t)
-            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
-            out.append((("distractor", i), poly, not d["hollow"], d["thick"] if d["hollow"] else 0, (cx, cy)))
+            cx, cy = self._pos(d, d.r, t)
+            poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
+            out.append((("distractor", i), poly, not d.hollow, d.thick if d.hollow else 0, (cx, cy)))
         cycle = int(math.floor(t / self.period))
-        for i, d in enumerate(self._targets):
+        for i, mv in enumerate(self._targets):
             if not self._visible(i, t):
                 continue
-            label = (d["label0"] + cycle) % NUM_CLASSES
-            cx, cy = self._orbit_pos(i, d["r"], t)
-            poly = shape_polygon(label, cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t))
-            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * d["r"]))), (cx, cy)))
+            label = (mv.label0 + cycle) % NUM_CLASSES
+            cx, cy = self._orbit_pos(i, mv.r, t)
+            poly = shape_polygon(label, cx, cy, mv.r, MAX_TILT * math.sin(2 * math.pi * mv.wobble * t))
+            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * mv.r))), (cx, cy)))
         return out
 
     def _owners(self, objects: list) -> np.ndarray:
         """Which object covers each pixel (its index in ``objects`` plus 1; 0: the background)."""
         owner = np.zeros((self.height, self.width), np.int16)
         for k, (_ident, poly, filled, thick, _c) in enumerate(objects):
-            pts = _fixed(poly)
+            pts = fixed_points(poly)
             if filled:
-                cv2.fillPoly(owner, [pts], k + 1, lineType=cv2.LINE_8, shift=_SHIFT)
+                cv2.fillPoly(owner, [pts], k + 1, lineType=cv2.LINE_8, shift=SHIFT)
             if thick:
-                cv2.polylines(owner, [pts], True, k + 1, thickness=thick, lineType=cv2.LINE_8, shift=_SHIFT)
+                cv2.polylines(owner, [pts], True, k + 1, thickness=thick, lineType=cv2.LINE_8, shift=SHIFT)
         return owner
 
     def motion(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -518,22 +454,22 @@ class DemoScene:
         t = float(t)
         pad = self._pad
         dx, dy = self._bg_shift(t)
-        m = np.float32([[1, 0, -pad - dx], [0, 1, -pad - dy]])
+        m = np.array([[1, 0, -pad - dx], [0, 1, -pad - dy]], np.float32)
         img = cv2.warpAffine(self._bg, m, (self.width, self.height), flags=cv2.INTER_LINEAR,
                              borderMode=cv2.BORDER_REFLECT)
         img = np.clip(img, 0, 255).astype(np.uint8)
         for d in self._distractors:
-            cx, cy = self._pos(d, d["r"], t)
-            poly = shape_polygon(d["label"], cx, cy, d["r"], MAX_TILT * math.sin(2 * math.pi * d["wobble"] * t + d["theta"]))
-            if d["hollow"]:
-                _draw_shape(img, poly, None, d["colour"], d["thick"])
+            cx, cy = self._pos(d, d.r, t)
+            poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
+            if d.hollow:
+                draw_shape(img, poly, None, d.colour, d.thick)
             else:
-                _draw_shape(img, poly, d["dull"], None, 0)
+                draw_shape(img, poly, d.dull, None, 0)
         for poly, th, tg in self._target_geometry(t):
-            _draw_shape(img, poly, tg.fill, (245, 245, 245), th)
+            draw_shape(img, poly, tg.fill, (245, 245, 245), th)
         # temporal grain at model resolution
         rng = np.random.default_rng([self.seed, int(round(t * 1000.0)) & 0x7FFFFFFF])
         gh, gw = math.ceil(self.height / self.k), math.ceil(self.width / self.k)
-        grain = rng.normal(0, 5, size=(gh, gw, 3)).astype(np.float32)
+        grain: np.ndarray = rng.normal(0, 5, size=(gh, gw, 3)).astype(np.float32)
         grain = cv2.resize(grain, (self.width, self.height), interpolation=cv2.INTER_NEAREST)
         return np.clip(img.astype(np.float32) + grain, 0, 255).astype(np.uint8)

@@ -144,7 +144,8 @@ def drop_path(model: VisionTransformer, rate: float) -> Iterator[None]:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -178,6 +179,7 @@ def attention_maps(engine: AttentionEngine, images: np.ndarray) -> tuple[torch.T
     logits, last, roll = [], [], []
     for _, x in _batches(engine, images):
         out = engine.run(x)
+        assert out.logits is not None and out.attn is not None  # the demo model classifies; run() keeps all
         logits.append(out.logits)
         last.append(maps.fuse_heads(maps.cls_attention(out.attn)[:, -1], "mean", dim=-2))
         roll.append(maps.rollout_cls(maps.rollout(out.attn)))

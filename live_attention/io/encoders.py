@@ -44,7 +44,7 @@ class RawWriter(StreamWriter):
         # A cluster (and so what survives a crash) closes at least every second.
         self._container = av.open(path if in_memory else str(self.path), mode="w", format="matroska",
                                   options={"cluster_time_limit": str(KEY_MS), "cluster_size_limit": "8000000"})
-        self._container.flags |= av.container.Flags.flush_packets.value  # see H264Writer
+        self._container.flags |= av.container.Flags.flush_packets.value  # type: ignore[operator]  # see H264Writer
         if codec == "ffv1":
             stream = self._container.add_stream("ffv1", rate=30)
             stream.pix_fmt = "bgr0"
@@ -167,7 +167,7 @@ def bench_recording(frames: int = 60, width: int = 1280, height: int = 720, raw_
         height, width = images[0].shape[:2]
         imgs = [images[i % len(images)] for i in range(frames)]
     else:
-        base = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
+        base: np.ndarray = rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8)
         base = cv2.resize(base, (width, height), interpolation=cv2.INTER_CUBIC)
         imgs = [np.roll(base, 7 * i, axis=1) for i in range(frames)]
     L, H, P = 12, 12, 196

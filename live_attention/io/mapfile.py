@@ -69,14 +69,15 @@ class MapsFile:
 
     def add(self, result: Result, view: View, shown: np.ndarray | None) -> None:
         """Frame ``result`` as drawn in ``view``, whose picture overlays ``shown`` [P] (None: no map)."""
+        grid = (int(result.grid[0]), int(result.grid[1]))
         if self.grid is None:
-            self.grid, self.frame_size = tuple(result.grid), (result.frame.shape[1], result.frame.shape[0])
-        elif tuple(result.grid) != self.grid:
+            self.grid, self.frame_size = grid, (result.frame.shape[1], result.frame.shape[0])
+        elif grid != self.grid:
             raise UserError(f"{FLAG}: frame {result.seq} has a {result.grid[0]}×{result.grid[1]} patch grid, the first "
                             f"{self.grid[0]}×{self.grid[1]}: one maps file holds one grid")
-        m = np.full(self.grid, np.nan, np.float16)
+        m = np.full(grid, np.nan, np.float16)
         if shown is not None and np.size(shown) == m.size:
-            m[:] = np.asarray(shown, np.float32).reshape(self.grid)
+            m[:] = np.asarray(shown, np.float32).reshape(grid)
         self._maps.append(m)
         layer = view.resolved_layer(result.num_layers) + 1
         head = min(view.head, result.num_heads - 1) + 1 if view.head >= 0 else 0
@@ -96,5 +97,5 @@ class MapsFile:
             "model": np.asarray(self.model), "source": np.asarray(self.source),
         }
         with PartialOutput(self.path, overwrite) as part, open(part.path, "wb") as f:
-            np.savez_compressed(f, **data)
+            np.savez_compressed(f, **data)  # type: ignore[arg-type]  # see recording.write_chunk
         return self.path

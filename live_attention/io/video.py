@@ -20,7 +20,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import cv2
 import numpy as np
@@ -33,6 +33,8 @@ from live_attention.io.writers import H264Writer  # noqa: F401
 
 if TYPE_CHECKING:
     import av
+    from av.container import InputContainer
+    from av.sidedata.sidedata import SideDataContainer
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +223,8 @@ def frame_orientation(frame: av.VideoFrame) -> int:
     FFmpeg attaches the stream's display matrix (for instance an MP4/MOV track's matrix) to every decoded
     frame.
     """
-    for side in frame.side_data:
+    # PyAV's stub types side_data as a TypedDict of motion vectors; at run time it is a SideDataContainer.
+    for side in cast("SideDataContainer", frame.side_data):
         if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
             data = bytes(side)
             if len(data) >= 36:
@@ -247,6 +250,7 @@ class VideoReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"video {self.path} not found: check the path")
+        self._container: InputContainer | None  # None once closed
         try:
             self._container = av.open(str(self.path))
             self._stream = self._container.streams.video[0]
@@ -259,7 +263,7 @@ class VideoReader:
         self.frames_announced = int(self._stream.frames) or None
         self._coded_size = (int(self._stream.codec_context.width), int(self._stream.codec_context.height))
         self._orientation: int | None = None  # known from the first decoded frame
-        self._peeked = None  # that frame, when it was decoded to learn the orientation before a read
+        self._peeked: av.VideoFrame | None = None  # that frame, when it was decoded to learn the orientation before a read
         self._frames: Iterator | None = None
         self._last_pts: float | None = None
         self.decoded = 0

@@ -18,11 +18,17 @@ import os
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from live_attention.errors import UserError
+
+if TYPE_CHECKING:  # PyAV is imported where a file is opened: importing the package stays light
+    from av.container import OutputContainer
+    from av.video.frame import VideoFrame
+    from av.video.stream import VideoStream
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +90,26 @@ class StreamWriter:
     """One PyAV output stream: encode, mux, flush on close; a context manager. Subclasses open
     ``self._container`` and ``self._stream`` (on a :class:`CheckedFile` ``self._file``, or on a path)."""
 
-    _container = None
-    _stream = None
+    _container: OutputContainer | None = None  # None before a subclass opens it and once closed
+    _stream: VideoStream | None = None
     _file: CheckedFile | None = None
     frames = 0
 
-    def _encode(self, frame) -> None:
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+    def _encode(self, frame: VideoFrame) -> None:
+        container, stream = self._container, self._stream
+        if container is None or stream is None:
+            raise ValueError(f"{type(self).__name__}: write after close")
+        for packet in stream.encode(frame):
+            container.mux(packet)
         self.frames += 1
 
     def close(self) -> None:
         if self._container is None:
             return
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
+            if self._stream is not None:  # None: the stream was never added (the open failed half-way)
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
         finally:
             try:
                 self._container.close()
@@ -168,7 +178,8 @@ class H264Writer(StreamWriter):
             raise UserError(f"cannot write {self.path}: {getattr(exc, 'strerror', None) or exc} (check the folder "
                             "exists and is writable)") from exc
         if flush_packets:
-            self._container.flags |= av.container.Flags.flush_packets.value
+            # PyAV's stub types a Flags member's .value as Flags; at run time it is an int, as flags is.
+            self._container.flags |= av.container.Flags.flush_packets.value  # type: ignore[operator]
         stream = self._container.add_stream("libx264", rate=Fraction(round(self.fps * 1000), 1000))
         stream.width, stream.height = self.width, self.height
         stream.pix_fmt = "yuv420p"
@@ -218,7 +229,7 @@ def write_gif(frames: list[np.ndarray], out: str | os.PathLike[str], seconds_per
         st.time_base = GIF_TIME_BASE
         st.codec_context.time_base = GIF_TIME_BASE
         for i, f in enumerate(frames):
-            img = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+            img: np.ndarray = cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24").reformat(format="rgb8")
             vf.pts = int(round(i * seconds_per_frame * 100))
             vf.time_base = GIF_TIME_BASE

@@ -162,7 +162,8 @@ def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) 
                 end += 1
             run = items[start:end]
             frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s) for it in run]
-            prepared = [it.prepared for it in run] if all(it.prepared is not None for it in run) else None
+            kept = [it.prepared for it in run if it.prepared is not None]
+            prepared = kept if len(kept) == len(run) else None
             out.extend(process_frames(engine, frames, settings, prepared, runner))
             start = end
         return out

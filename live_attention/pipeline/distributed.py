@@ -98,7 +98,7 @@ class Outcome:
     """What a worker sends back for one job: frames written, or the one-line error."""
 
     job: Job
-    worker: str  # the Ray actor id of the worker that ran it
+    worker: str | None  # the Ray actor id of the worker that ran it (None: called outside an actor, as tests do)
     frames: int = 0
     expected: int | None = None
     error: str | None = None
@@ -125,7 +125,7 @@ class RayWorker:
                 logger.exception("the engine did not load")
             self.error = failure_reason(exc)
 
-    def ready(self) -> tuple[str, str, str | None]:
+    def ready(self) -> tuple[str | None, str, str | None]:
         """(this worker's actor id, where it runs: node and device, why its engine did not load or None)."""
         import ray
 
@@ -347,6 +347,7 @@ class _PoolRun:
             self.finish(jobs.popleft(), f"the Ray worker rendering it died, also on the retry ({type(exc).__name__}: "
                         "a crash, or out of memory? see the worker's log)")
             return
+        assert out.worker is not None  # the pool's jobs run in actors, which have ids
         self.running[out.worker].remove(out.job)
         for note in out.notes:
             if note not in self.said:

@@ -49,8 +49,13 @@ class Item:
 def demo_items(n: int, seed: int = 1234, size: int = 64, num_targets: int = 2) -> list[Item]:
     """Synthetic demo scenes with ``num_targets`` shapes of different classes, each with its box."""
     images, labels, boxes = make_dataset(n, size, seed=seed, num_targets=num_targets)
-    return [Item(img, tuple((int(c), tuple(int(v) for v in boxes[i, c])) for c in np.flatnonzero(labels[i])),
+    return [Item(img, tuple((int(c), _box(boxes[i, c])) for c in np.flatnonzero(labels[i])),
                  f"scene {i}") for i, img in enumerate(images)]
+
+
+def _box(b: np.ndarray) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = (int(v) for v in b)
+    return x0, y0, x1, y1
 
 
 def folder_items(folder: str | Path, limit: int | None = None,
@@ -128,13 +133,18 @@ class Evaluator:
         for i in range(0, n, self.batch):
             yield slice(i, min(n, i + self.batch))
 
+    def _logits(self, x: Tensor) -> Tensor:
+        logits = self.engine.run(x, Keep.parts()).logits
+        assert logits is not None  # the constructor checked that the model has a classifier
+        return logits
+
     def _probability(self, targets: Tensor) -> Callable[[Tensor], Tensor]:
         eng = self.engine
 
         def fn(images: Tensor) -> Tensor:
             out = []
             for sl in self._batches(len(images)):
-                logits = eng.run(images[sl], Keep.parts()).logits
+                logits = self._logits(images[sl])
                 out.append(eng.probabilities(logits).gather(1, targets[sl, None].to(logits.device))[:, 0].cpu())
             return torch.cat(out)
 
@@ -150,13 +160,14 @@ class Evaluator:
             agnostic = {"cls", "rollout", "flow"} & set(kinds)
             if agnostic:
                 run = eng.run(xb, Keep.parts(rows=(0,), fused="mean"))
-                npf = run.num_prefix
+                npf, rows, fused = run.num_prefix, run.rows, run.fused
+                assert rows is not None and fused is not None  # what this Keep asked for
                 if "cls" in kinds:
-                    out["cls"].append(run.rows[:, -1, :, 0, npf:].mean(1).cpu())
+                    out["cls"].append(rows[:, -1, :, 0, npf:].mean(1).cpu())
                 if "rollout" in kinds:
-                    out["rollout"].append(maps.rollout_cls_from_fused(run.fused, num_prefix=npf)[:, -1].cpu())
+                    out["rollout"].append(maps.rollout_cls_from_fused(fused, num_prefix=npf)[:, -1].cpu())
                 if "flow" in kinds:
-                    mixed = maps.mix_fused(run.fused.float(), num_prefix=npf)
+                    mixed = maps.mix_fused(fused.float(), num_prefix=npf)
                     out["flow"].append(attention_flow_mixed(mixed, npf).cpu())
             if "relevance" in kinds:
                 out["relevance"].append(eng.relevance(xb, targets[sl])[1].cpu())
@@ -177,7 +188,7 @@ class Evaluator:
         x_all = torch.cat([eng.preprocess(it.image) for it in items])
         if len({tuple(t.shape) for t in x_all}) != 1:
             raise UserError("evaluate needs images of one input size: use the centre crop (no --full-frame)")
-        top1 = torch.cat([eng.run(x_all[sl], Keep.parts()).logits.argmax(-1).cpu() for sl in self._batches(len(x_all))])
+        top1 = torch.cat([self._logits(x_all[sl]).argmax(-1).cpu() for sl in self._batches(len(x_all))])
         idx, targets = [], []
         for i, it in enumerate(items):
             for cls, box in it.targets or ((int(top1[i]), None),):
@@ -265,8 +276,8 @@ def most_faithful(ev: Evaluation) -> str:
     wins: dict[str, int] = dict.fromkeys(kinds, 0)
     floored: list[str] = []  # measures on which no map beat the random floor
     for measure, better in _MEASURES:
-        scores = {k: _score(ev.kinds[k], measure) for k in kinds}
-        scores = {k: v for k, v in scores.items() if v is not None}
+        measured = {k: _score(ev.kinds[k], measure) for k in kinds}
+        scores = {k: v for k, v in measured.items() if v is not None}
         if not scores:
             continue
         best = max(scores, key=lambda k: better * scores[k])
@@ -279,7 +290,7 @@ def most_faithful(ev: Evaluation) -> str:
     if not any(wins.values()):
         return (f"No map beat the random floor on any measure ({', '.join(floored)}): by these measures none of "
                 f"them is faithful here.")
-    best = max(wins, key=wins.get)
+    best = max(wins, key=lambda k: wins[k])
     note = f"; the random floor beat every map on {' and '.join(floored)}" if floored else ""
     return f"Most faithful by these measures: {KIND_NAMES[best]} (best on {wins[best]} of {total}{note})."
 

@@ -82,7 +82,7 @@ def shaken(base: np.ndarray, n: int, rng: np.random.Generator, shift: float = JI
         img = base
         if shift > 0:
             dx, dy = rng.uniform(-shift, shift, 2)
-            img = cv2.warpAffine(base, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), flags=cv2.INTER_LINEAR,
+            img = cv2.warpAffine(base, np.array([[1, 0, dx], [0, 1, dy]], np.float32), (w, h), flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REFLECT)
         out.append(np.clip(img + rng.normal(0.0, sigma, img.shape), 0, 255).astype(np.uint8))
     return out
@@ -119,8 +119,9 @@ def video_motion(prev: np.ndarray, cur: np.ndarray, side: int = 320) -> Motion:
     s = side / max(h, w)
     size = (max(16, round(w * s)), max(16, round(h * s)))
     a, b = (cv2.cvtColor(cv2.resize(f, size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY) for f in (cur, prev))
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    back, fwd = dis.calc(a, b, None), dis.calc(b, a, None)
+    dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    # None: calc allocates the flow (OpenCV's stub wants an array there).
+    back, fwd = dis.calc(a, b, None), dis.calc(b, a, None)  # type: ignore[call-overload]
     px, py = np.meshgrid(np.arange(size[0], dtype=np.float32), np.arange(size[1], dtype=np.float32))
     fwd_at = cv2.remap(fwd, px + back[..., 0], py + back[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     err = np.linalg.norm(back + fwd_at, axis=-1)
@@ -275,8 +276,8 @@ class TemporalEvaluator:
         box, grid = results[0].box, results[0].grid
         out = {}
         for kind in self.kinds:
-            ms = [kind_map(r, kind) for r in results]
-            if any(m is None for m in ms):
+            ms = [m for r in results if (m := kind_map(r, kind)) is not None]
+            if len(ms) != len(results):
                 raise UserError(f"{KIND_NAMES[kind]} does not fit in memory at this input size: leave it out with --kinds")
             out[kind] = np.stack(ms).reshape(len(ms), *grid).astype(np.float32)
         return out, box, grid, [r.top_ids[0] if r.top_ids else -1 for r in results]
@@ -301,6 +302,7 @@ class TemporalEvaluator:
             out = []
             for i in range(0, len(images), 128):
                 logits = eng.run(images[i : i + 128], Keep.parts()).logits
+                assert logits is not None  # the AUC curves run only with a classifier (auc_frames is 0 without)
                 out.append(eng.probabilities(logits).gather(1, targets[i : i + 128, None].to(logits.device))[:, 0].cpu())
             return torch.cat(out)
 

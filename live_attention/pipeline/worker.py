@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -146,7 +147,7 @@ class InferenceWorker(threading.Thread):
     def settings(self) -> MapSettings:
         return self._settings
 
-    def update_settings(self, **changes: object) -> None:
+    def update_settings(self, **changes: Any) -> None:  # MapSettings fields, each of its own type
         with self._lock:
             new = replace(self._settings, **changes)
             changed = new != self._settings

@@ -91,7 +91,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _static(name: str) -> bytes:
-    return importlib.resources.files("live_attention.web").joinpath("static", name).read_bytes()
+    return importlib.resources.files("live_attention.web").joinpath("static").joinpath(name).read_bytes()
 
 
 def encode_jpeg(rgb: np.ndarray) -> bytes:
