@@ -128,10 +128,10 @@ def _view_flags(args: argparse.Namespace) -> dict[str, object]:
 def view_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The view flags that were given, in View terms: layer and head 0-based (head -1: fused)."""
     o = _view_flags(args)
-    if "layer" in o:
-        o["layer"] = int(o["layer"]) - 1
-    if "head" in o:
-        o["head"] = int(o["head"]) - 1
+    for key in ("layer", "head"):
+        value = o.get(key)
+        if isinstance(value, int):
+            o[key] = value - 1
     return o
 
 

@@ -128,6 +128,7 @@ def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, 
     """
     npf = out.num_prefix
     rows = out.rows  # [B, L, H, R, N]
+    assert rows is not None, "compute_maps needs the token rows kept"
     cls_rows = rows[:, :, :, 0, :]
     pe = None
     if out.row_entropy is not None:
@@ -162,9 +163,10 @@ def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, 
             parts["target"] = out.targets.float()
             parts["target_p"] = probs.gather(1, out.targets[:, None])[:, 0]
     parts["finite"] = finite.float()
-    names = tuple(n for n, t in parts.items() if t is not None)
-    tensors = [parts[n].reshape(b, -1).float() for n in names]
-    layout = MapsLayout(names, tuple(tuple(parts[n].shape[1:]) for n in names),
+    present = {n: t for n, t in parts.items() if t is not None}
+    names = tuple(present)
+    tensors = [t.reshape(b, -1).float() for t in present.values()]
+    layout = MapsLayout(names, tuple(tuple(t.shape[1:]) for t in present.values()),
                         tuple(n for n, t in parts.items() if t is None))
     return torch.cat(tensors, dim=1), layout
 

@@ -63,8 +63,12 @@ class Inputs:
 class Display(Protocol):
     """Where frames go: the window, or a headless stand-in."""
 
-    running: bool
-    wants_pixels: bool  # False: render only for the recorder or a screenshot
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def wants_pixels(self) -> bool: ...  # False: render only for the recorder or a screenshot
+
     waits_for_results: bool  # True: the loop sleeps on the feed (headless), else the display paces it
     takes_clicks: bool  # True: a window, where the HUD may invite clicks on its labels
 
@@ -85,7 +89,9 @@ class Feed(Protocol):
     num_layers: int
     num_heads: int
     can_record: bool
-    recording: bool
+
+    @property
+    def recording(self) -> bool: ...
 
     def latest(self) -> Result | None: ...
 

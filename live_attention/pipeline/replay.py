@@ -324,6 +324,7 @@ def session_results(session: Session, recompute: Recompute | None, overrides: di
             if recompute is not None and needs_model(view, rec):
                 todo.setdefault(recompute.settings_for(view, rec), []).append(k)
         for settings, ks in todo.items():
+            assert recompute is not None  # todo is only filled when there is one
             frames = [Frame(image=out[k].frame, seq=out[k].seq, t_capture_ns=out[k].t_capture_ns, source="export",
                             pts_s=out[k].pts_s) for k in ks]
             for k, res in zip(ks, process_frames(recompute.engine, frames, settings), strict=True):

@@ -38,11 +38,11 @@ def render(
     extras = extras or Extras()
     if frame is None:
         w, h = size or (1280, 720)
-        img = np.zeros((h, w, 3), np.uint8)
+        blank = np.zeros((h, w, 3), np.uint8)
         scale = h / 720.0
-        draw_no_signal(img, status, scale)
-        draw_hud(img, None, view, status, scale)
-        return img
+        draw_no_signal(blank, status, scale)
+        draw_hud(blank, None, view, status, scale)
+        return blank
 
     w, h = size or canvas_size(frame.shape)
     scale = h / 720.0

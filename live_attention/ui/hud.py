@@ -136,15 +136,15 @@ def draw_hud(img: np.ndarray, result: Result | None, view: View, status: Status,
     for i, (t, c) in enumerate(lay.lines):
         text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
     if lay.top5 is not None:
-        _top5(img, lay, _top5_entries(result), result, view, status, scale)
+        _top5(img, lay, lay.top5, _top5_entries(result), result, view, status, scale)
     _banners(img, result, status, lay, scale)
 
 
-def _top5(img, lay: HudLayout, entries, result, view: View, status: Status, scale: float) -> None:
-    """The model's guesses with bars; the class relevance explains is outlined (and clickable)."""
+def _top5(img, lay: HudLayout, box: tuple[int, int, int, int], entries, result, view: View, status: Status, scale: float) -> None:
+    """The model's guesses with bars in ``box``; the class relevance explains is outlined (and clickable)."""
     s = 0.55 * scale
-    x0, y0 = lay.top5[:2]
-    panel(img, *lay.top5)
+    x0, y0 = box[:2]
+    panel(img, *box)
     if not result.classifier:
         text(img, "no classifier", (x0 + int(10 * scale), y0 + int(20 * scale)), s, GREY)
         text(img, "(features only: no class scores)", (x0 + int(10 * scale), y0 + int(44 * scale)), s * 0.8, GREY)
