@@ -297,3 +297,43 @@ def test_stops_cleanly_on_sigterm(servers):
         server.proc.terminate()
         assert server.proc.wait(60) == 0, server.log.read_text()[-2000:]
         assert "Traceback" not in server.log.read_text(), server.log.read_text()[-2000:]
+
+
+# ---- bench --only serve ----------------------------------------------------------------------------------
+
+
+def test_bench_frame_numbers_survive_the_trip_to_the_page():
+    """The number drawn into a camera frame reads back from the page's picture: the frame resized to
+    the canvas, dimmed outside the model's crop (render's 0.35), JPEG at the server's quality, decoded at
+    half size as the bench does; a picture without a number reads as None. The cells are 32x16 px of
+    pure black or white: JPEG's error on flat 8x8 blocks is a few grey levels, far below MIN_CONTRAST."""
+    import cv2
+
+    from live_attention.commands.bench_serve import BITS, mark, read_mark
+    from live_attention.web.server import JPEG_QUALITY
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for number in (0, 1, 12345, (1 << BITS) - 1, 40000):
+        frame = base.copy()
+        mark(frame, number)
+        shown = cv2.convertScaleAbs(cv2.resize(frame, (960, 720)), alpha=0.35)
+        jpeg = cv2.imencode(".jpg", shown, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
+        assert read_mark(cv2.imdecode(jpeg, cv2.IMREAD_REDUCED_GRAYSCALE_2)) == number
+    assert read_mark(np.full((360, 480), 40, np.uint8)) is None  # NO SIGNAL, or a frame without a number
+
+
+def test_bench_serve_part_prints_its_figures(capsys, tmp_path):
+    """``bench --only serve``: a real server, an aiortc camera and WebSocket viewers; the figures are
+    printed and saved. No thresholds here: the time figures are the bench's to judge."""
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--only", "serve", "--seconds", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert "serve.error" not in data, data.get("serve.error")
+    for label in ("camera frame sent to its picture received and decoded, median", "frames shown on the page / model fps",
+                  "model fps lost with three viewers instead of one"):
+        assert label in text, text
+    assert data["serve.latency_median_ms"] > 0 and int(data["serve.frames_timed"]) > 0
+    assert data["serve.model_fps_1"] > 0 and data["serve.model_fps_3"] > 0 and data["serve.camera_fps"] > 0
+    assert data["serve.page_fps_ratio"] > 0
