@@ -290,6 +290,66 @@ def test_browser_camera_keys_viewers_and_recording(servers, browser):
     again.close()
 
 
+def test_camera_over_the_websocket_when_asked(servers, browser):
+    """``?camera=ws`` (what the page falls back to when WebRTC does not connect, as through an SSH
+    tunnel): the fake camera's frames go as JPEG over the WebSocket and reach the model; a binary
+    message that is not a JPEG is rejected and counted; a WebRTC page that takes over stops this one."""
+    cam, _ = servers
+    page = browser.new_page()
+    page.goto(cam.local() + "&camera=ws")
+    # The previous test's camera page is closed, but its peer connection lingers on the server until
+    # WebRTC notices (up to ~30 s): then this page offers a button to take over, as for a live camera.
+    page_wait(page, "window.liveAttention.camera === 'websocket' || !document.getElementById('camera').hidden",
+              "the page starts its camera or offers to")
+    if page.evaluate("window.liveAttention.camera") != "websocket":
+        page.click("#camera")
+    page_wait(page, "window.liveAttention.camera === 'websocket' && window.liveAttention.cameraSent > 5",
+              "the page sends its camera over the WebSocket")
+    s0 = cam.wait(lambda s: s["camera"]["via"] == "websocket", "the WebSocket page is the camera")
+    cam.wait(lambda s: s["camera"]["received"] > s0["camera"]["received"] + 5 and s["processed"] > s0["processed"] + 5
+             and s["camera"]["via"] == "websocket", "its frames reach the model")
+    page_wait(page, "window.liveAttention.frames > 5", "pictures on the page")
+    rejected = cam.state()["camera"]["rejected"]
+    page.evaluate("() => ws.send(new Uint8Array([0xff, 0xd8, 0xff, 0xc0, 0, 17, 8, 0x7f, 0xff, 0x7f, 0xff]))")
+    cam.wait(lambda s: s["camera"]["rejected"] > rejected, "a JPEG that declares 32767x32767 is rejected")
+    other = browser.new_page()
+    other.goto(cam.local())
+    other.wait_for_selector("#camera:not([hidden])", timeout=WAIT_S * 1000)  # another page has the camera
+    other.click("#camera")
+    cam.wait(lambda s: s["camera"]["via"] == "webrtc", "a WebRTC page takes the camera over")
+    page_wait(page, "window.liveAttention.camera === 'off'", "the WebSocket page is told and stops")
+    page.close()
+    other.close()
+
+
+def test_camera_falls_back_to_the_websocket_when_webrtc_cannot_connect(servers, browser):
+    """The server's answer reaches the page but no media path does (as through an SSH tunnel, which
+    carries only TCP: here the ICE candidates are taken out of the offer and the answer on the way): within a few seconds
+    the page sends its camera over the WebSocket instead, and it reaches the model."""
+    cam, _ = servers
+
+    def strip(desc: dict) -> dict:
+        lines = desc["sdp"].splitlines(keepends=True)
+        return {**desc, "sdp": "".join(line for line in lines if not line.startswith("a=candidate"))}
+
+    def no_candidates(route):  # neither side learns an address of the other
+        offer = strip(json.loads(route.request.post_data))
+        route.fulfill(json=strip(route.fetch(post_data=json.dumps(offer)).json()))
+
+    page = browser.new_page()
+    page.route("**/offer*", no_candidates)
+    page.goto(cam.local())
+    page_wait(page, "window.liveAttention.camera !== 'off' || !document.getElementById('camera').hidden",
+              "the page starts its camera or offers to")
+    if page.evaluate("window.liveAttention.camera") == "off":
+        page.click("#camera")  # an earlier page's camera lingers: take over, as a user would
+    page_wait(page, "window.liveAttention.camera === 'websocket' && window.liveAttention.cameraSent > 5",
+              "the camera goes over the WebSocket")
+    s0 = cam.wait(lambda s: s["camera"]["via"] == "websocket", "the WebSocket page is the camera")
+    cam.wait(lambda s: s["processed"] > s0["processed"] + 5, "its frames reach the model")
+    page.close()
+
+
 def test_stops_cleanly_on_sigterm(servers):
     """Ctrl-C or SIGTERM ends the loop, the session and the server thread: exit status 0, no traceback."""
     for server in servers:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,8 @@ def bench_serve(rep: Any, seconds: float) -> None:
         server = ServeProcess(Path(d) / "serve.log")
         try:
             url = server.url()
-            probe, phases = asyncio.run(_measure(url, seconds))
+            with ThreadPoolExecutor(1) as pool:  # a loop of its own: the caller's thread may run one
+                probe, phases = pool.submit(asyncio.run, _measure(url, seconds)).result()
         except (RuntimeError, OSError) as exc:
             rep.add("serve.error", "serve not measured", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
