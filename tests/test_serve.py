@@ -292,6 +292,66 @@ def test_browser_camera_keys_viewers_and_recording(servers, browser):
     again.close()
 
 
+def test_camera_over_the_websocket_when_asked(servers, browser):
+    """``?camera=ws`` (what the page falls back to when WebRTC does not connect, as through an SSH
+    tunnel): the fake camera's frames go as JPEG over the WebSocket and reach the model; a binary
+    message that is not a JPEG is rejected and counted; a WebRTC page that takes over stops this one."""
+    cam, _ = servers
+    page = browser.new_page()
+    page.goto(cam.local() + "&camera=ws")
+    # The previous test's camera page is closed, but its peer connection lingers on the server until
+    # WebRTC notices (up to ~30 s): then this page offers a button to take over, as for a live camera.
+    page_wait(page, "window.liveAttention.camera === 'websocket' || !document.getElementById('camera').hidden",
+              "the page starts its camera or offers to")
+    if page.evaluate("window.liveAttention.camera") != "websocket":
+        page.click("#camera")
+    page_wait(page, "window.liveAttention.camera === 'websocket' && window.liveAttention.cameraSent > 5",
+              "the page sends its camera over the WebSocket")
+    s0 = cam.wait(lambda s: s["camera"]["via"] == "websocket", "the WebSocket page is the camera")
+    cam.wait(lambda s: s["camera"]["received"] > s0["camera"]["received"] + 5 and s["processed"] > s0["processed"] + 5
+             and s["camera"]["via"] == "websocket", "its frames reach the model")
+    page_wait(page, "window.liveAttention.frames > 5", "pictures on the page")
+    rejected = cam.state()["camera"]["rejected"]
+    page.evaluate("() => ws.send(new Uint8Array([0xff, 0xd8, 0xff, 0xc0, 0, 17, 8, 0x7f, 0xff, 0x7f, 0xff]))")
+    cam.wait(lambda s: s["camera"]["rejected"] > rejected, "a JPEG that declares 32767x32767 is rejected")
+    other = browser.new_page()
+    other.goto(cam.local())
+    other.wait_for_selector("#camera:not([hidden])", timeout=WAIT_S * 1000)  # another page has the camera
+    other.click("#camera")
+    cam.wait(lambda s: s["camera"]["via"] == "webrtc", "a WebRTC page takes the camera over")
+    page_wait(page, "window.liveAttention.camera === 'off'", "the WebSocket page is told and stops")
+    page.close()
+    other.close()
+
+
+def test_camera_falls_back_to_the_websocket_when_webrtc_cannot_connect(servers, browser):
+    """The server's answer reaches the page but no media path does (as through an SSH tunnel, which
+    carries only TCP: here the ICE candidates are taken out of the offer and the answer on the way): within a few seconds
+    the page sends its camera over the WebSocket instead, and it reaches the model."""
+    cam, _ = servers
+
+    def strip(desc: dict) -> dict:
+        lines = desc["sdp"].splitlines(keepends=True)
+        return {**desc, "sdp": "".join(line for line in lines if not line.startswith("a=candidate"))}
+
+    def no_candidates(route):  # neither side learns an address of the other
+        offer = strip(json.loads(route.request.post_data))
+        route.fulfill(json=strip(route.fetch(post_data=json.dumps(offer)).json()))
+
+    page = browser.new_page()
+    page.route("**/offer*", no_candidates)
+    page.goto(cam.local())
+    page_wait(page, "window.liveAttention.camera !== 'off' || !document.getElementById('camera').hidden",
+              "the page starts its camera or offers to")
+    if page.evaluate("window.liveAttention.camera") == "off":
+        page.click("#camera")  # an earlier page's camera lingers: take over, as a user would
+    page_wait(page, "window.liveAttention.camera === 'websocket' && window.liveAttention.cameraSent > 5",
+              "the camera goes over the WebSocket")
+    s0 = cam.wait(lambda s: s["camera"]["via"] == "websocket", "the WebSocket page is the camera")
+    cam.wait(lambda s: s["processed"] > s0["processed"] + 5, "its frames reach the model")
+    page.close()
+
+
 def test_stops_cleanly_on_sigterm(servers):
     """Ctrl-C or SIGTERM ends the loop, the session and the server thread: exit status 0, no traceback."""
     for server in servers:
@@ -299,3 +359,43 @@ def test_stops_cleanly_on_sigterm(servers):
         server.proc.terminate()
         assert server.proc.wait(60) == 0, server.log.read_text()[-2000:]
         assert "Traceback" not in server.log.read_text(), server.log.read_text()[-2000:]
+
+
+# ---- bench --only serve ----------------------------------------------------------------------------------
+
+
+def test_bench_frame_numbers_survive_the_trip_to_the_page():
+    """The number drawn into a camera frame reads back from the page's picture: the frame resized to
+    the canvas, dimmed outside the model's crop (render's 0.35), JPEG at the server's quality, decoded at
+    half size as the bench does; a picture without a number reads as None. The cells are 32x16 px of
+    pure black or white: JPEG's error on flat 8x8 blocks is a few grey levels, far below MIN_CONTRAST."""
+    import cv2
+
+    from live_attention.commands.bench_parts.serve import BITS, mark, read_mark
+    from live_attention.web.server import JPEG_QUALITY
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    for number in (0, 1, 12345, (1 << BITS) - 1, 40000):
+        frame = base.copy()
+        mark(frame, number)
+        shown = cv2.convertScaleAbs(cv2.resize(frame, (960, 720)), alpha=0.35)
+        jpeg = cv2.imencode(".jpg", shown, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
+        assert read_mark(cv2.imdecode(jpeg, cv2.IMREAD_REDUCED_GRAYSCALE_2)) == number
+    assert read_mark(np.full((360, 480), 40, np.uint8)) is None  # NO SIGNAL, or a frame without a number
+
+
+def test_bench_serve_part_prints_its_figures(capsys, tmp_path):
+    """``bench --only serve``: a real server, an aiortc camera and WebSocket viewers; the figures are
+    printed and saved. No thresholds here: the time figures are the bench's to judge."""
+    out = tmp_path / "bench.json"
+    assert cli_main(["bench", "--only", "serve", "--seconds", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert "serve.error" not in data, data.get("serve.error")
+    for label in ("camera frame sent to its picture received and decoded, median", "frames shown on the page / model fps",
+                  "model fps lost with three viewers instead of one"):
+        assert label in text, text
+    assert data["serve.latency_median_ms"] > 0 and int(data["serve.frames_timed"]) > 0
+    assert data["serve.model_fps_1"] > 0 and data["serve.model_fps_3"] > 0 and data["serve.camera_fps"] > 0
+    assert data["serve.page_fps_ratio"] > 0

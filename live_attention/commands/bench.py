@@ -4,8 +4,9 @@ Timings on a shared machine are noisy, so every target is a ratio or a per-frame
 back to back in one process (medians of runs taken in alternation, so drift in load hits all sides
 alike). Random-init weights: speed does not depend on them. Prints a table with PASS/FAIL against the
 targets; ``--json`` also writes the figures. Parts (``--only``/``--skip``): engine, demo, flow,
-renderer, pipeline, record, load, timm, relevance, render, long and gpu (the last two only when asked;
-gpu: the GPU targets in one table, what ``make gpu-check`` prints).
+renderer, pipeline, record, load, timm, relevance, render, long, gpu and serve (the last three only when
+asked; gpu: the GPU targets in one table, what ``make gpu-check`` prints; serve: the browser camera loop
+of ``live-attention serve``, see :mod:`live_attention.commands.bench_parts.serve`).
 
 This module runs the parts asked for, one after another, into one :class:`Report`; each part's
 measurements live in :mod:`live_attention.commands.bench_parts`, one module per kind of figure.
@@ -88,6 +89,10 @@ def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
         bench_long_video(rep, args.minutes, "demo")
     if "gpu" in parts:
         bench_gpu(rep, args.reps)
+    if "serve" in parts:
+        from live_attention.commands.bench_parts.serve import bench_serve  # needs the web extra
+
+        bench_serve(rep, min(args.seconds, 21.0) / 3)
     rep.add("peak_rss_mb", "peak process memory (RSS)", rss_mb()[1], "MB")
     if args.json:
         Path(args.json).write_text(json.dumps(rep.data, indent=2, default=str))

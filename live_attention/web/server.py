@@ -9,7 +9,9 @@ newest picture when it is ready again, never a queue of old ones.
 
 Routes (each needs the token when there is one: ``?token=`` or ``Authorization: Bearer``):
 ``/`` the page, ``/app.js``, ``/state`` (JSON), ``/ws`` (pictures out; keys and clicks in, as
-JSON text), ``/offer`` (POST: a WebRTC offer with the page's camera, answered with the server's).
+JSON text; with ``--source browser`` also the page's camera: ``{"camera": "claim"}``, then JPEG binary
+messages, the fallback when WebRTC cannot connect, e.g. through an SSH tunnel, which carries only TCP), ``/offer`` (POST: a WebRTC
+offer with the page's camera, answered with the server's).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ JPEG_QUALITY = 85
 SEND_TIMEOUT_S = 5.0  # a viewer that takes longer to take one picture is dropped (it may come back)
 MAX_WS_BYTES = 64 * 1024  # larger WebSocket messages close that connection (and are counted)
 MAX_OFFER_BYTES = 64 * 1024
+MAX_CAMERA_JPEG_BYTES = 1024 * 1024  # a camera frame over the WebSocket (--source browser only)
 
 
 def is_local(host: str) -> bool:
@@ -94,6 +97,35 @@ def _static(name: str) -> bytes:
     return importlib.resources.files("live_attention.web").joinpath("static").joinpath(name).read_bytes()
 
 
+def is_camera_claim(text: str) -> bool:
+    """True for the message a page sends before its camera's frames go over the WebSocket."""
+    return len(text) < 64 and text.replace(" ", "") == '{"camera":"claim"}'
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read before decoding (a small file may declare a
+    huge picture), or None when ``data`` is not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def decode_camera_jpeg(data: bytes, max_side: int, max_pixels: int) -> np.ndarray | None:
+    """A page's camera frame (JPEG) as BGR, or None when it is not a JPEG or declares too large a picture."""
+    size = jpeg_size(data)
+    if size is None or not (0 < size[0] <= max_side and 0 < size[1] <= max_side) or size[0] * size[1] > max_pixels:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
 def encode_jpeg(rgb: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
@@ -129,7 +161,7 @@ class WebServer(threading.Thread):
         self._jpeg: tuple[int, bytes] = (0, b"")
         self._encode_lock: asyncio.Lock | None = None
         self._sockets: set[web.WebSocketResponse] = set()
-        self._camera: Any = None  # the peer connection whose camera feeds the source (latest wins)
+        self._camera: Any = None  # the peer connection or WebSocket whose camera feeds the source (latest wins)
         self._peers: set[Any] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # camera readers (the loop keeps only weak references)
         self.unauthorized = 0
@@ -229,12 +261,17 @@ class WebServer(threading.Thread):
         state = {**self.display.snapshot(), **self.extra_state(), "unauthorized": self.unauthorized}
         state["browser_source"] = self.source is not None
         if self.source is not None:
-            state["camera"] = {"connected": self._camera is not None, "received": self.source.received,
+            via = None if self._camera is None else "websocket" if isinstance(self._camera, web.WebSocketResponse) \
+                else "webrtc"
+            state["camera"] = {"connected": self._camera is not None, "via": via, "received": self.source.received,
                                "rejected": self.source.rejected, "overwritten": self.source.dropped}
         return state
 
     async def _viewer(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=MAX_WS_BYTES)
+        limit = MAX_CAMERA_JPEG_BYTES if self.source is not None else MAX_WS_BYTES
+        # No permessage-deflate: JPEG does not compress, and deflating it cost CPU for every viewer (and
+        # left a failed task behind when a viewer left in the middle of a send).
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=limit, compress=False)
         await ws.prepare(request)
         wake = asyncio.Event()
         wake.set()  # the newest picture at once: a returning viewer sees the session without waiting
@@ -244,11 +281,17 @@ class WebServer(threading.Thread):
         sender = asyncio.create_task(self._send_pictures(ws, wake))
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
+                if msg.type == WSMsgType.TEXT and self.source is not None and is_camera_claim(msg.data):
+                    await self._claim_camera(ws)
+                elif msg.type == WSMsgType.TEXT:
                     self.display.push(msg.data)
+                elif msg.type == WSMsgType.BINARY and self.source is not None:
+                    await self._camera_frame(ws, msg.data)
                 elif msg.type in (WSMsgType.BINARY, WSMsgType.ERROR):
                     self.display.count("dropped_inputs")
         finally:
+            if self._camera is ws:
+                self._camera = None
             self.display.viewers -= 1
             self._wakers.discard(wake)
             self._sockets.discard(ws)
@@ -256,6 +299,26 @@ class WebServer(threading.Thread):
         if ws.close_code == 1009:  # too big: aiohttp closed it
             self.display.count("dropped_inputs")
         return ws
+
+    async def _claim_camera(self, ws: web.WebSocketResponse) -> None:
+        """This page's WebSocket becomes the camera (the latest wins; the one it replaces is told)."""
+        old, self._camera = self._camera, ws
+        if old is not ws:
+            await self._release_camera(old)
+
+    async def _camera_frame(self, ws: web.WebSocketResponse, data: bytes) -> None:
+        """A camera frame over the WebSocket; ignored unless this page is the camera (frames still on
+        their way from a page that another one replaced)."""
+        from live_attention.web.source import MAX_PIXELS, MAX_SIDE
+
+        assert self.source is not None
+        if self._camera is not ws:
+            return
+        image = await asyncio.get_running_loop().run_in_executor(None, decode_camera_jpeg, data, MAX_SIDE, MAX_PIXELS)
+        if image is None:
+            self.source.reject()
+        else:
+            self.source.offer(image)
 
     async def _send_pictures(self, ws: web.WebSocketResponse, wake: asyncio.Event) -> None:
         sent = 0
@@ -328,8 +391,8 @@ class WebServer(threading.Thread):
         from aiortc.mediastreams import MediaStreamError
 
         old, self._camera = self._camera, pc
-        if old is not None and old is not pc:
-            await self._drop_peer(old)
+        if old is not pc:
+            await self._release_camera(old)
         assert self.source is not None
         try:
             while self._camera is pc:
@@ -339,6 +402,18 @@ class WebServer(threading.Thread):
         finally:
             if self._camera is pc:
                 self._camera = None
+
+    async def _release_camera(self, old: Any) -> None:
+        """The camera that another page replaced: a peer connection is closed, a WebSocket is told
+        (``{"camera": "taken"}``) and stays a viewer."""
+        if isinstance(old, web.WebSocketResponse):
+            if not old.closed:
+                try:
+                    await old.send_str(json.dumps({"camera": "taken"}))
+                except (ConnectionError, RuntimeError):
+                    pass
+        elif old is not None:
+            await self._drop_peer(old)
 
     async def _drop_peer(self, pc: Any) -> None:
         self._peers.discard(pc)

@@ -48,6 +48,11 @@ class BrowserSource:
         self._slot.put(frame)
         return True
 
+    def reject(self) -> None:
+        """A frame the server could not take (not a picture): counted."""
+        with self._lock:
+            self.rejected += 1
+
     def open(self) -> None:
         pass  # nothing to acquire: pages connect by themselves
 

@@ -1,5 +1,7 @@
 // live-attention in the browser: the server's picture on a canvas (JPEG over a WebSocket), the
-// window's keys and clicks back to it, and with --source browser this page's camera over WebRTC.
+// window's keys and clicks back to it, and with --source browser this page's camera over WebRTC, or,
+// when WebRTC does not connect within a few seconds (an SSH tunnel carries only TCP) or the URL says
+// ?camera=ws, as JPEG frames over the WebSocket.
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token");
@@ -9,7 +11,10 @@ const ctx = canvas.getContext("2d");
 const statusEl = document.getElementById("status");
 const figures = document.getElementById("figures");
 const cameraButton = document.getElementById("camera");
-const la = (window.liveAttention = { frames: 0, connected: false, camera: "off", lastState: null });
+const la = (window.liveAttention = { frames: 0, connected: false, camera: "off", lastState: null, cameraSent: 0 });
+const cameraOverWs = new URLSearchParams(location.search).get("camera") === "ws";
+const WEBRTC_WAIT_MS = 5000;  // then the camera goes over the WebSocket
+const WS_CAMERA = { maxWidth: 640, fps: 30, quality: 0.8, maxBuffered: 512 * 1024 };
 
 // Browser key names -> the names the server's key controller knows (the window's keys).
 const KEYS = {
@@ -26,9 +31,15 @@ function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   ws = new WebSocket(proto + "//" + location.host + "/ws" + q);
   ws.binaryType = "blob";
-  ws.onopen = () => { la.connected = true; retry = 250; statusEl.textContent = "live"; statusEl.className = ""; };
+  ws.onopen = () => {
+    la.connected = true; retry = 250; statusEl.textContent = "live"; statusEl.className = "";
+    if (la.camera === "websocket") send({ camera: "claim" });  // back after a drop: still the camera
+  };
   ws.onmessage = async (ev) => {
-    if (typeof ev.data === "string") return;
+    if (typeof ev.data === "string") {  // the server's word: another page took the camera
+      try { if (JSON.parse(ev.data).camera === "taken") cameraTaken(); } catch (err) { /* ignored */ }
+      return;
+    }
     const bitmap = await createImageBitmap(ev.data);
     if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
       canvas.width = bitmap.width; canvas.height = bitmap.height;
@@ -70,7 +81,9 @@ async function startCamera() {
     const stream = await navigator.mediaDevices.getUserMedia({
       video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
     });
-    document.getElementById("local").srcObject = stream;
+    const video = document.getElementById("local");
+    video.srcObject = stream;
+    if (cameraOverWs) return sendOverWebSocket(stream, video);
     const pc = new RTCPeerConnection();
     for (const track of stream.getVideoTracks()) pc.addTrack(track, stream);
     await pc.setLocalDescription(await pc.createOffer());
@@ -85,9 +98,12 @@ async function startCamera() {
     });
     if (!res.ok) throw new Error(await res.text());
     await pc.setRemoteDescription(await res.json());
-    pc.addEventListener("connectionstatechange", () => { la.camera = pc.connectionState; });
+    pc.addEventListener("connectionstatechange", () => { if (la.camera !== "websocket") la.camera = pc.connectionState; });
     la.camera = "sent";
     cameraButton.hidden = true;
+    setTimeout(() => {  // no media path (only TCP reaches the server): the WebSocket carries the camera
+      if (pc.connectionState !== "connected" && la.camera !== "off") { pc.close(); sendOverWebSocket(stream, video); }
+    }, WEBRTC_WAIT_MS);
   } catch (err) {
     la.camera = "failed: " + err;
     statusEl.textContent = "camera: " + (err.message || err);
@@ -95,6 +111,35 @@ async function startCamera() {
     cameraButton.hidden = false;
   }
 }
+// The camera as JPEG frames over the WebSocket, at most 640 wide and 30 fps, none while the last
+// ones are still in the socket's buffer (a slow link gets fewer frames, never a queue).
+async function sendOverWebSocket(stream, video) {
+  la.camera = "websocket";
+  cameraButton.hidden = true;
+  send({ camera: "claim" });  // the server takes frames only from the page that claimed the camera last
+  await video.play();
+  const grab = document.createElement("canvas");
+  const g = grab.getContext("2d");
+  const tick = () => {
+    if (la.camera !== "websocket") { stream.getTracks().forEach((t) => t.stop()); return; }
+    setTimeout(tick, 1000 / WS_CAMERA.fps);
+    if (!ws || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > WS_CAMERA.maxBuffered || !video.videoWidth) return;
+    const scale = Math.min(1, WS_CAMERA.maxWidth / video.videoWidth);
+    grab.width = Math.round(video.videoWidth * scale); grab.height = Math.round(video.videoHeight * scale);
+    g.drawImage(video, 0, 0, grab.width, grab.height);
+    grab.toBlob((blob) => {
+      if (blob && ws.readyState === WebSocket.OPEN && la.camera === "websocket") { ws.send(blob); la.cameraSent += 1; }
+    }, "image/jpeg", WS_CAMERA.quality);
+  };
+  tick();
+}
+
+function cameraTaken() {
+  if (la.camera !== "websocket") return;
+  la.camera = "off";  // the sender stops at its next tick
+  cameraButton.hidden = false;
+}
+
 cameraButton.addEventListener("click", startCamera);
 
 function fmt(v, unit) { return v === null || v === undefined ? "–" : v.toFixed(0) + unit; }
