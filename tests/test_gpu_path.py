@@ -292,7 +292,7 @@ class DeviceGuard:
                           (FrameBatch, "__call__")):
             monkeypatch.setattr(cls, name, self._watch(getattr(cls, name), f"{cls.__name__}.{name}"))
         from live_attention.modes import query as query_mode
-        from live_attention.pipeline import loop as loop_mod
+        from live_attention.pipeline import loop_parts as loop_mod
 
         monkeypatch.setattr(batch, "render", self._reads(batch.render, "draw"))
         monkeypatch.setattr(batch, "flow_for", self._reads(batch.flow_for, "flow (offline)"))
@@ -406,7 +406,7 @@ class OneResultFeed:
 
 def test_leaving_the_flow_view_cancels_its_job(monkeypatch):
     from live_attention.core.flow import FlowCancelled
-    from live_attention.pipeline import loop as loop_mod
+    from live_attention.pipeline import loop_parts as loop_mod
     from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay, Inputs
 
     started = threading.Event()

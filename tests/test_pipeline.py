@@ -50,11 +50,13 @@ def test_fast_camera_slow_model_latest_wins_and_latency_stays_bounded():
 
 
 def test_slow_camera_every_frame_inferred():
-    cam = FakeCamera([12], period=0.06)
+    # A camera far slower than the model, even on a loaded machine (the tiny ViT takes a few ms):
+    # every frame is inferred, none is overwritten in the slot.
+    cam = FakeCamera([12], period=0.25)
     s = LiveSession(Config(), engine(), cam)
     s.start()
     try:
-        assert wait_until(lambda: s.worker.processed >= 12, 10)
+        assert wait_until(lambda: s.worker.processed >= 12, 30)
         assert s.frames.overwritten == 0 and s.status().dropped == 0
     finally:
         s.stop()
@@ -135,14 +137,18 @@ def test_demo_source_rollout_hotspot_follows_the_moving_object():
     scene = src.scene  # the same scene object the capture thread draws
     results = []
     try:
-        t_end = time.monotonic() + 4.0
+        # At least 10 results over 3 s of the scene (the object moves meanwhile), however loaded the
+        # machine: the bound is in results and scene time; the 60 s deadline only keeps the loop finite.
+        t_end = time.monotonic() + 60.0
         while time.monotonic() < t_end:
             r = s.results.get(timeout=0.5)
             if r is not None:
                 results.append(r)
+            if len(results) >= 10 and results[-1].pts_s - results[0].pts_s >= 3.0:
+                break
     finally:
         s.stop()
-    assert len(results) >= 10
+    assert len(results) >= 10 and results[-1].pts_s - results[0].pts_s >= 3.0
     hits, spots = 0, []
     for r in results:
         patch = int(r.rollout[-1].argmax())

@@ -83,6 +83,17 @@ def one_line(capsys, argv: list[str]) -> str:
     return err
 
 
+def test_the_page_sends_every_key_of_the_window_but_quit():
+    """The page's script takes its keys from the one key table: a key added there works from the page."""
+    from live_attention.ui.keys import page_keys
+    from live_attention.web.server import page_script
+
+    script = page_script().decode()
+    listed = json.loads(script.split("const PAGE_KEYS = ", 1)[1].split(";", 1)[0])
+    assert set(listed) == set(page_keys()) and {"j", "2", "up", "space", "r"} <= set(listed)
+    assert "q" not in listed and "esc" not in listed
+
+
 def test_port_in_use_is_one_line(capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -257,6 +268,10 @@ def test_browser_camera_keys_viewers_and_recording(servers, browser):
     cam.wait(lambda s: s["mode"] == "rollout", "2 selects rollout")
     page.keyboard.press("ArrowDown")
     cam.wait(lambda s: s["layer"] == s1["layer"] - 1, "Down selects the layer below")
+    # Every key of the window's table reaches the server from the page (the page learns them from it): J.
+    smooth = cam.state()["smooth"]
+    page.keyboard.press("J")
+    cam.wait(lambda s: s["smooth"] is not smooth, "J toggles smoothing over time")
     # A click on the picture picks the query patch (its centre is inside the part the model sees).
     page.click("#view")
     cam.wait(lambda s: s["mode"] == "query" and s["query_patch"] is not None, "a click picks a query patch")

@@ -369,7 +369,8 @@ class DemoScene:
         """Ground truth at time ``t``: ``[(label, (x0, y0, x1, y1)), ...]`` in frame pixels."""
         return [(tg.label, tg.box) for tg in self.targets(t)]
 
-    def _target_geometry(self, t: float) -> list[tuple[np.ndarray, int, DemoTarget]]:
+    def _visible_targets(self, t: float) -> list[tuple[int, int, float, float, np.ndarray, int]]:
+        """The targets on screen at ``t``: (index, class, centre x, centre y, polygon, outline thickness)."""
         out = []
         cycle = int(math.floor(t / self.period))
         for i, d in enumerate(self._targets):
@@ -378,8 +379,14 @@ class DemoScene:
             label = (d.label0 + cycle) % NUM_CLASSES
             cx, cy = self._orbit_pos(i, d.r, t)
             poly = shape_polygon(label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t))
-            th = max(1, int(round(0.18 * d.r)))
-            fill = hsv_to_bgr(d.hue0 + 37 * cycle, 255, 245)
+            out.append((i, label, cx, cy, poly, max(1, int(round(0.18 * d.r)))))
+        return out
+
+    def _target_geometry(self, t: float) -> list[tuple[np.ndarray, int, DemoTarget]]:
+        out = []
+        cycle = int(math.floor(t / self.period))
+        for i, label, _cx, _cy, poly, th in self._visible_targets(t):
+            fill = hsv_to_bgr(self._targets[i].hue0 + 37 * cycle, 255, 245)
             mask = np.zeros((self.height, self.width), np.uint8)
             pts = fixed_points(poly)
             cv2.fillPoly(mask, [pts], 255, lineType=cv2.LINE_8, shift=SHIFT)
@@ -402,14 +409,8 @@ class DemoScene:
             cx, cy = self._pos(d, d.r, t)
             poly = shape_polygon(d.label, cx, cy, d.r, MAX_TILT * math.sin(2 * math.pi * d.wobble * t + d.theta))
             out.append((("distractor", i), poly, not d.hollow, d.thick if d.hollow else 0, (cx, cy)))
-        cycle = int(math.floor(t / self.period))
-        for i, mv in enumerate(self._targets):
-            if not self._visible(i, t):
-                continue
-            label = (mv.label0 + cycle) % NUM_CLASSES
-            cx, cy = self._orbit_pos(i, mv.r, t)
-            poly = shape_polygon(label, cx, cy, mv.r, MAX_TILT * math.sin(2 * math.pi * mv.wobble * t))
-            out.append((("target", i, label), poly, True, max(1, int(round(0.18 * mv.r))), (cx, cy)))
+        for i, label, cx, cy, poly, th in self._visible_targets(t):
+            out.append((("target", i, label), poly, True, th, (cx, cy)))
         return out
 
     def _owners(self, objects: list) -> np.ndarray:

@@ -134,7 +134,7 @@ class WebDisplay:
     def update(self, status: Status, result: Result | None, view: View) -> None:
         state = {
             "mode": view.mode, "layer": view.layer + 1, "head": view.head + 1, "fusion": view.fusion,
-            "frozen": view.frozen, "animating": view.animating, "opacity": view.opacity,
+            "frozen": view.frozen, "animating": view.animating, "smooth": view.smooth, "opacity": view.opacity,
             "colormap": view.colormap, "query_patch": view.query_patch, "target": view.target,
             "fps": status.infer_fps, "capture_fps": status.capture_fps, "latency_ms": status.latency_ms,
             "status": asdict(status), "seq": result.seq if result is not None else None,

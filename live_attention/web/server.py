@@ -33,6 +33,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from live_attention.errors import UserError
+from live_attention.ui.keys import page_keys
 from live_attention.web.display import WebDisplay
 from live_attention.web.source import BrowserSource
 
@@ -95,6 +96,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _static(name: str) -> bytes:
     return importlib.resources.files("live_attention.web").joinpath("static").joinpath(name).read_bytes()
+
+
+def page_script() -> bytes:
+    """The page's script, with the keys it may send filled in from the one key table: a key added to
+    the window (ui/keys.py) works from the page too."""
+    keys = json.dumps(sorted(page_keys())).encode()
+    return _static("app.js").replace(b"/*PAGE_KEYS*/[]", keys, 1)
 
 
 def is_camera_claim(text: str) -> bool:
@@ -246,12 +254,12 @@ class WebServer(threading.Thread):
 
     async def _page(self, request: web.Request) -> web.Response:
         # The script goes inside the page: a separate request for it would need the token again.
-        script = b"<script>\n" + _static("app.js") + b"</script>"
+        script = b"<script>\n" + page_script() + b"</script>"
         page = _static("index.html").replace(b'<script src="app.js"></script>', script)
         return web.Response(body=page, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     async def _script(self, request: web.Request) -> web.Response:
-        return web.Response(body=_static("app.js"), content_type="application/javascript",
+        return web.Response(body=page_script(), content_type="application/javascript",
                             headers={"Cache-Control": "no-store"})
 
     async def _state(self, request: web.Request) -> web.Response:

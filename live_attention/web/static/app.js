@@ -16,13 +16,16 @@ const cameraOverWs = new URLSearchParams(location.search).get("camera") === "ws"
 const WEBRTC_WAIT_MS = 5000;  // then the camera goes over the WebSocket
 const WS_CAMERA = { maxWidth: 640, fps: 30, quality: 0.8, maxBuffered: 512 * 1024 };
 
+// The keys the server takes from a page: the window's key table (ui/keys.py), filled in by the server.
+const PAGE_KEYS = /*PAGE_KEYS*/[];
 // Browser key names -> the names the server's key controller knows (the window's keys).
-const KEYS = {
+const NAMED = {
   ArrowUp: "up", ArrowDown: "down", ArrowLeft: "left", ArrowRight: "right", " ": "space",
-  Backspace: "backspace", "+": "+", "=": "+", "-": "-", _: "-",
+  Backspace: "backspace", "=": "+", _: "-",
 };
-for (const c of "0123456789") KEYS[c] = c;
-for (const c of "afhmcsrt") { KEYS[c] = c; KEYS[c.toUpperCase()] = c; }
+const KEYS = {};
+for (const [browser, name] of Object.entries(NAMED)) if (PAGE_KEYS.includes(name)) KEYS[browser] = name;
+for (const k of PAGE_KEYS) if (k.length === 1) { KEYS[k] = k; KEYS[k.toUpperCase()] = k; }
 
 let ws = null;
 let retry = 250;
