@@ -286,6 +286,10 @@ def test_browser_camera_keys_viewers_and_recording(servers, browser):
     page.close()
     s3 = cam.wait(lambda s: s["viewers"] == 1, "one viewer left")
     cam.wait(lambda s: s["frames_sent"] > s3["frames_sent"] + 3, "pictures still go out")
+    # The closed tab's camera goes with it (its page's WebSockets are gone), not ~30 s later when WebRTC's
+    # consent checks give up: the remaining page sees no camera and sends its own.
+    page_wait(second, "window.liveAttention.camera !== 'off'", "the remaining page takes over the camera", 15)
+    cam.wait(lambda s: s["camera"]["connected"] and s["processed"] > s3["processed"] + 3, "its frames reach the model")
     again = browser.new_page()
     again.goto(second.url)
     page_wait(again, "window.liveAttention.frames > 0", "a returning viewer sees the picture")

@@ -44,6 +44,7 @@ JPEG_QUALITY = 85
 SEND_TIMEOUT_S = 5.0  # a viewer that takes longer to take one picture is dropped (it may come back)
 MAX_WS_BYTES = 64 * 1024  # larger WebSocket messages close that connection (and are counted)
 MAX_OFFER_BYTES = 64 * 1024
+PAGE_GRACE_S = 2.0  # a page whose WebSockets are all closed this long is gone: its camera goes too
 MAX_CAMERA_JPEG_BYTES = 1024 * 1024  # a camera frame over the WebSocket (--source browser only)
 
 
@@ -103,6 +104,13 @@ def page_script() -> bytes:
     the window (ui/keys.py) works from the page too."""
     keys = json.dumps(sorted(page_keys())).encode()
     return _static("app.js").replace(b"/*PAGE_KEYS*/[]", keys, 1)
+
+
+def page_id(value: object) -> str | None:
+    """A page's random id as it sent it (short, letters and digits), else None."""
+    if isinstance(value, str) and 0 < len(value) <= 64 and value.isascii() and value.isalnum():
+        return value
+    return None
 
 
 def is_camera_claim(text: str) -> bool:
@@ -171,6 +179,11 @@ class WebServer(threading.Thread):
         self._sockets: set[web.WebSocketResponse] = set()
         self._camera: Any = None  # the peer connection or WebSocket whose camera feeds the source (latest wins)
         self._peers: set[Any] = set()
+        # Which page (its random id) sent each peer connection, and how many WebSockets each page has
+        # open: a page's camera goes when its last WebSocket does (a closed tab), not ~30 s later when
+        # WebRTC's consent checks time out.
+        self._peer_page: dict[Any, str] = {}
+        self._page_sockets: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # camera readers (the loop keeps only weak references)
         self.unauthorized = 0
         display.on_picture = self.picture_ready
@@ -286,6 +299,9 @@ class WebServer(threading.Thread):
         self._wakers.add(wake)
         self._sockets.add(ws)
         self.display.viewers += 1
+        page = page_id(request.query.get("page"))
+        if page is not None:
+            self._page_sockets[page] = self._page_sockets.get(page, 0) + 1
         sender = asyncio.create_task(self._send_pictures(ws, wake))
         try:
             async for msg in ws:
@@ -304,6 +320,8 @@ class WebServer(threading.Thread):
             self._wakers.discard(wake)
             self._sockets.discard(ws)
             sender.cancel()
+            if page is not None:
+                self._page_left(page)
         if ws.close_code == 1009:  # too big: aiohttp closed it
             self.display.count("dropped_inputs")
         return ws
@@ -365,13 +383,15 @@ class WebServer(threading.Thread):
         except Exception:
             self.display.count("dropped_inputs")
             return web.Response(status=400, text="expected JSON {\"sdp\": ..., \"type\": \"offer\"}\n")
-        return web.json_response(await self._answer(sdp))
+        return web.json_response(await self._answer(sdp, page_id(body.get("page"))))
 
-    async def _answer(self, sdp: str) -> dict[str, str]:
+    async def _answer(self, sdp: str, page: str | None = None) -> dict[str, str]:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         pc = RTCPeerConnection()
         self._peers.add(pc)
+        if page is not None:
+            self._peer_page[pc] = page
 
         @pc.on("track")
         def on_track(track: Any) -> None:
@@ -423,8 +443,26 @@ class WebServer(threading.Thread):
         elif old is not None:
             await self._drop_peer(old)
 
+    def _page_left(self, page: str) -> None:
+        """One of a page's WebSockets closed; if none is back within the grace (a network blip
+        reconnects in a second), its peer connections are closed: the tab is gone."""
+        self._page_sockets[page] -= 1
+        if self._page_sockets[page] == 0:
+            del self._page_sockets[page]
+            assert self._loop is not None
+            self._loop.call_later(PAGE_GRACE_S, self._drop_page_peers, page)
+
+    def _drop_page_peers(self, page: str) -> None:
+        if page in self._page_sockets:
+            return
+        for pc in [pc for pc, p in self._peer_page.items() if p == page]:
+            task = asyncio.ensure_future(self._drop_peer(pc))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _drop_peer(self, pc: Any) -> None:
         self._peers.discard(pc)
+        self._peer_page.pop(pc, None)
         if self._camera is pc:
             self._camera = None
         await pc.close()

@@ -6,6 +6,8 @@
 
 const token = new URLSearchParams(location.search).get("token");
 const q = token ? "?token=" + encodeURIComponent(token) : "";
+// This page's id: the server closes the camera a page sent once all of that page's WebSockets are gone.
+const PAGE_ID = Array.from({ length: 16 }, () => Math.floor(Math.random() * 36).toString(36)).join("");
 const canvas = document.getElementById("view");
 const ctx = canvas.getContext("2d");
 const statusEl = document.getElementById("status");
@@ -32,7 +34,7 @@ let retry = 250;
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  ws = new WebSocket(proto + "//" + location.host + "/ws" + q);
+  ws = new WebSocket(proto + "//" + location.host + "/ws" + (q ? q + "&" : "?") + "page=" + PAGE_ID);
   ws.binaryType = "blob";
   ws.onopen = () => {
     la.connected = true; retry = 250; statusEl.textContent = "live"; statusEl.className = "";
@@ -97,7 +99,7 @@ async function startCamera() {
     });
     const res = await fetch("offer" + q, {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, page: PAGE_ID }),
     });
     if (!res.ok) throw new Error(await res.text());
     await pc.setRemoteDescription(await res.json());
