@@ -104,8 +104,8 @@ def test_a_frame_too_small_to_resize_is_skipped_and_the_next_is_processed():
     s = LiveSession(Config(), engine(), cam)
     s.start()
     try:
-        assert wait_until(lambda: s.worker.skipped >= 1, 10)
-        assert "too small" in s.status().error  # shown while it is recent
+        # The HUD says so while it is recent (checked as it happens: a loaded machine may look later).
+        assert wait_until(lambda: s.worker.skipped >= 1 and "too small" in (s.status().error or ""), 10)
         assert wait_until(lambda: s.worker.processed >= 3, 10)
         assert s.results.peek().frame.shape[:2] == (48, 64)
     finally:

@@ -133,22 +133,6 @@ class LiveSession:
         """Sleep until a result newer than the last one waited for arrives (or ``timeout``)."""
         self._seen_puts = self.results.wait_newer(self._seen_puts, timeout)
 
-    def key(self, key: str) -> bool:
-        return False  # no playback keys live
-
-    def seek(self, index: int) -> None:
-        pass
-
-    def tick(self) -> bool:
-        return False
-
-    @property
-    def playing(self) -> bool | None:
-        return None
-
-    def position(self) -> tuple[int, int] | None:
-        return None
-
     def freeze(self, result: Result | None) -> None:
         """Hold the worker on ``result``'s frame (computed again when settings change), or go live."""
         self._frozen = result

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -84,7 +84,8 @@ class Display(Protocol):
 
 
 class Feed(Protocol):
-    """Where results come from: a live session, or a recorded session played back."""
+    """Where results come from: a live session, or a recorded session played back (which is also a
+    :class:`Playback`)."""
 
     num_layers: int
     num_heads: int
@@ -96,12 +97,6 @@ class Feed(Protocol):
     def latest(self) -> Result | None: ...
 
     def wait(self, timeout: float) -> None: ...
-
-    def key(self, key: str) -> bool: ...
-
-    def seek(self, index: int) -> None: ...
-
-    def tick(self) -> bool: ...
 
     def freeze(self, result: Result | None) -> None: ...
 
@@ -118,16 +113,28 @@ class Feed(Protocol):
     @property
     def finished(self) -> bool: ...
 
-    @property
-    def playing(self) -> bool | None: ...
-
-    def position(self) -> tuple[int, int] | None: ...
+    def media_time(self, result: Result) -> float: ...
 
     def toggle_record(self, view_fn: Callable[[], View]) -> str: ...
 
     def submit(self, result: Result, rgb: np.ndarray, view: View) -> None: ...
 
-    def media_time(self, result: Result) -> float: ...
+
+@runtime_checkable
+class Playback(Protocol):
+    """A feed that plays something recorded (replay): its own keys (pause, step, seek), a timeline the
+    display shows, and a clock the loop ticks. A live feed has none of it."""
+
+    @property
+    def playing(self) -> bool | None: ...
+
+    def key(self, key: str) -> bool: ...
+
+    def seek(self, index: int) -> None: ...
+
+    def tick(self) -> bool: ...
+
+    def position(self) -> tuple[int, int] | None: ...
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,6 +160,7 @@ class FrameLoop:
                  state_file: str | None = None, max_seconds: float | None = None,
                  stop_when_finished: bool = False) -> None:
         self.feed, self.display = feed, display
+        self.playback: Playback | None = feed if isinstance(feed, Playback) else None
         self.controller = Controller(feed.num_layers, feed.num_heads, view)
         self.history = EntropyHistory(entropy_seconds)
         self.residual = residual
@@ -210,11 +218,12 @@ class FrameLoop:
             self._key(key, now)
         for fx, fy in inputs.clicks:
             self._click(fx, fy)
-        for index in inputs.seeks:
-            self.feed.seek(index)
-            self._dirty = True
-        if self.feed.tick():
-            self._dirty = True
+        if self.playback is not None:
+            for index in inputs.seeks:
+                self.playback.seek(index)
+                self._dirty = True
+            if self.playback.tick():
+                self._dirty = True
         if self.view.animating and now - self._last_anim >= self.animate_period:
             self.controller.step_animation()
             self._last_anim = now
@@ -236,8 +245,8 @@ class FrameLoop:
     # ---------------------------------------------------------------------------------------------
     def _key(self, key: str, now: float) -> None:
         self._dirty = True
-        if self.feed.key(key):  # playback keys (replay)
-            playing = self.feed.playing
+        if self.playback is not None and self.playback.key(key):  # playback keys (replay)
+            playing = self.playback.playing
             if playing is not None:
                 self.controller.view = replace(self.view, frozen=not playing)
             return
@@ -378,7 +387,7 @@ class FrameLoop:
                 rgb = render(shown.frame, shown, self.view, status, extras, size=canvas_size(shown.frame.shape))
             self.stats.render_ms.append((time.perf_counter() - t) * 1000.0)
             self.rgb = rgb
-            self.display.show(rgb, self.feed.position())
+            self.display.show(rgb, self.playback.position() if self.playback is not None else None)
             if self._new and res is not None:
                 self.feed.submit(res, rgb, self.view)
         self._new = False
