@@ -105,6 +105,23 @@ def engine_from_config(cfg: Config) -> AttentionEngine:
     return engine
 
 
+def compare_engine_from_config(cfg: Config, first: AttentionEngine) -> AttentionEngine | None:
+    """The second model (``[compare]``, ``--compare``) on the first one's device, precision and input
+    settings, or None. Any failure to load it is one line that names ``--compare``."""
+    c = cfg.compare
+    if not c.model:
+        return None
+    m = cfg.model
+    try:
+        return load_model(c.model, c.weights, first.device, m.precision, input_size=m.input_size or None,
+                          full_frame=m.full_frame)
+    except UserError as exc:
+        raise UserError(f"{cfg.where('compare.model')}: the second model cannot load: {exc}") from None
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # a damaged checkpoint, a shape mismatch
+        raise UserError(f"{cfg.where('compare.model')} ({cfg.where('compare.weights')}): the second model "
+                        f"cannot load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # torchvision
 # --------------------------------------------------------------------------------------------------
