@@ -148,3 +148,29 @@ def test_compare_config_section_is_validated(tmp_path):
     bad.write_text('[compare]\nmodle = "demo"\n')
     with pytest.raises(ConfigError, match="compare.modle"):
         load_config(bad)
+
+
+def test_controller_one_set_of_keys_for_two_models():
+    from live_attention.ui.controller import Controller
+
+    pairing = Pairing(layers=(12, 24), heads=(6, 12), same_labels=False)
+    c = Controller(12, 6, View(layer=5), pairing)
+    c.press("right")
+    assert (c.view.head, c.view.compare_head) == (0, -1)  # the left model's head first
+    out = c.press("tab")
+    assert c.view.head_side == 1 and "right" in (out.note or "")
+    c.press("left")
+    assert (c.view.head, c.view.compare_head) == (0, 11)  # past the fused view: the right model's last head
+    c.press("backspace")
+    assert c.view.compare_head == -1 and c.view.head == 0
+    c.press("up")
+    assert c.view.layer == 6  # the left model's layer 7 of 12 ...
+    assert relative_layer(c.view.layer, 12, 24) == 13  # ... is layer 14 of 24 on the right
+    c.press("d")
+    assert c.view.difference
+    # Same head counts: the head keys move both, Tab says so.
+    same = Controller(4, 2, View(), Pairing((4, 4), (2, 2), True))
+    assert "both" in (same.press("tab").note or "") and same.view.head_side == 0
+    # Without --compare, Tab and D say what they are for and change nothing.
+    alone = Controller(4, 2, View())
+    assert "--compare" in (alone.press("d").note or "") and not alone.view.difference

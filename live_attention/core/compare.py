@@ -139,8 +139,10 @@ def _on_region(m: np.ndarray, grid: tuple[int, int], box: Box, region: Box, out_
 
 @dataclass(frozen=True)
 class Difference:
-    """The signed difference of two maps (each scaled to 0..1 first: the models' scales differ), over ``box``
-    on ``grid``: positive where the first model's map is higher. ``note`` says how it was aligned."""
+    """The signed difference of two maps over ``box`` on ``grid``, positive where the first model's map is
+    higher. Each map is first scaled to 0..1 and taken as a share of its total (the models' scales differ;
+    shares compare where each concentrates), and the difference is scaled so that its largest magnitude
+    is 1. ``note`` says how the two were aligned."""
 
     values: np.ndarray  # [P] in -1..1
     grid: tuple[int, int]
@@ -148,16 +150,23 @@ class Difference:
     note: str
 
 
+def _signed(da: np.ndarray, db: np.ndarray) -> np.ndarray:
+    pa, pb = da / max(float(da.sum()), 1e-12), db / max(float(db.sum()), 1e-12)
+    d = (pa - pb).astype(np.float32).reshape(-1)
+    peak = float(np.abs(d).max())
+    return d / peak if peak > 1e-12 else np.zeros_like(d)
+
+
 def difference(ma: np.ndarray, a: Result, mb: np.ndarray, b: Result) -> Difference | None:
     """``ma - mb`` on a common grid: the same grid as it is; else both resampled to the finer grid over
     the part of the picture both saw. None where the two saw nothing in common."""
     if a.grid == b.grid and a.box == b.box:
-        return Difference(_norm(ma) - _norm(mb), a.grid, a.box, f"same {a.grid[0]}×{a.grid[1]} grid")
+        return Difference(_signed(_norm(ma), _norm(mb)), a.grid, a.box, f"same {a.grid[0]}×{a.grid[1]} grid")
     region = _intersection(a.box, b.box)
     if region is None:
         return None
     fine = a.grid if a.grid[0] * a.grid[1] >= b.grid[0] * b.grid[1] else b.grid
     da = _on_region(ma, a.grid, a.box, region, fine)
     db = _on_region(mb, b.grid, b.box, region, fine)
-    return Difference((da - db).reshape(-1), fine, region,
+    return Difference(_signed(da, db), fine, region,
                       f"resampled to the finer {fine[0]}×{fine[1]} grid ({a.grid[0]}×{a.grid[1]} vs {b.grid[0]}×{b.grid[1]})")

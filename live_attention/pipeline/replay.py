@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from live_attention.config import RecordConfig
+from live_attention.core.compare import Pairing
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import PRETRAINED, load_model
 from live_attention.core.render import canvas_size, heads_grid
@@ -186,6 +187,7 @@ class ReplayFeed:
     the recording, recomputed where the view needs more (when a model is loaded)."""
 
     can_record = False
+    pairing: Pairing | None = None  # a recording holds one model
     recording = False
 
     def __init__(self, session: Session, engine: AttentionEngine | None = None, paused: bool = False) -> None:

@@ -121,7 +121,7 @@ def _difference_picture(frame: np.ndarray, a: Result, b: Result, va: View, vb: V
     lines = [("DIFFERENCE (D): left map minus right map", WHITE),
              (f"red: {_short(sa.model)} higher", (255, 140, 120)), (f"blue: {_short(sb.model)} higher", (140, 180, 255))]
     if d is not None:
-        lines.append((f"each map scaled to 0..1; {d.note}", GREY))
+        lines.append((f"each map as a share of its total; {d.note}", GREY))
         lines.append((f"{va.mode}: left layer {va.resolved_layer(a.num_layers) + 1}/{a.num_layers}, "
                       f"right layer {vb.resolved_layer(b.num_layers) + 1}/{b.num_layers}", GREY))
     else:
