@@ -174,3 +174,23 @@ def test_controller_one_set_of_keys_for_two_models():
     # Without --compare, Tab and D say what they are for and change nothing.
     alone = Controller(4, 2, View())
     assert "--compare" in (alone.press("d").note or "") and not alone.view.difference
+
+
+def test_grids_that_cannot_be_aligned_are_one_line_naming_compare():
+    from live_attention.core.compare import check_aligned
+    from live_attention.errors import UserError
+
+    a, b = _engines()
+    check_aligned(a, b, 48, 64)  # two centre crops of a 4:3 picture: the smaller is inside the larger
+    a.configure_input(32, full_frame=True)  # the whole of a 4:1 picture against b's centre square
+    with pytest.raises(UserError, match="^--compare .*cannot be aligned"):
+        check_aligned(a, b, 40, 160)
+
+
+def test_bench_compare_part_reports_the_ratio(clip, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "compare", "--seconds", "1", "--source", str(clip), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["compare.alone_fps"] > 0 and data["compare.paired_fps"] > 0 and data["compare.ratio"] > 0
