@@ -194,3 +194,41 @@ def test_bench_compare_part_reports_the_ratio(clip, tmp_path):
     assert main(["bench", "--only", "compare", "--seconds", "1", "--source", str(clip), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["compare.alone_fps"] > 0 and data["compare.paired_fps"] > 0 and data["compare.ratio"] > 0
+
+
+def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, capsys):
+    import json
+
+    from live_attention.io.recording import Session
+    from live_attention.pipeline.replay import ReplayFeed
+
+    rc = main(["--source", "demo", "--compare", "demo", "--compare-weights", "random", "--headless",
+               "--max-seconds", "4", "--record", str(tmp_path / "sessions")])
+    assert rc == 0, capsys.readouterr().err
+    folder = next((tmp_path / "sessions").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["weights_label"] != "random" and not manifest["model"]["untrained"]
+    second = manifest["compare"]
+    assert second["model"]["name"] == "demo" and second["model"]["untrained"] and second["model"]["weights"] == "random"
+    assert (second["layers"], second["heads"]) == (4, 4) and (folder / second["attention"]).is_dir()
+    assert manifest["overlay_size"] == [2 * 960, 720]
+
+    session = Session(folder)
+    n = len(session)
+    assert n >= 2 and len(session.pair_data["seq"]) == n
+    for i in range(n):  # the same frame on both sides, and different maps (another model)
+        res = session.result(i)
+        assert res.pair is not None and res.pair.seq == res.seq
+        assert not np.allclose(res.cls, res.pair.cls)
+    assert session.status().pair is not None and session.status().pair.untrained
+
+    feed = ReplayFeed(session, None, paused=True)
+    assert feed.pairing is not None and feed.pairing.layers == (4, 4) and feed.pairing.same_labels
+    shown = feed.latest()
+    assert shown is not None and shown.pair is not None and shown.pair.seq == shown.seq
+    session.close()
+
+    out = tmp_path / "export.mp4"
+    assert main(["export", str(folder), "-o", str(out)]) == 0, capsys.readouterr().err
+    frames = _frames(out)
+    assert len(frames) == n and frames[0].shape == (720, 2 * 960, 3)

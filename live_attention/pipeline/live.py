@@ -101,7 +101,7 @@ class LiveSession:
     # ---- recording --------------------------------------------------------------------------------
 
     def start_recording(self, base_dir: str | Path, view_fn: Callable[[], View]) -> str:
-        self.recorder = Recorder.create(base_dir, self.engine, self.cfg, view_fn=view_fn)
+        self.recorder = Recorder.create(base_dir, self.engine, self.cfg, view_fn=view_fn, compare=self.compare)
         self.recorder.start()
         return str(self.recorder.path)
 
