@@ -105,11 +105,12 @@ class RecordConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """A second model run on the same frames (``--compare``): "" for none. Device, precision, input size
-    and full frame are the first model's."""
+    """A second model run on the same frames (``--compare``): "" for none. Precision, input size and full
+    frame are the first model's; ``device`` "" is the first model's too."""
 
     model: str = ""
     weights: str = "imagenet"
+    device: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class Config:
 
 
 _FLAGS = {"model.name": "--model", "source.source": "--source", "compare.model": "--compare",
-          "compare.weights": "--compare-weights"}  # other keys' flags: --KEY-NAME
+          "compare.weights": "--compare-weights",
+          "compare.device": "--compare-device"}  # other keys' flags: --KEY-NAME
 
 
 # Allowed values: a tuple of choices, or (min, max) bounds for numbers (None = open).

@@ -135,15 +135,20 @@ def test_compare_that_cannot_load_is_one_line_naming_compare(clip, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--compare demo: the second model cannot load" in err and "missing.pth" in err
     assert len(err.splitlines()) == 1
+    rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "demo",
+               "--compare-device", "tpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("live-attention: error: --compare-device tpu: unknown device")
+    assert len(err.splitlines()) == 1
 
 
 def test_compare_config_section_is_validated(tmp_path):
     from live_attention.config import ConfigError, load_config
 
     good = tmp_path / "good.toml"
-    good.write_text('[compare]\nmodel = "demo"\nweights = "random"\n')
+    good.write_text('[compare]\nmodel = "demo"\nweights = "random"\ndevice = "cpu"\n')
     cfg = load_config(good)
-    assert (cfg.compare.model, cfg.compare.weights) == ("demo", "random")
+    assert (cfg.compare.model, cfg.compare.weights, cfg.compare.device) == ("demo", "random", "cpu")
     bad = tmp_path / "bad.toml"
     bad.write_text('[compare]\nmodle = "demo"\n')
     with pytest.raises(ConfigError, match="compare.modle"):

@@ -70,7 +70,17 @@ def test_compare_window_same_frames_one_set_of_keys_and_difference(xserver, tmp_
         assert np.abs(left2 - left).mean() < 2.0  # the frozen first half stays as it was
         assert np.abs(right2 - right).mean() > 3.0  # the second half now shows the difference
         app.key("d")
-        app.wait(lambda s: not s["view"]["difference"], 20, "D again: side by side")
+        s = app.wait(lambda s: not s["view"]["difference"], 20, "D again: side by side")
+        # A click on either half picks the same point of the picture on both sides.
+        cw, ch = s["canvas"]
+        app.click_canvas(s, cw * 0.75, ch * 0.5)
+        s = app.wait(lambda s: s["view"]["mode"] == "query" and s["view"]["query_patch"] is not None
+                     and s["pair"]["query_patch"] is not None, 30, "a click on the right half")
+        right_pick = s["view"]["query_patch"]
+        assert s["pair"]["query_patch"] == right_pick  # the same grid here: the same patch
+        app.click_canvas(s, cw * 0.25, ch * 0.5)  # the same point on the left half
+        time.sleep(1.0)
+        assert app.state()["view"]["query_patch"] == right_pick
         app.key("Escape")
         assert app.close(15) == 0
     finally:

@@ -67,6 +67,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compare", metavar="MODEL", help="a second model run on the same frames, shown side by side "
                    "(names as --model; config [compare] model)")
     g.add_argument("--compare-weights", metavar="W", help="the second model's weights, as --weights (default imagenet)")
+    g.add_argument("--compare-device", metavar="DEVICE", help="the second model's device (default: the first's)")
 
 
 def on_off(text: str) -> bool:
@@ -154,7 +155,8 @@ def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     if getattr(args, "full_frame", False):
         o["model"]["full_frame"] = True
     o["compare"] = {key: val for key, val in (("model", getattr(args, "compare", None)),
-                                                ("weights", getattr(args, "compare_weights", None))) if val is not None}
+                                                ("weights", getattr(args, "compare_weights", None)),
+                                                ("device", getattr(args, "compare_device", None))) if val is not None}
     if getattr(args, "source", None) is not None:
         o["source"]["source"] = args.source
     if getattr(args, "loop", False):
