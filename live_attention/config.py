@@ -104,12 +104,23 @@ class RecordConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """A second model run on the same frames (``--compare``): "" for none. Precision, input size and full
+    frame are the first model's; ``device`` "" is the first model's too."""
+
+    model: str = ""
+    weights: str = "imagenet"
+    device: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     view: ViewConfig = field(default_factory=ViewConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     # Where each key that was set came from (COMMAND_LINE or a file's path), so that an error found only
     # later (a layer the model does not have) names what the user must fix: the flag, or the file's key.
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -128,7 +139,9 @@ class Config:
         return f"{key} = {value!r}" + (f" in {origin}" if origin else "")
 
 
-_FLAGS = {"model.name": "--model", "source.source": "--source"}  # other keys' flags: --KEY-NAME
+_FLAGS = {"model.name": "--model", "source.source": "--source", "compare.model": "--compare",
+          "compare.weights": "--compare-weights",
+          "compare.device": "--compare-device"}  # other keys' flags: --KEY-NAME
 
 
 # Allowed values: a tuple of choices, or (min, max) bounds for numbers (None = open).
@@ -171,6 +184,7 @@ _SECTION_TYPES = {
     "view": ViewConfig,
     "window": WindowConfig,
     "record": RecordConfig,
+    "compare": CompareConfig,
 }
 
 

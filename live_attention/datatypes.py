@@ -112,6 +112,7 @@ class Result:
     problem: str | None = None  # e.g. non-finite model output: shown as a banner
     attn: Any = field(default=None, repr=False)
     fused: Any = field(default=None, repr=False)
+    pair: Result | None = field(default=None, repr=False)  # the second model on the same frame (--compare)
 
     @property
     def num_layers(self) -> int:
@@ -143,6 +144,11 @@ class View:
     show_help: bool = False
     show_hud: bool = True
     smooth: bool = False  # the map smoothed over time (motion-compensated, :mod:`live_attention.core.temporal`)
+    # --compare: the second model's head where the head counts differ, the side the head keys move (0 the
+    # first, 1 the second: Tab), and the difference of the two maps in place of the second's picture (D).
+    compare_head: int = -1
+    head_side: int = 0
+    difference: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -175,6 +181,7 @@ class Status:
     flow_progress: float | None = None  # 0..1 while computing
     takes_clicks: bool = False  # shown in a window: the HUD may invite clicks on its labels
     smoothing: str | None = None  # e.g. "smoothing on: stability 0.98 (raw 0.91)"
+    pair: Status | None = None  # the second model's figures (--compare)
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ class Extras:
     flow_seq: int | None = None
     smoothed: np.ndarray | None = None  # [P] the shown map smoothed over time (``View.smooth``)
     smoothed_seq: int | None = None  # the frame it belongs to
+    pair: Extras | None = None  # the second model's (--compare)
 
 
 __all__ = ["Extras", "Frame", "MapSettings", "Result", "Status", "View"]

@@ -32,7 +32,7 @@ def test_default_toml_lists_every_key():
     data = tomllib.loads((CONFIGS / "default.toml").read_text(encoding="utf-8"))
     cfg = Config()
     sections = [s for s in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, s.name))]  # not origins
-    assert {s.name for s in sections} == {"model", "source", "view", "window", "record"}
+    assert {s.name for s in sections} == {"model", "source", "view", "window", "record", "compare"}
     missing = [f"{s.name}.{k.name}" for s in sections
                for k in dataclasses.fields(getattr(cfg, s.name)) if k.name not in data.get(s.name, {})]
     assert not missing, missing

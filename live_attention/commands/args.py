@@ -64,6 +64,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--full-frame", action="store_true",
                    help="the whole frame at its own aspect ratio (shorter side = input size), no centre crop")
     g.add_argument("--config", metavar="TOML", help="a config file (see configs/)")
+    g.add_argument("--compare", metavar="MODEL", help="a second model run on the same frames, shown side by side "
+                   "(names as --model; config [compare] model)")
+    g.add_argument("--compare-weights", metavar="W", help="the second model's weights, as --weights (default imagenet)")
+    g.add_argument("--compare-device", metavar="DEVICE", help="the second model's device (default: the first's)")
 
 
 def on_off(text: str) -> bool:
@@ -150,6 +154,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         o["model"]["input_size"] = args.input_size
     if getattr(args, "full_frame", False):
         o["model"]["full_frame"] = True
+    o["compare"] = {key: val for key, val in (("model", getattr(args, "compare", None)),
+                                                ("weights", getattr(args, "compare_weights", None)),
+                                                ("device", getattr(args, "compare_device", None))) if val is not None}
     if getattr(args, "source", None) is not None:
         o["source"]["source"] = args.source
     if getattr(args, "loop", False):

@@ -27,7 +27,13 @@ import torch
 from live_attention.commands.bench_parts.drawing import bench_renderer
 from live_attention.commands.bench_parts.engine import bench_engine, bench_relevance, bench_timm
 from live_attention.commands.bench_parts.gpu import bench_gpu
-from live_attention.commands.bench_parts.live import bench_load, bench_pipeline, bench_record, report_pipeline
+from live_attention.commands.bench_parts.live import (
+    bench_compare,
+    bench_load,
+    bench_pipeline,
+    bench_record,
+    report_pipeline,
+)
 from live_attention.commands.bench_parts.measure import Report, rss_mb
 from live_attention.commands.bench_parts.offline import bench_long_video, bench_render_command
 from live_attention.io.writers import H264Writer
@@ -41,7 +47,7 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
     # no_grad, not set_grad_enabled: a caller's thread keeps its own mode.
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="la-bench-") as tmp:
         src = args.source or test_clip()
-        if not src and {"pipeline", "load", "relevance", "render"} & set(parts):
+        if not src and {"pipeline", "load", "relevance", "render", "compare"} & set(parts):
             src = str(synthesized_clip(Path(tmp) / "demo-scene.mp4"))
             print(f"(no --source and no test clip here: the video parts use {SYNTH_SECONDS:g} s of the demo scene, "
                   f"{SYNTH_SIZE[0]}x{SYNTH_SIZE[1]} at {SYNTH_FPS:g} fps, made now)")
@@ -85,6 +91,8 @@ def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
         bench_relevance(rep, args.device, args.reps, src, min(args.seconds, 15.0))
     if "render" in parts and src:
         bench_render_command(rep, src, args.model, args.device)
+    if "compare" in parts and src:
+        bench_compare(rep, src, min(args.seconds, 15.0))
     if "long" in parts:
         bench_long_video(rep, args.minutes, "demo")
     if "gpu" in parts:

@@ -8,8 +8,8 @@ import sys
 
 from live_attention.commands.args import Parser, finite_float, positive_int
 
-PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "long",
-         "gpu", "serve")
+PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "compare",
+         "long", "gpu", "serve")
 DEFAULT_PARTS = PARTS[:-3]
 
 

@@ -82,7 +82,7 @@ def cmd_live(argv: list[str]) -> int:
 
 def run_live(args: argparse.Namespace, cfg: Config) -> int:
     """The live session, once the arguments and the config are known good: the heavy imports start here."""
-    from live_attention.core.models import engine_from_config
+    from live_attention.core.models import compare_engine_from_config, engine_from_config
     from live_attention.io.capture import open_source
     from live_attention.pipeline.live import LiveSession
     from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
@@ -95,11 +95,12 @@ def run_live(args: argparse.Namespace, cfg: Config) -> int:
         if not args.headless:
             check_display("use --headless (with --record)")  # before the model loads: fail fast
         engine = engine_from_config(cfg)
+        compare = compare_engine_from_config(cfg, engine)  # --compare: side by side on the same frames
         view = replace(view_from_config(cfg), target=engine.class_index(cfg.view.target))
     except BaseException:
         source.release()
         raise
-    session = LiveSession(cfg, engine, source)
+    session = LiveSession(cfg, engine, source, compare)
     display: HeadlessDisplay | Window
     if args.headless:
         display = HeadlessDisplay()

@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
 
 def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
     """Load the model, start the session, the server and the frame loop; stop them in reverse order."""
-    from live_attention.core.models import engine_from_config
+    from live_attention.core.models import compare_engine_from_config, engine_from_config
     from live_attention.io.capture import open_source
     from live_attention.pipeline.live import LiveSession
     from live_attention.pipeline.loop import FrameLoop
@@ -111,11 +111,12 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
         fps=cfg.source.fps, slideshow_seconds=cfg.source.slideshow_seconds)
     try:
         engine = engine_from_config(cfg)
+        compare = compare_engine_from_config(cfg, engine)  # --compare: side by side on the same frames
         view = replace(view_from_config(cfg), target=engine.class_index(cfg.view.target))
     except BaseException:
         source.release()
         raise
-    session = LiveSession(cfg, engine, source)
+    session = LiveSession(cfg, engine, source, compare)
     display = WebDisplay(max_fps=cfg.window.max_fps or 60.0)
     server = WebServer(display, sock, token, ctx, browser, extra_state=session.state)
     loop = FrameLoop(session, display, view, entropy_seconds=cfg.view.entropy_seconds, residual=cfg.view.residual,

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from live_attention.config import MODEL_HELP, Config
+from live_attention.core.device import resolve_device
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.families import timm_head_is_projection, timm_preprocess
 from live_attention.core.hf_models import load_hf
@@ -103,6 +104,30 @@ def engine_from_config(cfg: Config) -> AttentionEngine:
     if cfg.view.head > engine.num_heads:
         raise UserError(f"{cfg.where('view.head')}: {engine.name} has heads 1..{engine.num_heads}")
     return engine
+
+
+def compare_engine_from_config(cfg: Config, first: AttentionEngine) -> AttentionEngine | None:
+    """The second model (``[compare]``, ``--compare``) with the first one's precision and input settings,
+    on its own device (``--compare-device``) or the first one's, or None. Any failure to load it is one
+    line that names ``--compare``."""
+    c = cfg.compare
+    if not c.model:
+        return None
+    m = cfg.model
+    device = first.device
+    if c.device:
+        try:
+            device = resolve_device(c.device)
+        except UserError as exc:
+            raise UserError(f"{cfg.where('compare.device')}: {str(exc).split(': use --device')[0]}") from None
+    try:
+        return load_model(c.model, c.weights, device, m.precision, input_size=m.input_size or None,
+                          full_frame=m.full_frame)
+    except UserError as exc:
+        raise UserError(f"{cfg.where('compare.model')}: the second model cannot load: {exc}") from None
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:  # a damaged checkpoint, a shape mismatch
+        raise UserError(f"{cfg.where('compare.model')} ({cfg.where('compare.weights')}): the second model "
+                        f"cannot load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 # --------------------------------------------------------------------------------------------------

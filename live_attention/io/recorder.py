@@ -61,6 +61,7 @@ from live_attention.io.recording import (
 )
 from live_attention.io.reserve import Reserve
 from live_attention.io.session_dir import (
+    ATTN_COMPARE_DIR,
     ATTN_DIR,
     MANIFEST,
     OVERLAY,
@@ -117,30 +118,41 @@ def software_versions() -> dict[str, str | None]:
     return out
 
 
-def build_manifest(engine: Any, cfg: Config, view: View | None) -> dict[str, Any]:
-    weights = cfg.model.weights
+def _model_entry(engine: Any, weights: str) -> dict[str, Any]:
+    """What the manifest says of a model: enough to load it again and to read its maps."""
     if weights.lower() not in ("imagenet", "default", "pretrained", "random", "demo") and Path(weights).expanduser().exists():
         weights = str(Path(weights).expanduser().resolve())
+    return {
+        "name": engine.name,
+        "weights": weights,  # what to pass to load_model again
+        "weights_label": engine.weights_label,
+        "weights_sha256": engine.weights_sha256,
+        "untrained": bool(engine.untrained),
+        "precision": engine.precision,
+        "device": str(engine.device),
+        "image_size": engine.image_size,
+        "full_frame": bool(engine.full_frame),
+        "patch_size": engine.patch_size,
+        "num_prefix": engine.num_prefix,
+        "classifier": bool(engine.has_classifier),
+        "categories": len(engine.categories),
+        "category_names": list(engine.categories),
+    }
+
+
+def build_manifest(engine: Any, cfg: Config, view: View | None, compare: Any = None) -> dict[str, Any]:
+    """The session's manifest; with ``compare`` (the second model of ``--compare``) also its entry, its
+    sizes and the folder of its maps (``"compare"``)."""
+    second = None
+    if compare is not None:
+        second = {"model": _model_entry(compare, cfg.compare.weights), "grid": list(compare.grid),
+                  "layers": compare.num_layers, "heads": compare.num_heads, "attention": ATTN_COMPARE_DIR}
     return {
         "format": "live-attention-session",
         "format_version": FORMAT_VERSION,
         "start_time": datetime.now(timezone.utc).astimezone().isoformat(),
-        "model": {
-            "name": engine.name,
-            "weights": weights,  # what to pass to load_model again
-            "weights_label": engine.weights_label,
-            "weights_sha256": engine.weights_sha256,
-            "untrained": bool(engine.untrained),
-            "precision": engine.precision,
-            "device": str(engine.device),
-            "image_size": engine.image_size,
-            "full_frame": bool(engine.full_frame),
-            "patch_size": engine.patch_size,
-            "num_prefix": engine.num_prefix,
-            "classifier": bool(engine.has_classifier),
-            "categories": len(engine.categories),
-            "category_names": list(engine.categories),
-        },
+        "model": _model_entry(engine, cfg.model.weights),
+        "compare": second,
         "grid": list(engine.grid),
         "layers": engine.num_layers,
         "heads": engine.num_heads,
@@ -214,7 +226,8 @@ class Recorder(threading.Thread):
     :meth:`submit` per shown frame, :meth:`stop`.
     """
 
-    def __init__(self, path: Path, engine: Any, cfg: Config, view_fn: Callable[[], View] | None = None) -> None:
+    def __init__(self, path: Path, engine: Any, cfg: Config, view_fn: Callable[[], View] | None = None,
+                 compare: Any = None) -> None:
         super().__init__(name="recorder", daemon=True)
         self.path = path
         self.engine = engine
@@ -242,7 +255,9 @@ class Recorder(threading.Thread):
         reserve = None
         try:
             self.chunks = ChunkWriter(path / ATTN_DIR)
-            self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None)
+            # --compare: the second model's maps, a row for each row of the first's (the same frame).
+            self.pair_chunks = ChunkWriter(path / ATTN_COMPARE_DIR) if compare is not None else None
+            self.manifest = build_manifest(engine, cfg, view_fn() if view_fn else None, compare)
             self.reserve = reserve = Reserve(path)
             write_json_atomic(path / MANIFEST, self.manifest)
         except BaseException:
@@ -258,12 +273,13 @@ class Recorder(threading.Thread):
 
     @classmethod
     def create(
-        cls, base_dir: str | os.PathLike[str], engine: Any, cfg: Config, view_fn: Callable[[], View] | None = None
+        cls, base_dir: str | os.PathLike[str], engine: Any, cfg: Config, view_fn: Callable[[], View] | None = None,
+        compare: Any = None,
     ) -> Recorder:
         """A recorder for a new session folder under ``base_dir`` (raises :class:`UserError` if it cannot)."""
         path = new_session_dir(base_dir)
         try:
-            return cls(path, engine, cfg, view_fn)
+            return cls(path, engine, cfg, view_fn, compare)
         except OSError as exc:
             raise UserError(f"cannot record into {path}: {_one_line(exc)}") from exc
 
@@ -401,6 +417,8 @@ class Recorder(threading.Thread):
         self.manifest["frame_size"] = [fw, fh]
         self.manifest["overlay_size"] = [int(rgb.shape[1]), int(rgb.shape[0])]
         self.manifest["grid"] = list(result.grid)
+        if self.manifest.get("compare") and result.pair is not None:
+            self.manifest["compare"]["grid"] = list(result.pair.grid)
         self.manifest["patches"] = int(result.num_patches)
         self.manifest["t0_capture_ns"] = int(result.t_capture_ns)
         write_json_atomic(self.path / MANIFEST, self.manifest)
@@ -420,6 +438,10 @@ class Recorder(threading.Thread):
         self._raw.write(result.frame, pts)
         t2 = time.perf_counter()
         self.chunks.append(frame_row(result, view, pts, self._t0_ns))
+        if self.pair_chunks is not None:
+            if result.pair is None:
+                raise ValueError("a frame without the second model's maps in a --compare recording")
+            self.pair_chunks.append(frame_row(result.pair, view, pts, self._t0_ns))
         t3 = time.perf_counter()
         self.written += 1
         self.costs.add((t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
@@ -440,7 +462,8 @@ class Recorder(threading.Thread):
 
     def _finish(self) -> None:
         errors = []
-        for closer in (self.chunks.flush, self._close_overlay, self._close_raw):
+        pair_flush = self.pair_chunks.flush if self.pair_chunks is not None else (lambda: None)
+        for closer in (self.chunks.flush, pair_flush, self._close_overlay, self._close_raw):
             try:
                 closer()
             except Exception as exc:
@@ -472,6 +495,8 @@ class Recorder(threading.Thread):
         logger.error("%s (session %s)", self.error, self.path)
         logger.debug("recorder failure", exc_info=exc)
         lost = self.chunks.drop_pending()
+        if self.pair_chunks is not None:
+            self.pair_chunks.drop_pending()
         with self._cond:
             self._queue.clear()
         for closer in (self._close_overlay, self._close_raw):

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from contextlib import suppress
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from live_attention.datatypes import MapSettings, Result, Status, View
 from live_attention.errors import UserError
 from live_attention.io.raw_frames import RawReader, raw_pts_ms
 from live_attention.io.session_dir import (
+    ATTN_COMPARE_DIR,
     ATTN_DIR,
     MANIFEST,
     OVERLAY,
@@ -284,6 +285,7 @@ class Session:
                 (self.path / RESERVE).unlink(missing_ok=True)
         self.data = read_chunks(self.path / ATTN_DIR, self.layers, self.heads)
         self.has_maps = bool(self.data)
+        self.pair, self.pair_data = self._read_pair(m, mpath)
         self.has_raw = (self.path / RAW).is_file() and (self.path / RAW).stat().st_size > 0
         self._raw_pts = None if self.has_maps or not self.has_raw else raw_pts_ms(self.path / RAW)
         if self._raw_pts is not None and not len(self._raw_pts):
@@ -295,6 +297,20 @@ class Session:
         self._raw: RawReader | None = None
         self._views: dict[int, View] = {}
         self._canvas: np.ndarray | None = None
+
+    def _read_pair(self, m: dict[str, Any], where: Path) -> tuple[dict[str, Any] | None, dict[str, np.ndarray]]:
+        """The second model of a ``--compare`` recording: its manifest entry and its maps (None, {} if none)."""
+        pair = m.get("compare")
+        if pair is None:
+            return None, {}
+        if not isinstance(pair, dict) or not isinstance(pair.get("model"), dict):
+            raise UserError(f"{where}: key 'compare' must be a table with the second model (a damaged recording?)")
+        for key in ("layers", "heads"):
+            _positive_int(pair, key, f"{where} compare")
+        folder = pair.get("attention")
+        data = read_chunks(self.path / (folder if isinstance(folder, str) else ATTN_COMPARE_DIR), pair["layers"],
+                           pair["heads"])
+        return pair, data
 
     def __len__(self) -> int:
         return int(len(self.pts_ms))
@@ -360,23 +376,24 @@ class Session:
                 self._views[i] = View()
         return self._views[i]
 
-    def settings(self, i: int) -> MapSettings:
+    def settings(self, i: int, data: dict[str, np.ndarray] | None = None) -> MapSettings:
+        data = self.data if data is None else data
         try:
-            d = json.loads(str(self.data["settings"][i])) if "settings" in self.data else {}
+            d = json.loads(str(data["settings"][i])) if "settings" in data else {}
             d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in _SETTINGS_FIELDS}
             return MapSettings(**d)
         except (ValueError, TypeError):
             return MapSettings()
 
-    def _opt(self, key: str, i: int, flag: str | None = None) -> np.ndarray | None:
-        d = self.data
+    @staticmethod
+    def _opt(d: dict[str, np.ndarray], key: str, i: int, flag: str | None = None) -> np.ndarray | None:
         if key not in d or (flag is not None and flag in d and not bool(d[flag][i])):
             return None
         return d[key][i].astype(np.float32)
 
     def result(self, i: int, frame: np.ndarray | None = None) -> Result:
-        """The :class:`Result` of frame ``i`` from its recorded row (fp16 maps as fp32) and its raw frame."""
-        d = self.data
+        """The :class:`Result` of frame ``i`` from its recorded row (fp16 maps as fp32) and its raw frame;
+        in a ``--compare`` recording with the second model's row of the same frame as ``Result.pair``."""
         if not self.has_maps:
             raise UserError(f"{self.path}: the attention data is missing: the maps need the model "
                             f"(replay without --no-model)")
@@ -384,12 +401,22 @@ class Session:
             frame = self.frame(i)
             if frame is None:
                 raise UserError(f"raw frame {i + 1} of {self.path} cannot be decoded")
+        res = self._row(self.data, i, frame, self.manifest["model"], self.layers, self.grid)
+        pd, pm = self.pair_data, self.pair
+        if pm is not None and i < len(pd.get("seq", ())) and int(pd["seq"][i]) == res.seq:  # the same frame
+            res = replace(res, pair=self._row(pd, i, frame, pm["model"], pm["layers"], tuple(pm.get("grid") or res.grid)))
+        return res
+
+    def _row(self, d: dict[str, np.ndarray], i: int, frame: np.ndarray, model: dict[str, Any], layers: int,
+             grid_default: tuple) -> Result:
+        """Row ``i`` of one model's recorded maps ``d`` as a :class:`Result`."""
+        opt = self._opt
         topk = [(str(n), float(p)) for n, p in zip(d["top_names"][i], d["top_p"][i], strict=True) if n]
         target = int(d["target"][i]) if "target" in d and int(d["target"][i]) >= 0 else None
-        rollout = self._opt("rollout", i, "has_rollout")
-        grid = tuple(int(g) for g in d["grid"][i]) if "grid" in d else self.grid
+        rollout = opt(d, "rollout", i, "has_rollout")
+        grid = tuple(int(g) for g in d["grid"][i]) if "grid" in d else grid_default
         target_p = float(d["target_p"][i]) if "target_p" in d and np.isfinite(d["target_p"][i]) else None
-        names = self.manifest["model"].get("category_names") or []
+        names = model.get("category_names") or []
         if "top_ids" in d:
             top_ids = tuple(int(c) for c in d["top_ids"][i][: len(topk)] if c >= 0)
         else:  # recorded before the ids were: from the names, where the model's class names are known
@@ -405,28 +432,31 @@ class Session:
             cls=d["cls"][i].astype(np.float32),
             rollout=rollout,
             entropy=d["entropy"][i].astype(np.float32),
-            patch_entropy=self._opt("patch_entropy", i, "has_patch_entropy"),
-            patch_entropy_layer=int(d["patch_entropy_layer"][i]) % self.layers if "patch_entropy_layer" in d else self.layers - 1,
+            patch_entropy=opt(d, "patch_entropy", i, "has_patch_entropy"),
+            patch_entropy_layer=int(d["patch_entropy_layer"][i]) % layers if "patch_entropy_layer" in d else layers - 1,
             topk=topk,
             top_ids=top_ids if len(top_ids) == len(topk) else (),
             infer_ms=float(d["infer_ms"][i]) if "infer_ms" in d else 0.0,
-            settings=self.settings(i),
+            settings=self.settings(i, d),
             pts_s=float(d["pts_ms"][i]) / 1000.0,
-            num_prefix=self.num_prefix,
-            prefix_share=self._opt("prefix_share", i),
-            token_norm=self._opt("token_norm", i, "has_token_norm"),
-            relevance=self._opt("relevance", i, "has_relevance"),
+            num_prefix=int(model.get("num_prefix", 1)),
+            prefix_share=opt(d, "prefix_share", i),
+            token_norm=opt(d, "token_norm", i, "has_token_norm"),
+            relevance=opt(d, "relevance", i, "has_relevance"),
             target=target,
             target_label=names[target] if target is not None and target < len(names) else None,
             target_p=target_p,
-            classifier=bool(self.manifest["model"].get("classifier", True)),
+            classifier=bool(model.get("classifier", True)),
         )
 
     def status(self) -> Status:
         """The HUD's fixed part for this session: model, weights, UNTRAINED flag, source."""
-        m = self.manifest["model"]
-        return Status(model=f"{m['name']} [{m.get('weights_label', '?')}] replay", untrained=bool(m.get("untrained")),
-                      source=self.path.name)
+        def of(m: dict[str, Any]) -> Status:
+            return Status(model=f"{m['name']} [{m.get('weights_label', '?')}] replay", untrained=bool(m.get("untrained")),
+                          source=self.path.name)
+
+        status = of(self.manifest["model"])
+        return replace(status, pair=of(self.pair["model"])) if self.pair is not None else status
 
     def close(self) -> None:
         if self._raw is not None:

@@ -17,6 +17,7 @@ MANIFEST = "manifest.json"
 OVERLAY = "overlay.mp4"
 RAW = "raw.mkv"
 ATTN_DIR = "attention"
+ATTN_COMPARE_DIR = "attention-compare"  # the second model's maps (--compare)
 RESERVE = ".reserve"  # a named reserve file: older recorders left it when killed; readers remove it (see Session)
 
 

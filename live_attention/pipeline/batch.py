@@ -33,15 +33,15 @@ import cv2
 import numpy as np
 from torch import Tensor
 
+from live_attention.core.compare import PairedModels
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.preprocess import Box
-from live_attention.core.render import canvas_size
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
 from live_attention.modes import mode, shown_map, view_smoother
-from live_attention.pipeline.loop_parts import EntropyHistory, smooth_shown
-from live_attention.ui.frame import render
+from live_attention.pipeline.loop_parts import EntropyHistory, PairSide, smooth_shown
+from live_attention.ui.frame import canvas_for, render
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,12 @@ def preprocessor(engine: AttentionEngine) -> Callable[[Item], Item] | None:
     return lambda it: replace(it, prepared=spec.apply(it.image, device))
 
 
-def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) -> Callable[[list[Item]], list[Result]]:
-    """The results stage of ``render``: a batch of frames through the engine (frames of one size)."""
+def engine_results(engine: AttentionEngine, settings: MapSettings, source: str,
+                   compare: AttentionEngine | None = None) -> Callable[[list[Item]], list[Result]]:
+    """The results stage of ``render``: a batch of frames through the engine (frames of one size), and
+    through ``compare`` after it on the same frames (``--compare``: each result's ``pair``)."""
     runner = StepRunner(engine)  # on a GPU each batch shape is captured once and replayed
+    paired = PairedModels(engine, compare) if compare is not None else None
 
     def fn(items: list[Item]) -> list[Result]:
         out: list[Result] = []
@@ -164,7 +167,8 @@ def engine_results(engine: AttentionEngine, settings: MapSettings, source: str) 
             frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s) for it in run]
             kept = [it.prepared for it in run if it.prepared is not None]
             prepared = kept if len(kept) == len(run) else None
-            out.extend(process_frames(engine, frames, settings, prepared, runner))
+            done = process_frames(engine, frames, settings, prepared, runner)
+            out.extend(paired.add(frames, settings, done) if paired is not None else done)
             start = end
         return out
 
@@ -218,6 +222,7 @@ class _Pipeline:
         self.written = 0
         self.maps: Callable[[Result, View, np.ndarray | None], None] | None = None
         self.smoother = view_smoother()  # used on the results thread only, in frame order
+        self.pair_side: PairSide | None = None  # the second model's history and smoothing (--compare)
 
     def decode(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -238,6 +243,9 @@ class _Pipeline:
         shows = mode(v.mode)
         if shows.later and (res.fused is not None or res.attn is not None):  # offline: computed at once
             extras = replace(extras, flow=flow_for(res, self.residual), flow_seq=res.seq)
+        b = res.pair
+        if shows.later and b is not None and extras.pair is not None and (b.fused is not None or b.attn is not None):
+            extras = replace(extras, pair=replace(extras.pair, flow=flow_for(b, self.residual), flow_seq=b.seq))
         shown = shown_map(res, v, extras)[0] if self.maps is not None and shows.one_map else None
         return render(res.frame, res, v, status, extras, size=size), float(res.pts_s or 0.0), res, v, shown
 
@@ -263,9 +271,15 @@ class _Pipeline:
                 _raise_from(stages)
                 for res in results(chunk) if chunk else []:
                     history.add(float(res.pts_s or 0.0), res)  # in order, on this thread
-                    self.size = self.size or canvas_size(res.frame.shape)
+                    if res.pair is not None and self.pair_side is None:
+                        self.pair_side = PairSide(history.seconds, view_smoother())
+                    if self.pair_side is not None:
+                        self.pair_side.add(float(res.pts_s or 0.0), res)
+                    self.size = self.size or canvas_for(res.frame.shape, res.pair is not None)
                     v = self.view_of(res)
                     extras, status = smooth_shown(self.smoother, res, v, history.extras(), self.status)
+                    if self.pair_side is not None:
+                        extras, status = self.pair_side.extras(res, v, extras, status)
                     if not _put(self.drawn, pool.submit(self.draw, res, v, extras, status, self.size), self.stop):
                         break
                 if progress is not None:

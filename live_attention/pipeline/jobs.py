@@ -17,9 +17,9 @@ from typing import Protocol
 import cv2
 
 from live_attention.config import Config
+from live_attention.core.compare import check_aligned
 from live_attention.core.engine import AttentionEngine
-from live_attention.core.models import engine_from_config
-from live_attention.core.render import canvas_size
+from live_attention.core.models import compare_engine_from_config, engine_from_config
 from live_attention.datatypes import MapSettings, Status, View
 from live_attention.errors import SourceError, UserError
 from live_attention.io.mapfile import MapsFile
@@ -28,6 +28,7 @@ from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, r
 from live_attention.modes import default_view, map_settings
 from live_attention.pipeline import batch
 from live_attention.ui.controller import view_from_config
+from live_attention.ui.frame import canvas_for
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class Renderer:
                  say: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.engine: AttentionEngine = engine_from_config(cfg)
+        self.compare = compare_engine_from_config(cfg, self.engine)  # --compare: side by side on the same frames
         view = replace(view_from_config(cfg), show_hud=hud, target=self.engine.class_index(cfg.view.target))
         self.view = view
         self.asked = batch_size  # None: the default, which is capped without a word
@@ -184,6 +186,10 @@ class Renderer:
                 logger.info(note)
         return n
 
+    def _check_aligned(self, h: int, w: int) -> None:
+        if self.compare is not None:
+            check_aligned(self.engine, self.compare, h, w)
+
     def settings(self, grid: tuple[int, int]) -> tuple[View, MapSettings]:
         """The view of a picture on a ``grid`` of patches, and the map settings it asks for."""
         view = default_view(self.view, grid)
@@ -195,6 +201,9 @@ class Renderer:
         """Render one job; returns (frames written, frames the input announced or None). ``maps``
         collects each frame's shown map (``--save-maps``); the caller writes it."""
         status = Status(model=self.engine.describe(), untrained=self.engine.untrained, source=job.input.name)
+        if self.compare is not None:
+            status = replace(status, pair=Status(model=self.compare.describe(), untrained=self.compare.untrained,
+                                                 source=job.input.name))
         try:  # an unreadable input says why (permissions, I/O), not that it is no valid file
             if job.input.is_file():  # (a pipe would block here)
                 with open(job.input, "rb"):
@@ -212,9 +221,10 @@ class Renderer:
             raise SourceError(f"cannot read image {job.input}: is it a valid image file?")
         if min(img.shape[:2]) < 2:
             raise SourceError(f"image {job.input} is {img.shape[1]}×{img.shape[0]} pixels: too small to show a model")
+        self._check_aligned(*img.shape[:2])
         view, settings = self.settings(self.engine.grid_for(*img.shape[:2]))
         pictures = []
-        results = batch.engine_results(self.engine, settings, job.input.name)
+        results = batch.engine_results(self.engine, settings, job.input.name, self.compare)
         batch.run([batch.Item(0, img, 0.0)], results, view, status, lambda rgb, _t: pictures.append(rgb),
                   batch=1, workers=1, entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                   maps=maps)
@@ -242,17 +252,18 @@ class Renderer:
             w, h = reader.size
             if min(w, h) < 2:
                 raise SourceError(f"video {job.input} is {w}×{h} pixels: too small to show a model")
+            self._check_aligned(h, w)
             view, settings = self.settings(self.engine.grid_for(h, w))
             total = reader.frames_announced
             progress = progress_factory(total, f"render {job.input.name}") if progress_factory else None
             rec = self.cfg.record
-            size = canvas_size((h, w))
+            size = canvas_for((h, w), self.compare is not None)
             size_of_batch = self.batch_for((h, w), size)
             try:
                 with PartialOutput(job.output, overwrite=True) as out, \
                         H264Writer(out.path, size[0], size[1], fps=reader.fps, crf=rec.crf, preset=rec.preset,
                                    overwrite=True) as writer:
-                    n = batch.run(batch.video_items(reader), batch.engine_results(self.engine, settings, job.input.name),
+                    n = batch.run(batch.video_items(reader), batch.engine_results(self.engine, settings, job.input.name, self.compare),
                                   view, status, writer.write, batch=size_of_batch, workers=self.workers,
                                   entropy_seconds=self.cfg.view.entropy_seconds, residual=self.cfg.view.residual,
                                   size=size, progress=progress.update if progress else None,

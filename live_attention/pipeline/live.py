@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from live_attention.config import Config
+from live_attention.core.compare import Pairing
 from live_attention.core.engine import AttentionEngine
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.io.capture import CaptureState, CaptureThread, LatestSlot
@@ -44,13 +46,17 @@ class LiveSession:
         cfg: the configuration (map settings come from ``cfg.view``).
         engine: the loaded attention engine.
         source: an opened frame source (see :func:`~live_attention.io.capture.open_source`).
+        compare: a second engine run after the first on every frame (``--compare``), or None.
     """
 
     can_record = True
 
-    def __init__(self, cfg: Config, engine: AttentionEngine, source: FrameSource) -> None:
+    def __init__(self, cfg: Config, engine: AttentionEngine, source: FrameSource,
+                 compare: AttentionEngine | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
+        self.compare = compare
+        self.pairing = Pairing.of(engine, compare) if compare is not None else None
         self.source = source
         self.num_layers, self.num_heads = engine.num_layers, engine.num_heads
         self.stop_event = threading.Event()
@@ -63,6 +69,7 @@ class LiveSession:
             engine, self.frames, self.results, stop_event=self.stop_event,
             settings=MapSettings(fusion=v.fusion, residual=v.residual, discard_ratio=v.discard_ratio,
                                  entropy_layer=v.layer_index),
+            compare=compare,
         )
         self.recorder: Recorder | None = None
         self.record_errors: list[str] = []  # each recording that stopped on an error: the exit status says so
@@ -94,7 +101,7 @@ class LiveSession:
     # ---- recording --------------------------------------------------------------------------------
 
     def start_recording(self, base_dir: str | Path, view_fn: Callable[[], View]) -> str:
-        self.recorder = Recorder.create(base_dir, self.engine, self.cfg, view_fn=view_fn)
+        self.recorder = Recorder.create(base_dir, self.engine, self.cfg, view_fn=view_fn, compare=self.compare)
         self.recorder.start()
         return str(self.recorder.path)
 
@@ -173,7 +180,7 @@ class LiveSession:
             err = err or self.recorder.error
         frozen = self.worker.frozen
         silent = self.capture.silent_s  # no frames: nothing for the model either, and no latency to speak of
-        return Status(
+        status = Status(
             model=self.engine.describe(),
             untrained=self.engine.untrained,
             source=self.source.name,
@@ -188,6 +195,10 @@ class LiveSession:
             error=err,
             flow_progress=flow_progress,
         )
+        if self.compare is not None:  # the pair's figures: both models work on every frame, in turn
+            status = replace(status, pair=replace(status, model=self.compare.describe(), untrained=self.compare.untrained,
+                                                  message=None, error=None, recording=None))
+        return status
 
     def state(self) -> dict[str, Any]:
         return {

@@ -30,11 +30,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from live_attention.core.render import canvas_size
+from live_attention.core.compare import Pairing, pair_view
 from live_attention.datatypes import Result, Status, View
 from live_attention.io.outputs import save_png
 from live_attention.modes import mode, settings_for, view_smoother
-from live_attention.pipeline.loop_parts import EntropyHistory, FlowJob, LoopStats, StateWriter, smooth_shown
+from live_attention.pipeline.loop_parts import (
+    EntropyHistory,
+    FlowJob,
+    LoopStats,
+    PairSide,
+    StateWriter,
+    smooth_shown,
+)
 from live_attention.ui.controller import (
     Controller,
     describe_change,
@@ -43,7 +50,7 @@ from live_attention.ui.controller import (
     patch_center,
     top_label,
 )
-from live_attention.ui.frame import render
+from live_attention.ui.frame import canvas_for, render
 from live_attention.ui.hud import hud_layout, no_signal_text
 
 logger = logging.getLogger(__name__)
@@ -90,6 +97,7 @@ class Feed(Protocol):
     num_layers: int
     num_heads: int
     can_record: bool
+    pairing: Pairing | None  # two models side by side (--compare), else None
 
     @property
     def recording(self) -> bool: ...
@@ -161,8 +169,9 @@ class FrameLoop:
                  stop_when_finished: bool = False) -> None:
         self.feed, self.display = feed, display
         self.playback: Playback | None = feed if isinstance(feed, Playback) else None
-        self.controller = Controller(feed.num_layers, feed.num_heads, view)
+        self.controller = Controller(feed.num_layers, feed.num_heads, view, feed.pairing)
         self.history = EntropyHistory(entropy_seconds)
+        self.pair_side = PairSide(entropy_seconds, view_smoother())  # the second model's (--compare)
         self.residual = residual
         self.animate_period = 1.0 / animate_fps
         self.screenshot_dir = screenshot_dir
@@ -286,13 +295,22 @@ class FrameLoop:
         res = self.shown
         if res is None:
             return
+        side, label_of = 0, res
+        if res.pair is not None:  # two halves: the same point of the same frame on either
+            side = 1 if fx >= 0.5 else 0
+            fx, label_of = fx * 2 - side, (res.pair if side else res)
         if self.rgb is not None and self.view.show_hud and self._status is not None:
             ch, cw = self.rgb.shape[:2]
-            lay = hud_layout(cw, ch, res, self.view, self._status)
+            cw //= 2 if res.pair is not None else 1
+            status = (self._status.pair or self._status) if side else self._status
+            lay = hud_layout(cw, ch, label_of, self.view, status)
             for (x0, y0, x1, y1), cls in lay.rows:
                 if cls >= 0 and x0 <= fx * cw < x1 and y0 <= fy * ch < y1:  # a label of the top-5
+                    if side and not (self.feed.pairing and self.feed.pairing.same_labels):
+                        self.say("the two models name different classes: each explains its own top class", 3.0)
+                        return
                     self.controller.set_target(cls)
-                    self.say(f"explaining: {top_label(res, cls)}", 2.0)
+                    self.say(f"explaining: {top_label(label_of, cls)}", 2.0)
                     self._dirty = True
                     return
         h, w = res.frame.shape[:2]
@@ -337,6 +355,7 @@ class FrameLoop:
             return
         if self.shown is None or latest.seq != self.shown.seq:
             self.history.add(self.feed.media_time(latest), latest)
+            self.pair_side.add(self.feed.media_time(latest), latest)
         self.shown = latest
         self._new = True
         self._dirty = True
@@ -383,8 +402,12 @@ class FrameLoop:
                 extras = self.history.extras(job.flow if job is not None and job.done else None,
                                              job.result.seq if job is not None else None)
                 extras, status = smooth_shown(self.smoother, shown, self.view, extras, status)
+                if shown.pair is not None:
+                    pair_flow = job.pair_flow if job is not None and job.done and job.result.seq == shown.seq else None
+                    extras, status = self.pair_side.extras(shown, self.view, extras, status, pair_flow)
                 self._status = status
-                rgb = render(shown.frame, shown, self.view, status, extras, size=canvas_size(shown.frame.shape))
+                rgb = render(shown.frame, shown, self.view, status, extras,
+                             size=canvas_for(shown.frame.shape, shown.pair is not None))
             self.stats.render_ms.append((time.perf_counter() - t) * 1000.0)
             self.rgb = rgb
             self.display.show(rgb, self.playback.position() if self.playback is not None else None)
@@ -411,8 +434,14 @@ class FrameLoop:
         }
         if self.rgb is not None:
             h, w = self.rgb.shape[:2]
-            lay = hud_layout(w, h, res, self.view, status)
+            lay = hud_layout(w // 2 if res.pair is not None else w, h, res, self.view, status)
             state.update(canvas=[w, h], hud_rows=[[*box, cls] for box, cls in lay.rows])
+        if res.pair is not None:
+            b, vb = res.pair, pair_view(self.view, res, res.pair)
+            state.update(layer=self.view.resolved_layer(res.num_layers), difference=self.view.difference, pair={
+                "seq": b.seq, "layer": vb.resolved_layer(b.num_layers), "num_layers": b.num_layers, "head": vb.head,
+                "grid": list(b.grid), "query_patch": b.query_patch, "explaining": b.target,
+                "top1": b.topk[0][0] if b.topk else None, "model": status.pair.model if status.pair else None})
         return state
 
 

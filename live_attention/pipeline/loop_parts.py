@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from live_attention.core.compare import pair_view
 from live_attention.core.flow import FlowCancelled
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.temporal import ViewSmoother
@@ -63,15 +64,24 @@ class FlowJob(threading.Thread):
         self.residual = residual
         self.progress = 0.0
         self.flow: np.ndarray | None = None
+        self.pair_flow: np.ndarray | None = None  # the second model's (--compare), computed after the first's
         self.error: str | None = None
         self.cancel = threading.Event()
 
     def run(self) -> None:
+        pair = self.result.pair
+        parts = 2 if pair is not None else 1
+        part = 0
+
         def progress(done: int, total: int) -> None:
-            self.progress = done / max(1, total)
+            self.progress = (part + done / max(1, total)) / parts
 
         try:
-            self.flow = flow_for(self.result, self.residual, progress=progress, cancel=self.cancel)
+            flow = flow_for(self.result, self.residual, progress=progress, cancel=self.cancel)
+            if pair is not None and (pair.fused is not None or pair.attn is not None):
+                part = 1
+                self.pair_flow = flow_for(pair, self.residual, progress=progress, cancel=self.cancel)
+            self.flow = flow  # last: ``done`` means both sides are
             self.progress = 1.0
         except FlowCancelled:
             logger.info("flow cancelled")
@@ -113,6 +123,29 @@ class LoopStats:
     render_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     shown: int = 0
+
+
+class PairSide:
+    """The second model's own entropy history and smoothing over time (``--compare``), fed in frame order
+    like the first model's, so that its half of the picture is drawn as the first's is."""
+
+    def __init__(self, seconds: float, smoother: ViewSmoother) -> None:
+        self.history = EntropyHistory(seconds)
+        self.smoother = smoother
+
+    def add(self, t: float, result: Result) -> None:
+        if result.pair is not None:
+            self.history.add(t, result.pair)
+
+    def extras(self, result: Result, view: View, extras: Extras, status: Status,
+               flow: np.ndarray | None = None) -> tuple[Extras, Status]:
+        """``extras`` and ``status`` with the second side's (``Extras.pair``, ``Status.pair``)."""
+        b = result.pair
+        if b is None:
+            return extras, status
+        bx = self.history.extras(flow, b.seq)
+        bx, sb = smooth_shown(self.smoother, b, pair_view(view, result, b), bx, status.pair or Status())
+        return replace(extras, pair=bx), replace(status, pair=sb)
 
 
 def smooth_shown(smoother: ViewSmoother, result: Result, view: View, extras: Extras,

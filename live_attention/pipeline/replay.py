@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from live_attention.config import RecordConfig
+from live_attention.core.compare import Pairing
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import PRETRAINED, load_model
-from live_attention.core.render import canvas_size, heads_grid
+from live_attention.core.render import heads_grid
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError
@@ -35,7 +36,7 @@ from live_attention.io.recording import RAW, Session
 from live_attention.io.video import H264Writer
 from live_attention.modes import default_view, map_settings, mode, needs_model
 from live_attention.pipeline import batch
-from live_attention.ui.frame import render
+from live_attention.ui.frame import canvas_for, render
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,18 @@ def check_replayable(session: Session, with_model: bool) -> None:
                         f"the maps must be computed from {RAW} with the model (drop --no-model)")
 
 
+def session_pairing(session: Session) -> Pairing | None:
+    """The two models of a ``--compare`` recording (their depths, head counts, whether they name the same
+    classes), or None."""
+    pair = session.pair
+    if pair is None or not session.pair_data:
+        return None
+    a, b = session.manifest["model"], pair["model"]
+    names_a, names_b = a.get("category_names") or [], b.get("category_names") or []
+    return Pairing((session.layers, int(pair["layers"])), (session.heads, int(pair["heads"])),
+                   bool(names_a) and names_a == names_b)
+
+
 class Recompute:
     """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread)."""
 
@@ -172,7 +185,8 @@ class Recompute:
             return self._cache[2]
         frame = Frame(image=rec.frame, seq=rec.seq, t_capture_ns=rec.t_capture_ns, source="replay", pts_s=rec.pts_s)
         live = process_frames(self.engine, [frame], settings)[0]
-        out = replace(live, t_done_ns=rec.t_done_ns, infer_ms=rec.infer_ms)
+        # The second model of a --compare recording is not loaded again: its side shows what was recorded.
+        out = replace(live, t_done_ns=rec.t_done_ns, infer_ms=rec.infer_ms, pair=rec.pair)
         self._cache = (index, settings, out)
         return out
 
@@ -186,12 +200,14 @@ class ReplayFeed:
     the recording, recomputed where the view needs more (when a model is loaded)."""
 
     can_record = False
+    pairing: Pairing | None = None  # two models side by side: a --compare recording
     recording = False
 
     def __init__(self, session: Session, engine: AttentionEngine | None = None, paused: bool = False) -> None:
         check_replayable(session, engine is not None)
         self.session = session
         self.num_layers, self.num_heads = session.layers, session.heads
+        self.pairing = session_pairing(session)
         self.player = Player(session.pts_ms, playing=not paused)
         residual = session.config_value("view", "residual", 0.5)
         self.recompute = Recompute(engine, residual) if engine is not None else None
@@ -328,7 +344,7 @@ def session_results(session: Session, recompute: Recompute | None, overrides: di
             frames = [Frame(image=out[k].frame, seq=out[k].seq, t_capture_ns=out[k].t_capture_ns, source="export",
                             pts_s=out[k].pts_s) for k in ks]
             for k, res in zip(ks, process_frames(recompute.engine, frames, settings), strict=True):
-                out[k] = replace(res, t_done_ns=out[k].t_done_ns, infer_ms=out[k].infer_ms)
+                out[k] = replace(res, t_done_ns=out[k].t_done_ns, infer_ms=out[k].infer_ms, pair=out[k].pair)
         return out
 
     return fn
@@ -381,7 +397,7 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
     first = session.frame(0)
     if first is None:
         raise UserError(f"the raw frames of {session.path} cannot be decoded")
-    size = canvas_size(first.shape)
+    size = canvas_for(first.shape, session.pair is not None and bool(session.pair_data))
     crf = session.config_value("record", "crf", RecordConfig.crf)
     preset = session.config_value("record", "preset", RecordConfig.preset)
     with PartialOutput(out, overwrite) as part, H264Writer(part.path, size[0], size[1], fps=30.0, crf=crf,
@@ -404,7 +420,7 @@ def layers_frames(session: Session, index: int, view: View, engine: AttentionEng
         rec = Recompute(engine, session.config_value("view", "residual", 0.5)).result(index, rec, view)
     status = session.status()
     return [render(rec.frame, rec, replace(view, layer=li, frozen=False, show_help=False), status,
-                   size=canvas_size(rec.frame.shape)) for li in range(rec.num_layers)]
+                   size=canvas_for(rec.frame.shape, rec.pair is not None)) for li in range(rec.num_layers)]
 
 
 def grid_picture(session: Session, index: int, colormap: str = "inferno",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from live_attention.core.compare import PairedModels
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Result
@@ -97,6 +98,8 @@ class InferenceWorker(threading.Thread):
         results: the latest-result slot read by the frame loop and the recorder.
         stop_event: set to stop; shared with the other threads of a session.
         settings: what to compute beyond the standard maps.
+        compare: a second engine run after the first on the same frame (``--compare``): each result
+            carries its result as ``Result.pair``, so both sides always show the same frame.
     """
 
     def __init__(
@@ -106,9 +109,11 @@ class InferenceWorker(threading.Thread):
         results: LatestSlot[Result],
         stop_event: threading.Event | None = None,
         settings: MapSettings | None = None,
+        compare: AttentionEngine | None = None,
     ) -> None:
         super().__init__(name="inference", daemon=True)
         self.engine = engine
+        self.paired = PairedModels(engine, compare) if compare is not None else None
         self.frames = frames
         self.results = results
         self.stop_event = stop_event or threading.Event()
@@ -198,7 +203,10 @@ class InferenceWorker(threading.Thread):
             prepared = [(x, box)]
         else:
             self._still = None
-        return process_frames(self.engine, [frame], settings, prepared, self.runner)[0]
+        results = process_frames(self.engine, [frame], settings, prepared, self.runner)
+        if self.paired is not None:
+            results = self.paired.add([frame], settings, results)
+        return results[0]
 
     def _next(self) -> tuple[Frame, MapSettings, bool] | None:
         """The next job: (frame, settings, live); live is False for the held (frozen) frame."""
@@ -227,8 +235,10 @@ class InferenceWorker(threading.Thread):
                 if (frame.still and last is not None and last.frame is frame.image and last.settings == settings
                         and not self.frozen):
                     # The same still picture with the same settings: the same maps, stamped anew.
-                    result = replace(last, seq=frame.seq, t_capture_ns=frame.t_capture_ns,
-                                     t_done_ns=time.monotonic_ns())
+                    done = time.monotonic_ns()
+                    pair = (replace(last.pair, seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_done_ns=done)
+                            if last.pair is not None else None)
+                    result = replace(last, seq=frame.seq, t_capture_ns=frame.t_capture_ns, t_done_ns=done, pair=pair)
                 else:
                     result = self.process(frame, settings)
             except Exception as exc:  # one bad frame never stops the worker

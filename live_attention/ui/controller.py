@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from live_attention.config import COLORMAPS, FUSIONS, Config
+from live_attention.core.compare import Pairing
 from live_attention.datatypes import Result, View
 from live_attention.modes import all_modes, first, mode, mode_for_key
 from live_attention.ui.keys import actions
@@ -45,11 +46,14 @@ class Controller:
     Args:
         num_layers, num_heads: the model's size.
         view: the starting view.
+        pairing: the two models' sizes with ``--compare`` (Tab and D act only then).
     """
 
-    def __init__(self, num_layers: int, num_heads: int, view: View | None = None) -> None:
+    def __init__(self, num_layers: int, num_heads: int, view: View | None = None,
+                 pairing: Pairing | None = None) -> None:
         self.num_layers = num_layers
         self.num_heads = num_heads
+        self.pairing = pairing
         v = view or View()
         self.view = replace(v, layer=v.resolved_layer(num_layers), head=min(v.head, num_heads - 1))
 
@@ -80,6 +84,8 @@ class Controller:
             "help": lambda: replace(v, show_help=not v.show_help),
             "smooth": lambda: replace(v, smooth=not v.smooth),
         }
+        if action in ("head_next", "head_prev", "heads_fused", "head_side", "difference") and self.pairing is not None:
+            return self._pair_act(action, v, out)
         if action in views:
             return views[action]()
         if action == "mode":
@@ -105,7 +111,34 @@ class Controller:
             out.toggle_record = True
         elif action == "target":
             out.cycle_target = True
+        elif action in ("head_side", "difference"):
+            out.note = "Tab and D act with two models side by side (--compare MODEL)"
         return v
+
+    def _pair_act(self, action: str, v: View, out: KeyOutcome) -> View:
+        """Head keys, Tab and D with ``--compare``: the head keys move the side Tab chose where the head
+        counts differ (both where they match); D shows the difference of the two maps."""
+        assert self.pairing is not None
+        ha, hb = self.pairing.heads
+        if action == "difference":
+            out.note = "difference of the two maps: red left higher, blue right higher" if not v.difference else "side by side"
+            return replace(v, difference=not v.difference)
+        if action == "head_side":
+            if ha == hb:
+                out.note = f"both models have {ha} heads: the head keys move both"
+                return v
+            side = 1 - v.head_side
+            out.note = f"the head keys move the {'right' if side else 'left'} model ({hb if side else ha} heads)"
+            return replace(v, head_side=side)
+        second = v.head_side == 1 and ha != hb
+        n, head = (hb, v.compare_head) if second else (ha, v.head)
+        if action == "head_next":
+            head = head + 1 if head < n - 1 else -1
+        elif action == "head_prev":
+            head = head - 1 if head > -1 else n - 1
+        else:
+            head = -1
+        return replace(v, compare_head=head) if second else replace(v, head=head)
 
     def set_target(self, target: int | None) -> None:
         """Explain ``target`` (a class index; None: each frame's top-1) in the mode that explains a class."""

@@ -38,6 +38,8 @@ def key_lines() -> list[KeyLine]:
                 {**{m.key: "mode" for m in modes}, "m": "next_mode"}),
         KeyLine("T / click a label", f"the class {relevance.name} explains ({relevance.key})", {"t": "target"}),
         KeyLine("J", "smoothing over time on / off", {"j": "smooth"}),
+        KeyLine("Tab", "--compare: which model the head keys move (where the head counts differ)", {"tab": "head_side"}),
+        KeyLine("D", "--compare: the difference of the two maps in the right half", {"d": "difference"}),
         KeyLine("A", f"animate through the layers (not {every_layer}, which use every layer)", {"a": "animate"}),
         KeyLine("Space", "freeze the frame", {"space": "freeze"}),
         KeyLine("Click", f"pick the {query.name} patch (mode {query.key})"),

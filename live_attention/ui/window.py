@@ -104,14 +104,14 @@ class Window:
             dpg.mvKey_Spacebar: "space", dpg.mvKey_Back: "backspace", dpg.mvKey_Escape: "esc",
             dpg.mvKey_Plus: "+", dpg.mvKey_Add: "+", dpg.mvKey_Minus: "-", dpg.mvKey_Subtract: "-",
             dpg.mvKey_Comma: ",", dpg.mvKey_Period: ".", dpg.mvKey_Home: "home", dpg.mvKey_End: "end",
-            dpg.mvKey_Return: "enter",
+            dpg.mvKey_Return: "enter", dpg.mvKey_Tab: "tab",
         }
         # dpg's mvKey_Plus is 61 (an old ASCII code) and matches no key in Dear PyGui 2; the "=/+" key
         # is ImGuiKey_Equal, which comes right before ImGuiKey_LeftBracket (mvKey_Open_Brace).
         keymap[dpg.mvKey_Open_Brace - 1] = "+"
         for ch in "0123456789":
             keymap[getattr(dpg, f"mvKey_{ch}")] = ch
-        for ch in "AFHMQSCRPTNJ[]":
+        for ch in "AFHMQSCRPTNJD[]":
             attr = {"[": "Open_Brace", "]": "Close_Brace"}.get(ch, ch)
             keymap[getattr(dpg, f"mvKey_{attr}")] = ch.lower()
         with dpg.handler_registry():

@@ -26,16 +26,18 @@ from live_attention.ui.controller import view_from_config
 TARGET_GUI_FPS = 30.0
 TARGET_LATENCY_RATIO = 1.5
 TARGET_LOADED = 0.60  # model fps under one busy core / idle
+TARGET_COMPARE = 0.45  # live fps with --compare / the slower model alone (two models in turn: 0.5 at best)
 
 
 def bench_pipeline(source: str, model: str, seconds: float, record: bool = False, window=None,
-                   view: View | None = None, threads: int = 0) -> dict[str, float]:
+                   view: View | None = None, threads: int = 0, compare: tuple[str, str] | None = None) -> dict[str, float]:
     """The live pipeline on a video file through the one frame loop (in ``window`` when one is given,
-    else a 60 Hz display that draws nowhere)."""
+    else a 60 Hz display that draws nowhere); ``compare``: (model, weights) of a second model beside it."""
     cfg = Config()
     cfg = replace(cfg, model=replace(cfg.model, threads=threads))
     engine = load_model(model, weights="random" if model != "demo" else "imagenet", device="auto")
-    session = LiveSession(cfg, engine, open_source(source, loop=True))
+    second = load_model(compare[0], compare[1], device=engine.device) if compare is not None else None
+    session = LiveSession(cfg, engine, open_source(source, loop=True), second)
     display = window if window is not None else NullDisplay()
     loop = FrameLoop(session, display, view or view_from_config(cfg))
     session.start(window=window is not None)
@@ -81,6 +83,19 @@ def report_pipeline(rep: Report, key: str, a: dict[str, float]) -> None:
             f"<= {TARGET_LATENCY_RATIO}x inference step ({a['infer_ms']:.0f} ms)", ratio <= TARGET_LATENCY_RATIO)
     rep.add(f"{key}.latency_p95_ms", "capture-to-display latency, p95", a["latency_p95_ms"], "ms")
     rep.add(f"{key}.loop_p99_ms", "GUI loop iteration, p99 (it never waits on inference)", a["loop_p99_ms"], "ms")
+
+
+def bench_compare(rep: Report, source: str, seconds: float) -> None:
+    """``--compare``: the live fps of the demo model beside its untrained twin (the two run in turn on
+    each frame) against the demo model alone, headless, in one run."""
+    rep.section("Two models side by side (--compare demo --compare-weights random), headless")
+    alone = bench_pipeline(source, "demo", seconds)
+    paired = bench_pipeline(source, "demo", seconds, compare=("demo", "random"))
+    rep.add("compare.alone_fps", "demo model alone", alone["infer_fps"], "fps")
+    rep.add("compare.paired_fps", "demo beside demo (random weights): frames with both maps", paired["infer_fps"], "fps")
+    rep.target("compare.ratio", "paired / the slower model alone", paired["infer_fps"] / alone["infer_fps"], "x",
+               TARGET_COMPARE, below=False)
+    rep.add("compare.render_ms", "drawing a paired picture (two halves), median", paired["render_ms"], "ms")
 
 
 def bench_load(rep: Report, source: str, seconds: float) -> None:

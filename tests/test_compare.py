@@ -1,0 +1,239 @@
+"""``--compare``: a second model on the very same frames, side by side (issue 20)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import tiny_vit
+
+from live_attention.commands.cli import main
+from live_attention.core.compare import (
+    PairedModels,
+    Pairing,
+    difference,
+    pair_settings,
+    pair_view,
+    relative_layer,
+    same_point,
+)
+from live_attention.core.engine import AttentionEngine
+from live_attention.datatypes import Frame, MapSettings, Status, View
+from live_attention.ui.frame import canvas_for, render
+
+
+def test_layer_follows_by_relative_depth():
+    assert relative_layer(5, 12, 24) == 11  # layer 6 of 12 is layer 12 of 24
+    assert relative_layer(11, 12, 24) == 23
+    assert relative_layer(0, 12, 24) == 1
+    assert relative_layer(23, 24, 12) == 11
+    assert relative_layer(-1, 12, 24) == -1
+    assert relative_layer(2, 3, 3) == 2
+
+
+def test_query_patch_is_the_same_point_of_the_picture():
+    # The centre of patch (1, 2) of a 4x4 grid over (0, 0, 100, 100) is (62.5, 37.5): patch (3, 5) of 8x8.
+    assert same_point(1 * 4 + 2, (0, 0, 100, 100), (4, 4), (0, 0, 100, 100), (8, 8)) == 3 * 8 + 5
+    # A point the second model does not see (it sees only the right half).
+    assert same_point(0, (0, 0, 100, 100), (4, 4), (50, 0, 100, 100), (4, 2)) is None
+
+
+def _engines():
+    a = AttentionEngine.wrap(tiny_vit(0, image_size=32, patch_size=8, layers=3, heads=2), device="cpu", precision="fp32")
+    b = AttentionEngine.wrap(tiny_vit(1, image_size=32, patch_size=4, layers=6, heads=4), device="cpu", precision="fp32")
+    return a, b
+
+
+def test_pair_settings_map_layer_query_and_target():
+    a, b = _engines()
+    pairing = Pairing.of(a, b)
+    assert pairing.layers == (3, 6) and pairing.heads == (2, 4)
+    assert not pairing.same_labels or a.categories == b.categories
+    s = MapSettings(entropy_layer=1, query_patch=5, target=3)
+    sb = pair_settings(s, replace(pairing, same_labels=True), (0, 0, 32, 32), (4, 4), (0, 0, 32, 32), (8, 8))
+    assert sb.entropy_layer == 3 and sb.query_patch == same_point(5, (0, 0, 32, 32), (4, 4), (0, 0, 32, 32), (8, 8))
+    assert sb.target == 3
+    assert pair_settings(s, replace(pairing, same_labels=False), (0, 0, 32, 32), (4, 4), (0, 0, 32, 32),
+                         (8, 8)).target is None  # label sets differ: each explains its top class
+
+
+def test_paired_results_are_the_same_frame_and_the_view_follows():
+    a, b = _engines()
+    rng = np.random.default_rng(0)
+    frames = [Frame(image=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), seq=s, t_capture_ns=s, source="t")
+              for s in (7, 8)]
+    from live_attention.core.step import process_frames
+
+    settings = MapSettings(entropy_layer=1)
+    results = PairedModels(a, b).add(frames, settings, process_frames(a, frames, settings))
+    for f, r in zip(frames, results, strict=True):
+        assert r.pair is not None and r.pair.seq == r.seq == f.seq and r.pair.frame is f.image
+        assert r.grid == (4, 4) and r.pair.grid == (8, 8) and r.pair.num_layers == 6
+    vb = pair_view(View(layer=1, head=1, compare_head=3), results[0], results[0].pair)
+    assert vb.layer == 3 and vb.head == 3  # head counts differ: the second side's own head
+    # The difference of a map with itself is zero; against another grid it is resampled to the finer one.
+    r = results[0]
+    same = difference(r.cls[2].mean(0), r, r.cls[2].mean(0), r)
+    assert same is not None and np.abs(same.values).max() < 1e-6 and "same" in same.note
+    other = difference(r.cls[2].mean(0), r, r.pair.cls[5].mean(0), r.pair)
+    assert other is not None and other.grid == (8, 8) and "finer 8×8" in other.note
+    assert other.values.shape == (64,) and np.abs(other.values).max() <= 1.0 + 1e-6
+    # The picture: two halves, each with its own HUD; D puts the difference in the second half.
+    size = canvas_for(r.frame.shape, True)
+    status = Status(model="A", pair=Status(model="B [random UNTRAINED]", untrained=True))
+    two = render(r.frame, r, View(mode="attention"), status, size=size)
+    diff = render(r.frame, r, View(mode="attention", difference=True), status, size=size)
+    assert two.shape == (size[1], size[0], 3) and size[0] == 2 * canvas_for(r.frame.shape)[0]
+    half = size[0] // 2
+    assert np.array_equal(two[:, : half - 1], diff[:, : half - 1])  # the first half is the same
+    assert np.abs(two[:, half + 1:].astype(int) - diff[:, half + 1:].astype(int)).mean() > 2.0
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, media):
+    out = tmp_path_factory.mktemp("clip") / "tour8.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", "2", "-i", str(media / "tour.mp4"),
+                    "-frames:v", "8", "-an", str(out)], check=True)
+    return out
+
+
+def _frames(path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
+
+
+def test_render_compare_side_by_side(clip, tmp_path, capsys):
+    ab, one = tmp_path / "ab.mp4", tmp_path / "one.mp4"
+    rc = main(["render", str(clip), "-o", str(ab), "--model", "demo", "--compare", "demo",
+               "--compare-weights", "random", "--mode", "rollout"])
+    assert rc == 0, capsys.readouterr().err
+    assert main(["render", str(clip), "-o", str(one), "--model", "demo", "--mode", "rollout"]) == 0
+    pair, single = _frames(ab), _frames(one)
+    assert len(pair) == len(single) == 8  # one output frame per input frame
+    h, w = single[0].shape[:2]
+    assert pair[0].shape == (h, 2 * w, 3)
+    # The left half is the first model alone (H.264 on both: a few levels of difference are coding noise).
+    assert np.abs(pair[4][:, : w - 2].astype(int) - single[4][:, : w - 2].astype(int)).mean() < 4.0
+    # The two halves differ: the second model is another (untrained) one.
+    assert np.abs(pair[4][:, : w - 2].astype(int) - pair[4][:, w + 2:].astype(int)).mean() > 4.0
+    # The second half is labelled UNTRAINED (its banner is red where the first half's is not).
+    red = lambda img: ((img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)).sum()  # noqa: E731
+    assert red(pair[4][: h // 4, w:]) > 200 and red(pair[4][: h // 4, :w]) < 50
+
+
+def test_compare_that_cannot_load_is_one_line_naming_compare(clip, tmp_path, capsys):
+    rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "nope"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--compare nope: the second model cannot load" in err and len(err.splitlines()) == 1
+    missing = tmp_path / "missing.pth"
+    rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "demo",
+               "--compare-weights", str(missing)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--compare demo: the second model cannot load" in err and "missing.pth" in err
+    assert len(err.splitlines()) == 1
+    rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "demo",
+               "--compare-device", "tpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("live-attention: error: --compare-device tpu: unknown device")
+    assert len(err.splitlines()) == 1
+
+
+def test_compare_config_section_is_validated(tmp_path):
+    from live_attention.config import ConfigError, load_config
+
+    good = tmp_path / "good.toml"
+    good.write_text('[compare]\nmodel = "demo"\nweights = "random"\ndevice = "cpu"\n')
+    cfg = load_config(good)
+    assert (cfg.compare.model, cfg.compare.weights, cfg.compare.device) == ("demo", "random", "cpu")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[compare]\nmodle = "demo"\n')
+    with pytest.raises(ConfigError, match="compare.modle"):
+        load_config(bad)
+
+
+def test_controller_one_set_of_keys_for_two_models():
+    from live_attention.ui.controller import Controller
+
+    pairing = Pairing(layers=(12, 24), heads=(6, 12), same_labels=False)
+    c = Controller(12, 6, View(layer=5), pairing)
+    c.press("right")
+    assert (c.view.head, c.view.compare_head) == (0, -1)  # the left model's head first
+    out = c.press("tab")
+    assert c.view.head_side == 1 and "right" in (out.note or "")
+    c.press("left")
+    assert (c.view.head, c.view.compare_head) == (0, 11)  # past the fused view: the right model's last head
+    c.press("backspace")
+    assert c.view.compare_head == -1 and c.view.head == 0
+    c.press("up")
+    assert c.view.layer == 6  # the left model's layer 7 of 12 ...
+    assert relative_layer(c.view.layer, 12, 24) == 13  # ... is layer 14 of 24 on the right
+    c.press("d")
+    assert c.view.difference
+    # Same head counts: the head keys move both, Tab says so.
+    same = Controller(4, 2, View(), Pairing((4, 4), (2, 2), True))
+    assert "both" in (same.press("tab").note or "") and same.view.head_side == 0
+    # Without --compare, Tab and D say what they are for and change nothing.
+    alone = Controller(4, 2, View())
+    assert "--compare" in (alone.press("d").note or "") and not alone.view.difference
+
+
+def test_grids_that_cannot_be_aligned_are_one_line_naming_compare():
+    from live_attention.core.compare import check_aligned
+    from live_attention.errors import UserError
+
+    a, b = _engines()
+    check_aligned(a, b, 48, 64)  # two centre crops of a 4:3 picture: the smaller is inside the larger
+    a.configure_input(32, full_frame=True)  # the whole of a 4:1 picture against b's centre square
+    with pytest.raises(UserError, match="^--compare .*cannot be aligned"):
+        check_aligned(a, b, 40, 160)
+
+
+def test_bench_compare_part_reports_the_ratio(clip, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--only", "compare", "--seconds", "1", "--source", str(clip), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["compare.alone_fps"] > 0 and data["compare.paired_fps"] > 0 and data["compare.ratio"] > 0
+
+
+def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, capsys):
+    import json
+
+    from live_attention.io.recording import Session
+    from live_attention.pipeline.replay import ReplayFeed
+
+    rc = main(["--source", "demo", "--compare", "demo", "--compare-weights", "random", "--headless",
+               "--max-seconds", "4", "--record", str(tmp_path / "sessions")])
+    assert rc == 0, capsys.readouterr().err
+    folder = next((tmp_path / "sessions").iterdir())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["weights_label"] != "random" and not manifest["model"]["untrained"]
+    second = manifest["compare"]
+    assert second["model"]["name"] == "demo" and second["model"]["untrained"] and second["model"]["weights"] == "random"
+    assert (second["layers"], second["heads"]) == (4, 4) and (folder / second["attention"]).is_dir()
+    assert manifest["overlay_size"] == [2 * 960, 720]
+
+    session = Session(folder)
+    n = len(session)
+    assert n >= 2 and len(session.pair_data["seq"]) == n
+    for i in range(n):  # the same frame on both sides, and different maps (another model)
+        res = session.result(i)
+        assert res.pair is not None and res.pair.seq == res.seq
+        assert not np.allclose(res.cls, res.pair.cls)
+    assert session.status().pair is not None and session.status().pair.untrained
+
+    feed = ReplayFeed(session, None, paused=True)
+    assert feed.pairing is not None and feed.pairing.layers == (4, 4) and feed.pairing.same_labels
+    shown = feed.latest()
+    assert shown is not None and shown.pair is not None and shown.pair.seq == shown.seq
+    session.close()
+
+    out = tmp_path / "export.mp4"
+    assert main(["export", str(folder), "-o", str(out)]) == 0, capsys.readouterr().err
+    frames = _frames(out)
+    assert len(frames) == n and frames[0].shape == (720, 2 * 960, 3)
