@@ -407,7 +407,8 @@ class OneResultFeed:
 def test_leaving_the_flow_view_cancels_its_job(monkeypatch):
     from live_attention.core.flow import FlowCancelled
     from live_attention.pipeline import loop_parts as loop_mod
-    from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay, Inputs
+    from live_attention.pipeline.loop import FrameLoop, HeadlessDisplay
+    from live_attention.pipeline.ports import Inputs
 
     started = threading.Event()
 

@@ -13,7 +13,8 @@ from live_attention.config import Config
 from live_attention.core.engine import AttentionEngine
 from live_attention.datatypes import Frame, Status, View
 from live_attention.pipeline.live import LiveSession
-from live_attention.pipeline.loop import FrameLoop, Inputs
+from live_attention.pipeline.loop import FrameLoop
+from live_attention.pipeline.ports import Inputs
 from live_attention.ui.controller import Controller
 from live_attention.ui.hud import hud_layout
 from tests.conftest import tiny_vit

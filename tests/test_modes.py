@@ -26,7 +26,8 @@ from live_attention.modes import (
     unregister_mode,
 )
 from live_attention.pipeline.live import LiveSession
-from live_attention.pipeline.loop import FrameLoop, Inputs
+from live_attention.pipeline.loop import FrameLoop
+from live_attention.pipeline.ports import Inputs
 from live_attention.ui.controller import Controller
 from live_attention.ui.hud import hud_layout
 from live_attention.ui.keys import actions, help_lines, page_keys

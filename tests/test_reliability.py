@@ -32,7 +32,8 @@ from live_attention.io.recording import Session
 from live_attention.io.video import read_image
 from live_attention.io.writers import write_gif
 from live_attention.pipeline.live import LiveSession
-from live_attention.pipeline.loop import FrameLoop, Inputs
+from live_attention.pipeline.loop import FrameLoop
+from live_attention.pipeline.ports import Inputs
 from live_attention.pipeline.replay import ReplayFeed, export_video
 from live_attention.pipeline.worker import InferenceWorker
 from live_attention.ui.frame import render

@@ -137,7 +137,7 @@ def test_process_frames_through_a_captured_step_gives_the_same_results(settings)
 
 def test_live_views_compute_only_their_maps_and_a_recording_gets_them_all():
     from live_attention.datatypes import View
-    from live_attention.pipeline.loop import settings_for
+    from live_attention.modes import settings_for
 
     eng = engine()
     frame = Frame(np.full((40, 50, 3), 100, np.uint8), 0, 0, "t")

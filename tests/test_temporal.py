@@ -385,7 +385,7 @@ class KeyDisplay:
     running, wants_pixels, waits_for_results, takes_clicks = True, True, False, False
 
     def __init__(self, keys: dict[int, list[str]]) -> None:
-        from live_attention.pipeline.loop import Inputs
+        from live_attention.pipeline.ports import Inputs
 
         self.keys, self.i, self.inputs = keys, 0, Inputs
 

@@ -25,7 +25,7 @@ import numpy as np
 import torchvision.models  # noqa: F401
 
 from live_attention.errors import UserError
-from live_attention.pipeline.loop import Inputs
+from live_attention.pipeline.ports import Inputs
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from live_attention.datatypes import Result, Status, View
-from live_attention.pipeline.loop import Inputs
+from live_attention.pipeline.ports import Inputs
 from live_attention.ui.keys import page_keys
 
 MAX_MESSAGE_BYTES = 256  # a key or a click is a few dozen bytes
