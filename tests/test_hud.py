@@ -109,3 +109,14 @@ def test_a_in_the_relevance_view_leaves_the_layer_alone_and_says_why(tmp_path):
         assert "relevance uses every layer" in state["status"]["message"]
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("width", [960, 640, 480])
+def test_the_caption_fits_inside_the_picture(width):
+    """The mode's caption shrinks until it fits beside the legend: nothing is drawn in the right margin
+    (each half of a --compare picture is 960 wide, where the rollout caption ran off the edge)."""
+    from live_attention.ui.hud import draw_caption
+
+    img = np.full((720, width, 3), 128, np.uint8)
+    draw_caption(img, View(mode="rollout"), "layers 1-4, heads fused (mean), smoothed", 1.0)
+    assert (img[600:, -5:] == 128).all()

@@ -254,8 +254,11 @@ def draw_caption(img: np.ndarray, view: View, caption: str, scale: float, flow_p
     colorbar(img, bx, h - int(52 * scale), bw, bh, view.colormap, low, high, scale)
     left = bx + bw + int(30 * scale)
     avail = w - left - int(20 * scale)
-    if tw > avail:  # a narrow canvas: shrink the caption to fit beside the legend
-        s1, s2 = s1 * avail / tw, s2 * avail / tw
+    for _ in range(8):  # a narrow canvas: shrink the caption until it fits beside the legend (a font's
+        if tw <= avail:  # width is not exactly proportional to its scale, hence a few steps)
+            break
+        shrink = min(0.97, avail / tw)
+        s1, s2 = s1 * shrink, s2 * shrink
         tw = max(text_w(title, s1, 2), text_w(line2, s2))
     x = max(left, (w - tw) // 2)
     y = h - int(62 * scale)
