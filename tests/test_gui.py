@@ -146,7 +146,9 @@ def test_window_on_demo_source_keys_and_recording(xserver, tmp_path):
         s = app.wait(lambda s: s.get("recording"), 30, "recording")
         assert "REC" in (s["status"]["recording"] or "")
         session = s["recording"]
-        time.sleep(2.5)
+        # Frames shown while recording, counted, not waited for by the clock (a loaded machine shows fewer).
+        app.wait(lambda t: t["seq"] is not None and s["seq"] is not None and t["seq"] >= s["seq"] + 8, 60,
+                 "frames shown while recording")
         app.key("r")
         app.wait(lambda s: not s.get("recording"), 30, "recording stopped")
         app.key("Escape")
