@@ -91,6 +91,31 @@ def test_paired_results_are_the_same_frame_and_the_view_follows():
     assert np.abs(two[:, half + 1:].astype(int) - diff[:, half + 1:].astype(int)).mean() > 2.0
 
 
+def test_relevance_explains_the_first_models_class_on_both_sides_when_the_labels_match():
+    """No fixed target: each frame's class is the first model's top-1, and the second model (same class
+    names) explains that class too, frame by frame, not its own top-1 (a random model's ties pick class 0)."""
+    import torch
+
+    from live_attention.core.step import process_frames
+
+    a, _ = _engines()
+    second = tiny_vit(1, image_size=32, patch_size=4, layers=6, heads=4)
+    with torch.no_grad():
+        second.heads.head.bias[5] += 10.0  # its own top-1 is class 5 on every frame (the first's is not)
+    b = AttentionEngine.wrap(second, device="cpu", precision="fp32")
+    assert list(a.categories) == list(b.categories)
+    rng = np.random.default_rng(3)
+    frames = [Frame(image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), seq=s, t_capture_ns=s, source="t")
+              for s in range(8)]
+    settings = MapSettings(relevance=True)
+    first = process_frames(a, frames, settings)
+    own = process_frames(b, frames, settings)
+    results = PairedModels(a, b).add(frames, settings, first)
+    assert all(r.pair is not None and r.pair.target == r.target for r in results)
+    # The test can fail: on some frame the second model's own top-1 differs from the first's.
+    assert any(o.target != r.target for o, r in zip(own, first, strict=True))
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
     out = tmp_path_factory.mktemp("clip") / "tour8.mp4"
@@ -133,8 +158,14 @@ def test_compare_that_cannot_load_is_one_line_naming_compare(clip, tmp_path, cap
     rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "demo",
                "--compare-weights", str(missing)])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--compare demo: the second model cannot load" in err and "missing.pth" in err
-    assert len(err.splitlines()) == 1
+    assert rc == 2 and "--compare demo (--compare-weights" in err and "the second model cannot load" in err
+    assert "missing.pth" in err and len(err.splitlines()) == 1
+    # The second model's options without a second model are a mistake, not silently ignored.
+    for extra in (["--compare-weights", "random"], ["--compare-device", "cpu"]):
+        rc = main(["render", str(clip), "-o", str(tmp_path / "y.mp4"), "--model", "demo", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and f"{' '.join(extra)} needs a second model: add --compare MODEL" in err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "y.mp4").exists()
     rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "demo",
                "--compare-device", "tpu"])
     err = capsys.readouterr().err.strip()
@@ -237,3 +268,14 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     assert main(["export", str(folder), "-o", str(out)]) == 0, capsys.readouterr().err
     frames = _frames(out)
     assert len(frames) == n and frames[0].shape == (720, 2 * 960, 3)
+    assert session.notes() == []
+    # Without the second model's maps the session still exports (the first model alone), and says so.
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(folder, damaged)
+    shutil.rmtree(damaged / "attention-compare")
+    capsys.readouterr()
+    assert main(["export", str(damaged), "-o", str(tmp_path / "damaged.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert f"the second model's maps (demo, attention-compare/) cover 0 of {n} frames" in err

@@ -55,7 +55,18 @@ class PairedModels:
         h, w = frames[0].image.shape[:2]
         box_b = self.b.preprocess_spec.crop_box(h, w)
         sb = pair_settings(settings, self.pairing, results[0].box, results[0].grid, box_b, self.b.grid_for(h, w))
-        others = process_frames(self.b, frames, sb, None, self.runner)
+        # Relevance of each frame's own top class (no fixed target): where both models name the same
+        # classes, the second explains the class the first explains on that frame, not its own top-1.
+        follow = sb.relevance and self.pairing.same_labels and sb.target is None
+        groups: dict[int | None, list[int]] = {}
+        for i, r in enumerate(results):
+            key = r.target if follow else sb.target
+            groups.setdefault(key, []).append(i)
+        others: list[Result | None] = [None] * len(frames)
+        for target, idx in groups.items():
+            done = process_frames(self.b, [frames[i] for i in idx], replace(sb, target=target), None, self.runner)
+            for i, o in zip(idx, done, strict=True):
+                others[i] = o
         return [replace(r, pair=o) for r, o in zip(results, others, strict=True)]
 
 

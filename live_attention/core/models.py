@@ -112,6 +112,10 @@ def compare_engine_from_config(cfg: Config, first: AttentionEngine) -> Attention
     line that names ``--compare``."""
     c = cfg.compare
     if not c.model:
+        for key in ("compare.weights", "compare.device"):
+            if key in cfg.origins:  # given, but there is no second model for it
+                raise UserError(f"{cfg.where(key)} needs a second model: add --compare MODEL "
+                                "(or model in the config's [compare] section), or leave it out")
         return None
     m = cfg.model
     device = first.device
@@ -120,13 +124,17 @@ def compare_engine_from_config(cfg: Config, first: AttentionEngine) -> Attention
             device = resolve_device(c.device)
         except UserError as exc:
             raise UserError(f"{cfg.where('compare.device')}: {str(exc).split(': use --device')[0]}") from None
+    # The first model's precision as it resolved ("auto" may mean fp32 for one model, bf16 for another),
+    # so that both sides are computed alike; on another device, the precision asked for.
+    precision = first.precision if str(device) == str(first.device) else m.precision
+    named = cfg.where("compare.model") + (f" ({cfg.where('compare.weights')})" if "compare.weights" in cfg.origins else "")
     try:
-        return load_model(c.model, c.weights, device, m.precision, input_size=m.input_size or None,
+        return load_model(c.model, c.weights, device, precision, input_size=m.input_size or None,
                           full_frame=m.full_frame)
     except UserError as exc:
-        raise UserError(f"{cfg.where('compare.model')}: the second model cannot load: {exc}") from None
+        raise UserError(f"{named}: the second model cannot load: {exc}") from None
     except (OSError, RuntimeError, ValueError, KeyError) as exc:  # a damaged checkpoint, a shape mismatch
-        raise UserError(f"{cfg.where('compare.model')} ({cfg.where('compare.weights')}): the second model "
+        raise UserError(f"{named}: the second model "
                         f"cannot load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 

@@ -342,6 +342,13 @@ class Session:
         if not self.has_raw:
             shown = f" ({OVERLAY} holds the picture as it was shown)" if (self.path / OVERLAY).is_file() else ""
             out.append(f"{name}: {RAW} is missing: the recorded maps are drawn on a grey canvas{shown}")
+        if self.pair is not None and self.has_maps:
+            paired = len(self.pair_data.get("seq", ()))
+            if paired < n:
+                second = self.pair["model"].get("name", "the second model")
+                folder = self.pair.get("attention") if isinstance(self.pair.get("attention"), str) else ATTN_COMPARE_DIR
+                out.append(f"{name}: the second model's maps ({second}, {folder}/) cover {paired} of {n} frames: "
+                           "the others show the first model alone")
         return out
 
     def canvas(self) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 from live_attention.core.compare import Difference, difference, pair_view
 from live_attention.core.render import GREY, WHITE, canvas_size, dim_outside, panel, text
 from live_attention.datatypes import Extras, Result, Status, View
-from live_attention.modes import mode, shown_map
+from live_attention.modes import all_modes, mode, shown_map
 from live_attention.ui.hud import draw_caption, draw_help, draw_hud, draw_no_signal
 
 DIFF_POS = np.array((235, 60, 40), np.float32)  # the first model's map higher
@@ -109,8 +109,9 @@ def _difference_picture(frame: np.ndarray, a: Result, b: Result, va: View, vb: V
     w, h = size
     scale = h / 720.0
     img = cv2.cvtColor(cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
-    ma = shown_map(a, va, extras)[0] if mode(va.mode).one_map else None
-    mb = shown_map(b, vb, extras.pair)[0] if mode(vb.mode).one_map else None
+    shown = mode(va.mode)
+    ma, why_a = shown_map(a, va, extras) if shown.one_map else (None, "")
+    mb, why_b = shown_map(b, vb, extras.pair) if shown.one_map else (None, "")
     d = difference(ma, a, mb, b) if ma is not None and mb is not None else None
     sx, sy = w / frame.shape[1], h / frame.shape[0]
     if d is not None:
@@ -119,20 +120,32 @@ def _difference_picture(frame: np.ndarray, a: Result, b: Result, va: View, vb: V
         dim_outside(img, box)
         _signed_overlay(img, box, d, va.opacity)
     lines = [("DIFFERENCE (D): left map minus right map", WHITE),
-             (f"red: {_short(sa.model)} higher", (255, 140, 120)), (f"blue: {_short(sb.model)} higher", (140, 180, 255))]
+             (f"red: left higher ({_short(sa.model)})", (255, 140, 120)),
+             (f"blue: right higher ({_short(sb.model)})", (140, 180, 255))]
     if d is not None:
         lines.append((f"each map as a share of its total; {d.note}", GREY))
-        lines.append((f"{va.mode}: left layer {va.resolved_layer(a.num_layers) + 1}/{a.num_layers}, "
-                      f"right layer {vb.resolved_layer(b.num_layers) + 1}/{b.num_layers}", GREY))
+        lines.append((f"{va.mode}: left {_where(va, a)}, right {_where(vb, b)}", GREY))
+    elif not shown.one_map:
+        keys = ", ".join(m.key for m in all_modes() if m.one_map)
+        lines.append((f"no difference to show: {va.mode} has no single map a side (modes {keys} have one)", GREY))
+    elif ma is None or mb is None:
+        side, why = ("left", why_a) if ma is None else ("right", why_b)
+        lines.append((f"no difference to show: no {va.mode} map on the {side}" + (f" ({why})" if why else ""), GREY))
     else:
-        lines.append((f"no difference to show: {va.mode} has no single map on both sides (use modes 1, 2, 5-8)"
-                      if ma is None or mb is None else "the two models see no common part of the picture", GREY))
+        lines.append(("the two models see no common part of the picture", GREY))
     if va.show_hud:
         s, lh = 0.55 * scale, int(24 * scale)
         panel(img, 0, 0, w, lh * len(lines) + int(12 * scale))
         for i, (t, c) in enumerate(lines):
             text(img, t, (int(10 * scale), int(20 * scale) + i * lh), s, c)
     return np.ascontiguousarray(img)
+
+
+def _where(view: View, r: Result) -> str:
+    """Which layer and heads a side's map comes from, as the difference's legend says it."""
+    layers = (f"layer {view.resolved_layer(r.num_layers) + 1}/{r.num_layers}" if mode(view.mode).picks_layer
+              else f"all {r.num_layers} layers")
+    return layers + (f", head {view.head + 1}" if view.head >= 0 else ", heads fused")
 
 
 def _short(model: str) -> str:
