@@ -22,7 +22,7 @@ from live_attention.core.render import heat_rgb
 from live_attention.core.temporal import flicker, normalise
 from live_attention.demo.synthetic import DemoScene
 from live_attention.io.video import H264Writer
-from live_attention.pipeline.temporal_eval import shaken
+from live_attention.offline.temporal_eval import shaken
 
 FRAMES, SHOWN, TILE, GAP, OPACITY = 30, range(15, 20), 200, 4, 0.55
 FONT, WHITE, YELLOW = cv2.FONT_HERSHEY_SIMPLEX, (235, 235, 235), (10, 214, 255)  # BGR

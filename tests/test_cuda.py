@@ -37,7 +37,7 @@ from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.demo.synthetic import DemoScene
 from live_attention.modes import settings_for
-from live_attention.pipeline import batch
+from live_attention.offline import batch
 from live_attention.ui.controller import Controller
 from tests.conftest import tiny_vit
 from tests.tiny_families import FAMILIES, GRAPHED_MODES

@@ -22,8 +22,8 @@ from conftest import cut_clip
 from live_attention.commands.cli import main
 from live_attention.errors import UserError
 from live_attention.io.video import probe_frames
-from live_attention.pipeline import distributed
-from live_attention.pipeline.distributed import INSTALL_HINT, plan_workers
+from live_attention.offline import distributed
+from live_attention.offline.distributed import INSTALL_HINT, plan_workers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -124,7 +124,7 @@ def test_an_unexpected_error_in_a_worker_is_one_line_and_its_traceback_is_for_v(
     """The worker logged the traceback of an unexpected error, which Ray printed on the driver once per
     attempt; now it goes back with the outcome, one line for the user and the traceback at debug level."""
     from live_attention.config import Config, ModelConfig
-    from live_attention.pipeline.jobs import Job
+    from live_attention.offline.renderer import Job
 
     worker = distributed.RayWorker(Config(model=ModelConfig(name="demo")), hud=True, batch_size=None, draw_threads=1)
 

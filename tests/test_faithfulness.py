@@ -11,7 +11,7 @@ import torch
 from live_attention.commands.cli import main
 from live_attention.core import faithfulness as fth
 from live_attention.core.models import load_model
-from live_attention.pipeline.evaluation import Evaluation, Evaluator, KindScore, demo_items, most_faithful
+from live_attention.offline.evaluation import Evaluation, Evaluator, KindScore, demo_items, most_faithful
 
 
 def test_pointing_hit_is_the_argmax_cell_meeting_the_box():

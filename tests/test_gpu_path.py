@@ -33,7 +33,7 @@ from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Frame, MapSettings, Status, View
 from live_attention.io.capture import LatestSlot
 from live_attention.modes import settings_for
-from live_attention.pipeline import batch
+from live_attention.offline import batch
 from live_attention.pipeline.loop_parts import FlowJob
 from live_attention.pipeline.worker import InferenceWorker
 from live_attention.ui.controller import Controller

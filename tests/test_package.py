@@ -16,7 +16,7 @@ from live_attention.errors import WeightsError
 
 PACKAGE = Path(live_attention.__file__).resolve().parent
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
-ABOVE = ("live_attention.demo", "live_attention.pipeline", "live_attention.ui", "live_attention.commands",
+ABOVE = ("live_attention.demo", "live_attention.pipeline", "live_attention.offline", "live_attention.ui", "live_attention.commands",
          "live_attention.modes", "live_attention.ui.window")
 
 

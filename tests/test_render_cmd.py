@@ -162,7 +162,7 @@ def test_the_batched_path_equals_frame_by_frame(clip):
     from live_attention.datatypes import MapSettings, Status, View
     from live_attention.io.video import VideoReader
     from live_attention.modes import select_map
-    from live_attention.pipeline import batch
+    from live_attention.offline import batch
 
     eng = load_model("demo", device="cpu", precision="fp32")
     view = View(mode="rollout")
@@ -198,7 +198,7 @@ def test_the_batched_path_equals_frame_by_frame(clip):
 
 def test_inputs_with_the_same_name_get_distinct_outputs(tmp_path):
     """Three coffee.jpg from three folders, and a coffee.png: four outputs, none written twice."""
-    from live_attention.pipeline.jobs import plan_jobs
+    from live_attention.offline.renderer import plan_jobs
 
     files = []
     for d in ("a", "b", "b2"):
@@ -288,7 +288,7 @@ def test_an_os_error_of_one_input_is_one_line_and_the_others_render(clip, media,
     from pathlib import Path
 
     from live_attention.io import writers
-    from live_attention.pipeline import jobs
+    from live_attention.offline import renderer
 
     locked = tmp_path / "locked.jpg"
     locked.write_bytes((media / "rocket.jpg").read_bytes())
@@ -299,7 +299,7 @@ def test_an_os_error_of_one_input_is_one_line_and_the_others_render(clip, media,
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(jobs, "open", fake_open, raising=False)
+    monkeypatch.setattr(renderer, "open", fake_open, raising=False)
     real_init = writers.CheckedFile.__init__
 
     def read_only_for_clip(self, path):
@@ -362,7 +362,7 @@ def test_a_huge_batch_is_capped_by_the_memory_budget_and_said_once(media, tmp_pa
 
     from conftest import cut_clip
 
-    from live_attention.pipeline import batch
+    from live_attention.offline import batch
 
     long = cut_clip(tmp_path, media, 3.0, "long.mp4")  # 90 frames of 640×480 (960×720 drawn)
     short = cut_clip(tmp_path, media, 12 / 30, "short.mp4")

@@ -15,7 +15,7 @@ from live_attention.core import temporal as tmp
 from live_attention.datatypes import MapSettings, Result, View
 from live_attention.demo.synthetic import DemoScene
 from live_attention.modes import view_smoother
-from live_attention.pipeline.temporal_eval import shaken
+from live_attention.offline.temporal_eval import shaken
 
 BOX, GRID = (80, 0, 560, 480), (8, 8)  # the demo model's centre crop of a 640x480 frame
 
@@ -217,7 +217,7 @@ def test_j_toggles_smoothing():
 
 def test_evaluate_temporal_prints_and_saves_the_table(tmp_path, capsys):
     from live_attention.commands.evaluate import TEMPORAL_KINDS
-    from live_attention.pipeline.temporal_eval import KINDS, filter_names
+    from live_attention.offline.temporal_eval import KINDS, filter_names
 
     assert TEMPORAL_KINDS == KINDS
     rc = main(["evaluate", "--temporal", "--demo", "-n", "6", "--auc-frames", "2", "--kinds", "cls,rollout",
@@ -442,7 +442,7 @@ def test_the_frame_loop_smooths_the_shown_map_and_j_turns_it_off(monkeypatch, tm
 
 
 def test_a_kind_with_constant_maps_is_reported_not_measured():
-    from live_attention.pipeline.temporal_eval import Row, TemporalEvaluation, filter_names, table, verdict
+    from live_attention.offline.temporal_eval import Row, TemporalEvaluation, filter_names, table, verdict
 
     rows = [Row("rollout", f, 0.01, 0.001, 1.0 if f == "raw" else 0.99, 0.9, 0.001, 0.0) for f in filter_names()]
     ev = TemporalEvaluation("m", "clip", {}, 1.0, rows, constant=["relevance"])

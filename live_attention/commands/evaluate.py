@@ -20,7 +20,7 @@ from live_attention.config import EVALUATION_KINDS as KINDS
 from live_attention.config import MODEL_HELP
 from live_attention.errors import UserError
 
-TEMPORAL_KINDS = ("cls", "rollout", "relevance", "entropy", "norms")  # pipeline.temporal_eval.KINDS, kept here so --help stays light
+TEMPORAL_KINDS = ("cls", "rollout", "relevance", "entropy", "norms")  # offline.temporal_eval.KINDS, kept here so --help stays light
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     cascade = _cascade(args.cascade)  # what the user typed is checked before the model loads
     # The heavy part (torch, OpenCV) loads once the arguments are known good: --help stays instant.
     from live_attention.core.models import load_model
-    from live_attention.pipeline.evaluation import Evaluator, demo_items, folder_items, most_faithful, table
+    from live_attention.offline.evaluation import Evaluator, demo_items, folder_items, most_faithful, table
 
     count = args.count or 100
     items = None if args.demo else folder_items(args.images, count, skipped=_say_skipped)
@@ -126,7 +126,7 @@ def main(argv: list[str]) -> int:
 
 
 def _temporal(args: argparse.Namespace) -> int:
-    """``--temporal``: flicker and smoothing (:mod:`live_attention.pipeline.temporal_eval`)."""
+    """``--temporal``: flicker and smoothing (:mod:`live_attention.offline.temporal_eval`)."""
     if args.images:
         raise UserError("--temporal measures clips: use --demo or --video FILE, not --images")
     if args.cascade:
@@ -139,7 +139,7 @@ def _temporal(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
     # The heavy part loads once the arguments are known good.
     from live_attention.core.models import load_model
-    from live_attention.pipeline import temporal_eval as te  # lazy: only this mode needs it
+    from live_attention.offline import temporal_eval as te  # lazy: only this mode needs it
 
     engine = load_model(name, args.weights, args.device, args.precision, full_frame=args.full_frame)
     evaluator = te.TemporalEvaluator(engine, kinds, batch=min(args.batch, 32), auc_frames=args.auc_frames)

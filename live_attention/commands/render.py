@@ -2,7 +2,7 @@
 
 Every input frame is processed in order (no latest-wins here), so each output has exactly one frame
 per input frame, at the input's timestamps. Decoding, batched inference, drawing and encoding overlap
-(:mod:`live_attention.pipeline.batch`). Several inputs or a folder go into ``-o DIR``, one output each;
+(:mod:`live_attention.offline.batch`). Several inputs or a folder go into ``-o DIR``, one output each;
 a failing input is reported and the others go on.
 """
 
@@ -30,7 +30,7 @@ from live_attention.config import load_config
 from live_attention.errors import UserError
 
 if TYPE_CHECKING:
-    from live_attention.pipeline.jobs import Job, Plan, Renderer
+    from live_attention.offline.renderer import Job, Plan, Renderer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def say(line: str) -> None:
 
 
 def report(job: Job, frames: int, expected: int | None) -> None:
-    from live_attention.pipeline.jobs import report_lines
+    from live_attention.offline.renderer import report_lines
 
     for line in report_lines(job, frames, expected):
         say(line)
@@ -74,7 +74,7 @@ def report(job: Job, frames: int, expected: int | None) -> None:
 def render_here(plan: Plan, renderer: Renderer) -> int:
     """Several inputs on this machine: each failing input is one line and the others go on; returns
     how many failed (those that failed before any work included)."""
-    from live_attention.pipeline.jobs import failure_reason, summary_line
+    from live_attention.offline.renderer import failure_reason, summary_line
 
     failed = len(plan.failed)
     for job in plan.jobs:
@@ -108,8 +108,8 @@ def main(argv: list[str]) -> int:
     # The heavy part (torch, OpenCV, PyAV) loads once the arguments are known good: --help stays instant.
     from live_attention.io.mapfile import MapsFile
     from live_attention.io.outputs import partial_path
-    from live_attention.pipeline.distributed import render_on_ray
-    from live_attention.pipeline.jobs import Renderer, plan_jobs, summary_line
+    from live_attention.offline.distributed import render_on_ray
+    from live_attention.offline.renderer import Renderer, plan_jobs, summary_line
 
     plan = plan_jobs(args.inputs, args.output, args.overwrite)
     for spec, why in plan.failed:

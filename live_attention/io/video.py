@@ -27,7 +27,7 @@ import numpy as np
 
 from live_attention.errors import SourceError
 
-# Still importable from here for pipeline.jobs and pipeline.replay (moved during another restructuring);
+# Still importable from here for offline.renderer and pipeline.replay (moved during another restructuring);
 # new code imports it from live_attention.io.writers.
 from live_attention.io.writers import H264Writer  # noqa: F401
 

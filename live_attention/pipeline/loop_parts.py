@@ -1,6 +1,6 @@
 """What the frame loop owns besides its steps: the entropy curve's history, the attention-flow job, the
 state file, the figures the bench reads, and the shown map's smoothing over time. The offline path
-(:mod:`live_attention.pipeline.batch`) shares the history and the smoothing.
+(:mod:`live_attention.offline.batch`) shares the history and the smoothing.
 
 Threads: :class:`FlowJob` computes attention flow on a thread of its own; the rest runs on the caller's.
 """

@@ -35,7 +35,7 @@ from live_attention.io.outputs import PartialOutput
 from live_attention.io.recording import RAW, Session
 from live_attention.io.video import H264Writer
 from live_attention.modes import default_view, map_settings, mode, needs_model
-from live_attention.pipeline import batch
+from live_attention.offline import batch
 from live_attention.ui.frame import canvas_for, render
 
 logger = logging.getLogger(__name__)
@@ -382,7 +382,7 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
                  progress: Callable[[int], None] | None = None, batch_size: int | None = None,
                  workers: int | None = None, maps: Callable[[Result, View, np.ndarray | None], None] | None = None) -> Path:
     """Render every recorded frame again (recorded view + ``overrides``) at the recorded timestamps;
-    ``maps`` gets each frame's shown map (``--save-maps``, see :func:`~live_attention.pipeline.batch.run`).
+    ``maps`` gets each frame's shown map (``--save-maps``, see :func:`~live_attention.offline.batch.run`).
 
     Written to ``NAME.partial.EXT`` and renamed at the end (interrupted: the partial file is kept).
     """

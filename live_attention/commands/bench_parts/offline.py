@@ -21,7 +21,7 @@ from live_attention.core.render import canvas_size
 from live_attention.datatypes import MapSettings, Status, View
 from live_attention.io.video import VideoReader
 from live_attention.modes import settings_for
-from live_attention.pipeline import batch
+from live_attention.offline import batch
 
 TARGET_RENDER_CMD = 1.25  # render tour.mp4 wall (process start included) / engine alone at its best batch
 TARGET_RENDER_CUDA_FPS = 300.0  # the render pipeline on 720p frames, ViT-B/16, H100/H200

@@ -9,13 +9,13 @@ Who owns what:
   process died is retried by Ray, on the worker it restarts), reports it if it fails again, and prints
   one line per finished input and the summary, like a local run. It renders nothing itself.
 * Each **worker** is a Ray actor (:class:`RayWorker`, a process on some node) that owns one
-  :class:`~live_attention.pipeline.jobs.Renderer`: the engine loads once, then renders job after job
+  :class:`~live_attention.offline.renderer.Renderer`: the engine loads once, then renders job after job
   through the same overlapped path as a local run (its decode, draw and encode threads included). On a
   GPU cluster each worker asks Ray for one GPU (``num_gpus=1``); Ray makes it the worker's only visible
   device, so every worker runs on its own GPU. Otherwise a worker takes up to :data:`CPUS_PER_WORKER`
   CPUs of one node, and Ray sizes its torch threads to them (``OMP_NUM_THREADS``).
 * Configuration travels as plain data: the frozen :class:`~live_attention.config.Config` and the
-  :class:`~live_attention.pipeline.jobs.Job` records pickle; workers import ``live_attention`` themselves.
+  :class:`~live_attention.offline.renderer.Job` records pickle; workers import ``live_attention`` themselves.
 
 What a cluster needs (``--ray auto`` on one machine has all of it already):
 
@@ -42,7 +42,7 @@ from typing import Any
 
 from live_attention.config import Config
 from live_attention.errors import SourceError, UserError
-from live_attention.pipeline.jobs import Job, Renderer, failure_reason, report_lines, summary_line
+from live_attention.offline.renderer import Job, Renderer, failure_reason, report_lines, summary_line
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Render jobs: inputs paired with outputs, and the :class:`Renderer` that turns one job into one file.
 
 The same :class:`Renderer` runs the jobs of ``live-attention render`` on this machine, or on a Ray
-worker (:mod:`live_attention.pipeline.distributed`). Each job goes through the overlapped offline path
-of :mod:`live_attention.pipeline.batch` and writes ``NAME.partial.EXT``, renamed when it is complete.
+worker (:mod:`live_attention.offline.distributed`). Each job goes through the overlapped offline path
+of :mod:`live_attention.offline.batch` and writes ``NAME.partial.EXT``, renamed when it is complete.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from live_attention.io.mapfile import MapsFile
 from live_attention.io.outputs import PartialOutput, check_output
 from live_attention.io.video import IMAGE_EXTENSIONS, H264Writer, VideoReader, read_image
 from live_attention.modes import default_view, map_settings
-from live_attention.pipeline import batch
+from live_attention.offline import batch
 from live_attention.ui.controller import view_from_config
 from live_attention.ui.frame import canvas_for
 
@@ -172,7 +172,7 @@ class Renderer:
 
     def batch_for(self, frame_hw: tuple[int, int], canvas_wh: tuple[int, int]) -> int:
         """The batch for frames of this size: ``--batch``, or fewer where its frames would not fit in
-        :func:`~live_attention.pipeline.batch.memory_budget` (said once per run when ``--batch`` was given)."""
+        :func:`~live_attention.offline.batch.memory_budget` (said once per run when ``--batch`` was given)."""
         per_frame, budget = batch.bytes_per_frame(self.engine, frame_hw, canvas_wh), batch.memory_budget()
         n = batch.capped_batch(self.batch, per_frame, budget)
         if n < self.batch:
