@@ -42,8 +42,8 @@ def draw_heads(img: np.ndarray, result: Result, view: View, scale: float) -> Non
     nh = result.num_heads
     gh, gw = result.grid
     aspect = gw / gh  # tiles keep the picture's shape (full-frame grids are not square)
-    # Below the HUD and the top-5 panel, the full width.
-    top, bottom = int(200 * scale), int(12 * scale)
+    # Below the HUD, the top-5 panel and one banner under it (UNTRAINED, REC), the full width.
+    top, bottom = int(218 * scale), int(12 * scale)
     avail_h, avail_w = h - top - bottom, w - int(20 * scale)
     gap = max(2, int(6 * scale))
     best = None
