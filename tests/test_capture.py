@@ -119,7 +119,9 @@ def test_disconnect_reconnects_without_fake_frames() -> None:
     seqs = [f.seq for f in frames]
     assert seqs == sorted(set(seqs)), "seq must strictly increase"
     assert seqs[-1] >= 20  # continued across both outages, no reset
-    assert th.frames == len(cam.produced)  # seq counts successful reads only
+    # seq counts successful reads only; a read that returns once stop() was asked is dropped uncounted
+    # (stopping does not wait to deliver it), so the source may have made one frame more.
+    assert len(cam.produced) - 1 <= th.frames <= len(cam.produced)
     assert not cam.released_while_reading
     assert th.state is CaptureState.STOPPED and not cam.is_open
 
