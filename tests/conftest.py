@@ -53,3 +53,14 @@ def cut_clip(directory: Path, media_dir: Path, seconds: float, name: str) -> Pat
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", str(seconds), "-i", str(media_dir / "tour.mp4"),
                     "-an", str(out)], check=True)
     return out
+
+
+@pytest.fixture(scope="module")
+def xserver():
+    """One Xvfb server for a module's GUI tests (tests/gui_helpers.py starts it)."""
+    from tests.gui_helpers import XServer
+
+    x = XServer()
+    yield x
+    x.stop()
+

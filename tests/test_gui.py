@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import cut_clip
-from tests.gui_helpers import App, XServer, center, differs
+from tests.gui_helpers import App, center, differs
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(400)]
-
-
-@pytest.fixture(scope="module")
-def xserver():
-    x = XServer()
-    yield x
-    x.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.gui_helpers import App, XServer
+from tests.gui_helpers import App
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(400)]
-
-
-@pytest.fixture(scope="module")
-def xserver():
-    x = XServer()
-    yield x
-    x.stop()
 
 
 def _halves(app: App, s: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
