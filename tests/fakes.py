@@ -12,6 +12,7 @@ import numpy as np
 from live_attention.core.engine import AttentionEngine
 from live_attention.errors import SourceError
 from live_attention.io.capture import CaptureState, CaptureThread
+from live_attention.pipeline.ports import Inputs
 from tests.conftest import tiny_vit
 
 # Waits end as soon as their condition holds: only a failure waits this long. A loaded machine can stall
@@ -157,3 +158,34 @@ def slow_engine(delay=0.0, failing=range(0)) -> SlowEngine:
     e = SlowEngine(tiny_vit(), device="cpu", precision="fp32")
     e.delay, e.failing = delay, failing
     return e
+
+
+class KeyDisplay:
+    """A frame-loop display that presses ``keys`` on its first iteration and keeps the last picture it was
+    shown (``wants_pixels``: whether the loop draws one)."""
+
+    running = True
+    waits_for_results = False
+    takes_clicks = False
+
+    def __init__(self, keys: list[str], wants_pixels: bool = False) -> None:
+        self.keys = keys
+        self.wants_pixels = wants_pixels
+        self.rgb: np.ndarray | None = None
+
+    def poll(self) -> Inputs:
+        keys, self.keys = self.keys, []
+        return Inputs(keys=keys)
+
+    def show(self, rgb: np.ndarray, position: tuple[int, int] | None = None) -> None:
+        self.rgb = rgb
+
+    def update(self, status, result, view) -> None:
+        pass
+
+    def present(self) -> None:
+        time.sleep(0.01)
+
+    def close(self) -> None:
+        pass
+

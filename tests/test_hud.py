@@ -4,7 +4,6 @@ layer (the controller and the frame loop; no window)."""
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -14,11 +13,10 @@ from live_attention.core.engine import AttentionEngine
 from live_attention.datatypes import Frame, Status, View
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop
-from live_attention.pipeline.ports import Inputs
 from live_attention.ui.controller import Controller
 from live_attention.ui.hud import hud_layout
 from tests.conftest import tiny_vit
-from tests.fakes import FakeCamera, wait_until
+from tests.fakes import FakeCamera, KeyDisplay, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,40 +61,12 @@ def test_a_animates_only_views_of_one_layer():
     assert c.view.mode == "relevance" and not c.view.animating
 
 
-class Keys:
-    """A display that presses ``keys`` on the first iteration and shows nothing."""
-
-    running = True
-    wants_pixels = False
-    waits_for_results = False
-    takes_clicks = False
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-
-    def poll(self) -> Inputs:
-        keys, self.keys = self.keys, []
-        return Inputs(keys=keys)
-
-    def show(self, rgb, position=None) -> None:
-        pass
-
-    def update(self, status, result, view) -> None:
-        pass
-
-    def present(self) -> None:
-        time.sleep(0.01)
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_in_the_relevance_view_leaves_the_layer_alone_and_says_why(tmp_path):
     """Through the frame loop at 1000 animation steps a second: the layer in the state file never moves,
     and the HUD's message says why."""
     s = _session()
     state_file = tmp_path / "state.json"
-    loop = FrameLoop(s, Keys(["a"]), View(mode="relevance", layer=1), animate_fps=1000.0, state_file=str(state_file))
+    loop = FrameLoop(s, KeyDisplay(["a"]), View(mode="relevance", layer=1), animate_fps=1000.0, state_file=str(state_file))
     s.start()
     try:
         assert wait_until(lambda: s.results.peek() is not None, 20)

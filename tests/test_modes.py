@@ -27,13 +27,12 @@ from live_attention.modes import (
 )
 from live_attention.pipeline.live import LiveSession
 from live_attention.pipeline.loop import FrameLoop
-from live_attention.pipeline.ports import Inputs
 from live_attention.ui.controller import Controller
 from live_attention.ui.hud import hud_layout
 from live_attention.ui.keys import actions, help_lines, page_keys
 from live_attention.web.display import parse_message
 from tests.conftest import tiny_vit
-from tests.fakes import FakeCamera
+from tests.fakes import FakeCamera, KeyDisplay
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,42 +118,13 @@ def test_without_it_its_name_is_refused():
     assert "9" not in page_keys() and parse_message('{"key": "9"}') is None
 
 
-class Shown:
-    """A display that presses ``keys`` once, wants pixels, and keeps the last picture."""
-
-    running = True
-    wants_pixels = True
-    waits_for_results = False
-    takes_clicks = False
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = keys
-        self.rgb: np.ndarray | None = None
-
-    def poll(self) -> Inputs:
-        keys, self.keys = self.keys, []
-        return Inputs(keys=keys)
-
-    def show(self, rgb, position=None) -> None:
-        self.rgb = rgb
-
-    def update(self, status, result, view) -> None:
-        pass
-
-    def present(self) -> None:
-        time.sleep(0.01)
-
-    def close(self) -> None:
-        pass
-
-
 def test_the_frame_loop_shows_a_new_mode_with_what_it_keeps(toy, tmp_path):
     """Key 9 in the live loop: the worker keeps what the toy asks for (full attention), the picture is
     drawn from the toy's map, and the HUD names it with its key and heads label."""
     eng = AttentionEngine(tiny_vit(layers=3, heads=2), device="cpu", precision="fp32")
     s = LiveSession(Config(), eng, FakeCamera([10_000], period=0.02))
     state_file = tmp_path / "state.json"
-    display = Shown(["9"])
+    display = KeyDisplay(["9"], wants_pixels=True)
     loop = FrameLoop(s, display, View(mode="attention"), state_file=str(state_file))
     s.start()
     try:
