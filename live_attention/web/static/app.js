@@ -81,7 +81,9 @@ canvas.addEventListener("click", (ev) => {
 });
 
 async function startCamera() {
+  if (la.camera === "starting") return;  // a click while the page starts its camera on its own
   la.camera = "starting";
+  cameraButton.hidden = true;
   try {
     const stream = await navigator.mediaDevices.getUserMedia({
       video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } }, audio: false,
