@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from live_attention import names
 from live_attention.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -22,13 +23,12 @@ else:  # pragma: no cover
 
 # The modes a config and --mode accept, in key order: the built-in ones, and any other that
 # live_attention.modes.register_mode adds (the modes themselves live in live_attention/modes/).
-MODES: list[str] = ["attention", "rollout", "heads", "entropy", "query", "flow", "relevance", "norms"]
+MODES: list[str] = list(names.BUILTIN_MODES)
 FUSIONS = ("mean", "max", "min")
 COLORMAPS = ("inferno", "jet", "turbo", "viridis", "magma", "hot")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MODEL_HELP = "vit_b_16 (default), vit_b_32, vit_l_16, vit_l_32, vit_h_14, timm:NAME[.TAG], hf:ORG/NAME, hf:DIR, or demo"
 COMMAND_LINE = "the command line"  # the origin of values given as flags
-EVALUATION_KINDS = ("cls", "rollout", "flow", "relevance", "random")  # the maps `evaluate --kinds` scores
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ViewConfig:
     layer; ``head`` 0 (or -1, what configs said before) is heads fused. :attr:`layer_index` and
     :attr:`head_index` are the 0-based numbers a :class:`~live_attention.datatypes.View` holds."""
 
-    mode: str = "attention"
+    mode: str = names.ATTENTION
     layer: int = -1  # 1..layers; -1: the last layer
     head: int = 0  # 1..heads; 0: heads fused
     fusion: str = "mean"

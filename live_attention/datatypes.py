@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from live_attention import names
 from live_attention.config import COLORMAPS, FUSIONS, MODES
 
 
@@ -46,7 +47,10 @@ class MapSettings:
     ``query_patch`` the patch whose attention rows are kept; ``target`` the class that relevance
     explains (None: each frame's top-1); ``relevance`` whether to compute it at all (it costs a
     backward pass, so only while a view shows it); ``need`` extra parts the views want kept:
-    ``"attn"`` (full attention, for flow and any query), ``"fused"`` (per-layer fused matrices).
+    ``"attn"`` (full attention, for flow and any query), ``"fused"`` (per-layer fused matrices);
+    ``maps`` the optional maps of :class:`Result` to compute (names from :mod:`live_attention.names`:
+    rollout, query, patch entropy, token norms), ``None``: all of them (what a recording keeps). The
+    shown mode decides them (``Mode.maps``).
     """
 
     fusion: str = "mean"
@@ -57,10 +61,11 @@ class MapSettings:
     target: int | None = None
     relevance: bool = False
     need: tuple[str, ...] = ()
-    views: tuple[str, ...] | None = None
+    maps: tuple[str, ...] | None = None
 
-    def wants(self, mode: str) -> bool:
-        return self.views is None or mode in self.views
+    def wants(self, name: str) -> bool:
+        """Whether the optional map ``name`` (a :class:`Result` field) is to be computed."""
+        return self.maps is None or name in self.maps
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +136,7 @@ class Result:
 class View:
     """What the user chose to see. ``layer`` is 0-based; ``head`` -1 means the heads fused."""
 
-    mode: str = "attention"
+    mode: str = names.ATTENTION
     layer: int = -1
     head: int = -1
     fusion: str = "mean"

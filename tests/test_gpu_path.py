@@ -84,7 +84,7 @@ def test_the_guard_fails_a_step_that_synchronises(bad, monkeypatch):
     monkeypatch.setattr(step_mod, "maps_tensor", syncing)
     eng = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32")
     runner = StepRunner(eng, graphs=True, backend=GuardedReplay())
-    (res,) = process_frames(eng, frames(1), MapSettings(views=("attention",)), runner=runner)
+    (res,) = process_frames(eng, frames(1), MapSettings(maps=()), runner=runner)
     assert runner.captures == 0 and "HostSync" in runner.fallback_reason, runner.fallback_reason
     assert res.cls is not None  # it still ran, eagerly
 
@@ -208,7 +208,7 @@ def test_another_input_size_is_another_graph_and_the_cache_keeps_the_newest(monk
     eng.configure_input(full_frame=True)  # the input's shape follows the frame's
     backend = GuardedReplay()
     runner = StepRunner(eng, graphs=True, backend=backend)
-    s = MapSettings(views=("attention",))
+    s = MapSettings(maps=())
     for w in (50, 66, 50, 80, 50):  # inputs 32×40, 32×56, 32×64; the first is used again before eviction
         process_frames(eng, frames(1, w=w), s, runner=runner)
     assert backend.captures == 3 and len(runner._graphs) == 2
@@ -225,7 +225,7 @@ def test_a_failed_capture_is_said_once_and_that_key_runs_eagerly(caplog):
     backend = GuardedReplay(fail=RuntimeError("operation not permitted when stream is capturing"))
     runner = StepRunner(eng, graphs=True, backend=backend)
     for w in (50, 50, 66, 66):  # two keys, the same reason: one warning
-        (res,) = process_frames(eng, frames(1, w=w), MapSettings(views=("attention",)), runner=runner)
+        (res,) = process_frames(eng, frames(1, w=w), MapSettings(maps=()), runner=runner)
         assert res.cls is not None
     warnings = [r for r in caplog.records if r.levelname == "WARNING" and "capture failed" in r.getMessage()]
     assert len(warnings) == 1 and "stream is capturing" in warnings[0].getMessage()
@@ -239,7 +239,7 @@ def test_an_out_of_memory_capture_says_so_frees_memory_and_is_tried_again_later(
     eng = AttentionEngine.wrap(tiny_vit(), device="cpu", precision="fp32")
     backend = GuardedReplay(fail=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     runner = StepRunner(eng, graphs=True, backend=backend)
-    s = MapSettings(views=("attention",))
+    s = MapSettings(maps=())
 
     def step() -> bool:
         (res,) = process_frames(eng, frames(1), s, runner=runner)
@@ -263,11 +263,11 @@ def test_out_of_memory_again_and_again_gives_up_on_that_key_only(caplog, monkeyp
     backend = GuardedReplay(fail=RuntimeError("CUDA error: out of memory"))
     runner = StepRunner(eng, graphs=True, backend=backend)
     for _ in range(3 * step_mod.OOM_TRIES):
-        process_frames(eng, frames(1), MapSettings(views=("attention",)), runner=runner)
+        process_frames(eng, frames(1), MapSettings(maps=()), runner=runner)
     assert backend.released == step_mod.OOM_TRIES  # bounded
     assert any("from now on" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     backend.fail = None
-    process_frames(eng, frames(1), MapSettings(views=("rollout",)), runner=runner)
+    process_frames(eng, frames(1), MapSettings(maps=("rollout",)), runner=runner)
     assert runner.captures == 1  # another view still gets its graph
 
 

@@ -86,10 +86,13 @@ def test_a_mode_cannot_take_a_key_or_name_already_taken(toy):
 
 
 def test_the_view_settings_come_from_the_mode(toy):
-    assert settings_for(View(mode="toy")) == {"views": ("toy",), "fusion": "mean", "entropy_layer": -1,
+    assert settings_for(View(mode="toy")) == {"maps": (), "fusion": "mean", "entropy_layer": -1,
                                               "query_patch": None, "target": None, "relevance": False,
                                               "need": ("attn",)}
-    assert map_settings(View(mode="toy"), recording=True).views is None  # a recording keeps every map
+    assert map_settings(View(mode="toy"), recording=True).maps is None  # a recording keeps every map
+    assert settings_for(View(mode="rollout"))["maps"] == ("rollout",)  # the optional maps a mode shows
+    assert settings_for(View(mode="entropy"))["maps"] == ("patch_entropy",)
+    assert settings_for(View(mode="norms"))["maps"] == ("token_norm",)
     assert settings_for(View(mode="query", query_patch=4))["query_patch"] == 4
     assert settings_for(View(mode="attention", query_patch=4))["query_patch"] is None  # kept only while queried
 
@@ -134,7 +137,7 @@ def test_the_frame_loop_shows_a_new_mode_with_what_it_keeps(toy, tmp_path):
             res = loop.shown
             if res is not None and res.attn is not None and display.rgb is not None and Toy.calls:
                 break
-        assert s.worker.settings.views == ("toy",) and s.worker.settings.need == ("attn",)
+        assert s.worker.settings.maps == () and s.worker.settings.need == ("attn",)
         assert res is not None and res.attn is not None and Toy.calls > 0
         assert json.loads(state_file.read_text())["view"]["mode"] == "toy"
         line = hud_layout(960, 720, res, loop.view, Status()).lines[0][0]

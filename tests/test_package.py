@@ -42,6 +42,29 @@ def test_core_and_io_import_nothing_above_them() -> None:
     assert not bad, bad
 
 
+def string_literals(path: Path) -> set[str]:
+    """The string constants of a module, docstrings left out."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs}
+
+
+def test_a_mode_name_is_written_in_at_most_three_modules_outside_modes() -> None:
+    """A mode's knowledge lives in its class (live_attention/modes/); its name is written once, in
+    live_attention/names.py, and elsewhere only where the same word means something else: a recording's
+    fields ("rollout", "heads"), a library's submodule ("attention"), the package's module ("flow")."""
+    from live_attention.modes import all_modes
+
+    literals = {path: string_literals(path) for path in PACKAGE.rglob("*.py") if "modes" not in path.parts}
+    where = {m.name: sorted(str(p.relative_to(PACKAGE)) for p, lits in literals.items() if m.name in lits)
+             for m in all_modes()}
+    assert where["attention"] and "names.py" in where["rollout"]  # the check sees literals
+    assert all(len(files) <= 3 for files in where.values()), where
+
+
 def test_demo_model_and_source_from_a_fresh_interpreter() -> None:
     """Whoever imports any part of the package gets ``--model demo`` and ``--source demo``: the package
     root registers them (a fresh interpreter, so no test has imported the demo before)."""

@@ -281,7 +281,7 @@ def test_render_smooth_and_save_maps_end_to_end(videos, tmp_path):
     eng = load_model("demo", device="cpu", precision="fp32")
     with VideoReader(shaken_path) as r:
         frames = [Frame(img, i, 0, "v", pts) for i, (img, pts) in enumerate(r)]
-    ref = process_frames(eng, frames[:4], MapSettings(views=("rollout",)))
+    ref = process_frames(eng, frames[:4], MapSettings(maps=("rollout",)))
     assert list(off["box"][0]) == list(ref[0].box)
     for i, res in enumerate(ref):  # float16 keeps 3 significant digits
         assert np.allclose(off["maps"][i].ravel(), res.rollout[-1], rtol=2e-3, atol=1e-6)
@@ -417,7 +417,7 @@ def test_the_frame_loop_smooths_the_shown_map_and_j_turns_it_off(monkeypatch, tm
     frames = shaken(DemoScene(640, 480, seed=0).frame(1.0), 16, np.random.default_rng(4))
     eng = load_model("demo", device="cpu", precision="fp32")
     results = process_frames(eng, [Frame(f, i, int(i * 1e8), "t", pts_s=i / 10) for i, f in enumerate(frames)],
-                             MapSettings(views=("rollout",)))
+                             MapSettings(maps=("rollout",)))
     drawn = []
 
     def spy(frame, result=None, view=None, status=None, extras=None, size=None):

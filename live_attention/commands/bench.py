@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import torch
 
+from live_attention import names
 from live_attention.commands.bench_parts.drawing import bench_renderer
 from live_attention.commands.bench_parts.engine import bench_engine, bench_relevance, bench_timm
 from live_attention.commands.bench_parts.gpu import bench_gpu
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace, parts: list[str]) -> int:
     # no_grad, not set_grad_enabled: a caller's thread keeps its own mode.
     with torch.no_grad(), tempfile.TemporaryDirectory(prefix="la-bench-") as tmp:
         src = args.source or test_clip()
-        if not src and {"pipeline", "load", "relevance", "render", "compare"} & set(parts):
+        if not src and {"pipeline", "load", names.RELEVANCE, "render", "compare"} & set(parts):
             src = str(synthesized_clip(Path(tmp) / "demo-scene.mp4"))
             print(f"(no --source and no test clip here: the video parts use {SYNTH_SECONDS:g} s of the demo scene, "
                   f"{SYNTH_SIZE[0]}x{SYNTH_SIZE[1]} at {SYNTH_FPS:g} fps, made now)")
@@ -60,7 +61,7 @@ def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, python {platform.python_version()}"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
     if "engine" in parts:
-        bench_engine(rep, args.model, args.device, args.reps, flow="flow" in parts)
+        bench_engine(rep, args.model, args.device, args.reps, flow=names.FLOW in parts)
     if "demo" in parts:
         bench_engine(rep, "demo", args.device, args.reps, flow=False)
     if "renderer" in parts:
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace, parts: list[str], src: str | None) -> int:
         bench_load(rep, src, min(args.seconds, 15.0))
     if "timm" in parts:
         bench_timm(rep, args.device, args.reps)
-    if "relevance" in parts:
+    if names.RELEVANCE in parts:
         bench_relevance(rep, args.device, args.reps, src, min(args.seconds, 15.0))
     if "render" in parts and src:
         bench_render_command(rep, src, args.model, args.device)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import sys
 
+from live_attention import names
 from live_attention.commands.args import Parser, finite_float, positive_int
 
-PARTS = ("engine", "demo", "flow", "renderer", "pipeline", "record", "load", "timm", "relevance", "render", "compare",
-         "long", "gpu", "serve")
+# The parts of the figures; flow and relevance time those maps.
+PARTS = ("engine", "demo", names.FLOW, "renderer", "pipeline", "record", "load", "timm", names.RELEVANCE, "render",
+         "compare", "long", "gpu", "serve")
 DEFAULT_PARTS = PARTS[:-3]
 
 

@@ -15,12 +15,12 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+from live_attention import names
 from live_attention.commands.args import Parser, add_logging_arg, positive_int, setup_logging
-from live_attention.config import EVALUATION_KINDS as KINDS
 from live_attention.config import MODEL_HELP
 from live_attention.errors import UserError
 
-TEMPORAL_KINDS = ("cls", "rollout", "relevance", "entropy", "norms")  # offline.temporal_eval.KINDS, kept here so --help stays light
+KINDS, TEMPORAL_KINDS = names.EVALUATION_KINDS, names.TEMPORAL_KINDS  # names imports nothing: --help stays light
 
 
 def build_parser() -> argparse.ArgumentParser:

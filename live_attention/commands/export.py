@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from live_attention import names
 from live_attention.commands.args import (
     Parser,
     Progress,
@@ -129,7 +130,7 @@ def export(args: argparse.Namespace) -> int:
             else:
                 out = check_output(args.output, args.overwrite, (".gif", ".mp4", ".mkv"),
                                    "--layers-gif writes an animation")
-                view = replace(export_view(session, index, overrides), mode=str(overrides.get("mode", "attention")))
+                view = replace(export_view(session, index, overrides), mode=str(overrides.get("mode", names.ATTENTION)))
                 if engine is None and session.has_raw and needs_model(view, session.result(index)):
                     engine = engine_for_session(session, args.weights, args.device)
                 _write_animation(layers_frames(session, index, view, engine), out, args.overwrite)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from live_attention import names
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.flow import attention_flow_mixed
@@ -81,15 +82,15 @@ def keep_for(engine: AttentionEngine, settings: MapSettings, num_tokens: int | N
     q = query_patch_kept(engine, settings, n)
     if q is not None:
         rows.append(engine.num_prefix + q)
-    elif graph and settings.views is not None and "query" in settings.views:
+    elif graph and settings.maps is not None and names.QUERY in settings.maps:
         rows.append(0)  # a placeholder: the same graph serves the patch chosen later
-    fused = (settings.wants("rollout") or settings.wants("flow") or "fused" in settings.need)
+    fused = settings.wants(names.ROLLOUT) or "fused" in settings.need
     return Keep(
         attn="attn" in settings.need,
         rows=tuple(rows),
         fused=(ANY_FUSION if graph else settings.fusion) if fused and fused_bytes(engine, n) <= FUSED_BUDGET_BYTES else None,
-        entropy_layers=keep_layers(engine, settings, graph) if settings.wants("entropy") else (),
-        norms=settings.wants("norms"),
+        entropy_layers=keep_layers(engine, settings, graph) if settings.wants(names.PATCH_ENTROPY) else (),
+        norms=settings.wants(names.TOKEN_NORM),
         dtype=fused_dtype(engine, n),
     )
 
@@ -140,15 +141,15 @@ def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, 
         else:
             pe = out.row_entropy[:, 0, :, npf:]
     parts: dict[str, Tensor | None] = {
-        "cls": cls_rows[..., npf:],
-        "prefix_share": maps.prefix_share(cls_rows, npf),
-        "entropy": maps.row_entropy(cls_rows),
-        "rollout": (maps.rollout_cls_from_fused(out.fused, settings.residual, settings.discard_ratio, npf)
+        names.CLS: cls_rows[..., npf:],
+        names.PREFIX_SHARE: maps.prefix_share(cls_rows, npf),
+        names.ENTROPY: maps.row_entropy(cls_rows),
+        names.ROLLOUT: (maps.rollout_cls_from_fused(out.fused, settings.residual, settings.discard_ratio, npf)
                     if out.fused is not None else None),
-        "patch_entropy": pe,
-        "query": rows[:, :, :, 1, npf:] if rows.shape[3] > 1 else None,
-        "token_norm": out.norms[..., npf:] if out.norms is not None else None,
-        "relevance": out.relevance,
+        names.PATCH_ENTROPY: pe,
+        names.QUERY: rows[:, :, :, 1, npf:] if rows.shape[3] > 1 else None,
+        names.TOKEN_NORM: out.norms[..., npf:] if out.norms is not None else None,
+        names.RELEVANCE: out.relevance,
         "top_p": None,
         "top_i": None,
     }
@@ -164,9 +165,9 @@ def maps_tensor(engine: AttentionEngine, out: RunOutput, settings: MapSettings, 
             parts["target_p"] = probs.gather(1, out.targets[:, None])[:, 0]
     parts["finite"] = finite.float()
     present = {n: t for n, t in parts.items() if t is not None}
-    names = tuple(present)
+    keys = tuple(present)
     tensors = [t.reshape(b, -1).float() for t in present.values()]
-    layout = MapsLayout(names, tuple(tuple(t.shape[1:]) for t in present.values()),
+    layout = MapsLayout(keys, tuple(tuple(t.shape[1:]) for t in present.values()),
                         tuple(n for n, t in parts.items() if t is None))
     return torch.cat(tensors, dim=1), layout
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from live_attention import names
 from live_attention.core.engine import AttentionEngine, Keep, Selection
 from live_attention.core.frame_maps import (
     MapsLayout,
@@ -387,7 +388,7 @@ def _result(engine: AttentionEngine, frame: Frame, box: Box, out: StepOutput, i:
     target = int(m["target"]) if m.get("target") is not None else None
     maps_ = {k: (np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) if isinstance(v, np.ndarray) and not finite else v)
              for k, v in m.items()}
-    query_ok = maps_["query"] is not None and out.query_patch is not None
+    query_ok = maps_[names.QUERY] is not None and out.query_patch is not None
     return Result(
         seq=frame.seq,
         t_capture_ns=frame.t_capture_ns,
@@ -395,21 +396,21 @@ def _result(engine: AttentionEngine, frame: Frame, box: Box, out: StepOutput, i:
         frame=frame.image,
         box=box,
         grid=out.grid,
-        cls=maps_["cls"],
-        rollout=maps_["rollout"],
-        entropy=maps_["entropy"],
-        patch_entropy=maps_["patch_entropy"],
+        cls=maps_[names.CLS],
+        rollout=maps_[names.ROLLOUT],
+        entropy=maps_[names.ENTROPY],
+        patch_entropy=maps_[names.PATCH_ENTROPY],
         patch_entropy_layer=layer,
         topk=topk,
         infer_ms=infer_ms,
         settings=settings,
-        query=maps_["query"] if query_ok else None,
+        query=maps_[names.QUERY] if query_ok else None,
         query_patch=out.query_patch if query_ok else None,
         pts_s=frame.pts_s,
         num_prefix=out.num_prefix,
-        prefix_share=maps_["prefix_share"],
-        token_norm=maps_["token_norm"],
-        relevance=maps_["relevance"],
+        prefix_share=maps_[names.PREFIX_SHARE],
+        token_norm=maps_[names.TOKEN_NORM],
+        relevance=maps_[names.RELEVANCE],
         target=target,
         target_label=engine.categories[target] if target is not None else None,
         target_p=float(m["target_p"]) if m.get("target_p") is not None else None,

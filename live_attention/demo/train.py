@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import VisionTransformer
 
+from live_attention import names
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.families import TorchvisionFamily
@@ -209,13 +210,13 @@ def two_target_pointing(engine: AttentionEngine, images: np.ndarray, labels: np.
     score only where their one argmax happens to lie on the asked class's box."""
     _, last, roll = attention_maps(engine, images)
     grid = engine.grid
-    hits: dict[str, list[np.ndarray]] = {"relevance": [], "rollout": [], "cls": []}
+    hits: dict[str, list[np.ndarray]] = {names.RELEVANCE: [], names.ROLLOUT: [], names.CLS: []}
     for j in range(2):
         cls = np.argsort(-labels, axis=1, kind="stable")[:, j]  # the j-th present class of each scene
         b = boxes[np.arange(len(boxes)), cls]
-        hits["relevance"].append(cell_hits(relevance_maps(engine, images, cls), b, grid, cell))
-        hits["rollout"].append(cell_hits(roll, b, grid, cell))
-        hits["cls"].append(cell_hits(last, b, grid, cell))
+        hits[names.RELEVANCE].append(cell_hits(relevance_maps(engine, images, cls), b, grid, cell))
+        hits[names.ROLLOUT].append(cell_hits(roll, b, grid, cell))
+        hits[names.CLS].append(cell_hits(last, b, grid, cell))
     return {k: float(np.concatenate(v).mean()) for k, v in hits.items()}
 
 
@@ -244,8 +245,8 @@ def evaluate(engine: AttentionEngine, seed: int, n: int = 1000) -> dict[str, flo
         gh, gw = engine.grid_for(h, w)
         images, labels, boxes = make_dataset(n // 2, (h, w), seed=base + 4, num_targets=2)
         pg = two_target_pointing(engine, images, labels, boxes, (w / gw, h / gh))
-        out["full_frame_pointing_relevance_2"] = pg["relevance"]
-        out["full_frame_pointing_rollout_2"] = pg["rollout"]
+        out["full_frame_pointing_relevance_2"] = pg[names.RELEVANCE]
+        out["full_frame_pointing_rollout_2"] = pg[names.ROLLOUT]
     finally:
         engine.configure_input()
     return out

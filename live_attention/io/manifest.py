@@ -14,7 +14,7 @@ from typing import Any
 from live_attention.config import Config
 from live_attention.datatypes import View
 from live_attention.io.recording import CHUNK_FRAMES, FORMAT_VERSION
-from live_attention.io.session_dir import ATTN_COMPARE_DIR, ATTN_DIR, OVERLAY, RAW
+from live_attention.io.session_dir import ATTN_COMPARE_DIR, ATTN_DIR, MAPS_KEY, OVERLAY, RAW
 
 
 def software_versions() -> dict[str, str | None]:
@@ -64,7 +64,7 @@ def build_manifest(engine: Any, cfg: Config, view: View | None, compare: Any = N
     second = None
     if compare is not None:
         second = {"model": model_entry(compare, cfg.compare.weights), "grid": list(compare.grid),
-                  "layers": compare.num_layers, "heads": compare.num_heads, "attention": ATTN_COMPARE_DIR}
+                  "layers": compare.num_layers, "heads": compare.num_heads, MAPS_KEY: ATTN_COMPARE_DIR}
     return {
         "format": "live-attention-session",
         "format_version": FORMAT_VERSION,
@@ -77,7 +77,7 @@ def build_manifest(engine: Any, cfg: Config, view: View | None, compare: Any = N
         "patches": engine.num_patches,
         "frame_size": None,  # [w, h], set with the first frame
         "overlay_size": None,
-        "files": {"overlay": OVERLAY, "raw": RAW, "attention": ATTN_DIR},
+        "files": {"overlay": OVERLAY, "raw": RAW, MAPS_KEY: ATTN_DIR},
         "raw_codec": cfg.record.raw_codec,  # "auto" is replaced by the codec chosen (see raw_codec_choice)
         "raw_codec_choice": None,
         "recorder": {"pid": os.getpid(), "host": platform.node()},

@@ -46,6 +46,7 @@ from live_attention.io.session_dir import (
     ATTN_COMPARE_DIR,
     ATTN_DIR,
     MANIFEST,
+    MAPS_KEY,
     OVERLAY,
     RAW,
     RESERVE,
@@ -257,6 +258,12 @@ def _check_chunk(arrays: dict[str, np.ndarray], layers: int, heads: int) -> None
         raise ValueError("cls holds NaN or inf")
 
 
+def pair_folder(pair: dict[str, Any]) -> str:
+    """The folder of the second model's maps, as its manifest entry names it."""
+    folder = pair.get(MAPS_KEY)
+    return folder if isinstance(folder, str) else ATTN_COMPARE_DIR
+
+
 class Session:
     """A recorded session: manifest, per-frame arrays (all complete chunks), raw frames on demand.
 
@@ -307,10 +314,15 @@ class Session:
             raise UserError(f"{where}: key 'compare' must be a table with the second model (a damaged recording?)")
         for key in ("layers", "heads"):
             _positive_int(pair, key, f"{where} compare")
-        folder = pair.get("attention")
-        data = read_chunks(self.path / (folder if isinstance(folder, str) else ATTN_COMPARE_DIR), pair["layers"],
+        data = read_chunks(self.path / pair_folder(pair), pair["layers"],
                            pair["heads"])
         return pair, data
+
+    @property
+    def pair_sizes(self) -> tuple[int, int]:
+        """The second model's layers and heads (a ``--compare`` recording only)."""
+        assert self.pair is not None
+        return int(self.pair["layers"]), int(self.pair["heads"])
 
     def __len__(self) -> int:
         return int(len(self.pts_ms))
@@ -346,7 +358,7 @@ class Session:
             paired = len(self.pair_data.get("seq", ()))
             if paired < n:
                 second = self.pair["model"].get("name", "the second model")
-                folder = self.pair.get("attention") if isinstance(self.pair.get("attention"), str) else ATTN_COMPARE_DIR
+                folder = pair_folder(self.pair)
                 out.append(f"{name}: the second model's maps ({second}, {folder}/) cover {paired} of {n} frames: "
                            "the others show the first model alone")
         return out

@@ -18,6 +18,7 @@ OVERLAY = "overlay.mp4"
 RAW = "raw.mkv"
 ATTN_DIR = "attention"
 ATTN_COMPARE_DIR = "attention-compare"  # the second model's maps (--compare)
+MAPS_KEY = "attention"  # the manifest's key for a maps folder (in "files" and in "compare")
 RESERVE = ".reserve"  # a named reserve file: older recorders left it when killed; readers remove it (see Session)
 
 

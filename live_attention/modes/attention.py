@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from live_attention import names
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.base import Mode, fuse, head_index, heads_name, layer_name, register_mode
 
@@ -17,7 +18,7 @@ def cls_map(result: Result, view: View) -> tuple[np.ndarray, str]:
 
 @register_mode
 class Attention(Mode):
-    name = "attention"
+    name = names.ATTENTION
     key = "1"
     title = "CLS attention"
     explain = "where the class token looks in this layer"

@@ -64,6 +64,7 @@ class Mode:
     explains_class: ClassVar[bool] = False  # the top-5 labels choose the class it explains
     picks_patch: ClassVar[bool] = False  # a click picks the patch it queries
     progress: ClassVar[str | None] = None  # what the caption says while the map is computed later
+    maps: ClassVar[tuple[str, ...]] = ()  # the optional maps it shows (MapSettings.maps; live_attention.names)
 
     def keeps(self, view: View) -> dict[str, Any]:
         """The :class:`MapSettings` fields this mode sets beyond the common ones (see :func:`settings_for`)."""
@@ -158,7 +159,7 @@ def settings_for(view: View, recording: bool = False) -> dict[str, Any]:
     (a session keeps them all, so replay and export need no model). The one mapping from a view to
     :class:`MapSettings` fields: the live loop, ``render``, replay and export all use it."""
     fields: dict[str, Any] = {
-        "views": None if recording else (view.mode,),
+        "maps": None if recording else mode(view.mode).maps,
         "fusion": view.fusion,
         "entropy_layer": view.layer,
         "query_patch": None,

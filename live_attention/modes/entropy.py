@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from live_attention import names
 from live_attention.core.frame_maps import patch_entropy_for
 from live_attention.core.render import GREY, WHITE, axis_labels, colormap_lut, panel, text, text_w
 from live_attention.datatypes import Extras, Result, View
@@ -16,7 +17,8 @@ GRID_TITLE = "CLS entropy: layer x head"
 
 @register_mode
 class Entropy(Mode):
-    name = "entropy"
+    name = names.ENTROPY
+    maps = (names.PATCH_ENTROPY,)
     key = "4"
     title = "Attention entropy"
     explain = "bright = spread out, dark = focused"

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from live_attention import names
 from live_attention.core.frame_maps import FLOW_MAX_TOKENS
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.base import Mode, register_mode
@@ -14,7 +15,7 @@ from live_attention.modes.base import Mode, register_mode
 
 @register_mode
 class Flow(Mode):
-    name = "flow"
+    name = names.FLOW
     key = "6"
     title = "Attention flow"
     explain = "max-flow from each patch to the class token"

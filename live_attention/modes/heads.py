@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 
+from live_attention import names
 from live_attention.core.render import WHITE, YELLOW, fit, heat_rgb, model_rgb, normalize, panel, text, text_w
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.attention import cls_map
@@ -15,7 +16,7 @@ from live_attention.modes.base import Mode, register_mode
 
 @register_mode
 class Heads(Mode):
-    name = "heads"
+    name = names.HEADS
     key = "3"
     title = "All heads"
     explain = "each head's class-token attention in this layer"

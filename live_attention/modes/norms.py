@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from live_attention import names
 from live_attention.core import maps
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.base import Marks, Mode, layer_name, register_mode
@@ -19,7 +20,8 @@ def norm_outliers(norms: np.ndarray) -> np.ndarray:
 
 @register_mode
 class Norms(Mode):
-    name = "norms"
+    name = names.NORMS
+    maps = (names.TOKEN_NORM,)
     key = "8"
     title = "Token norms"
     explain = "boxes: high-norm outlier tokens (what registers remove)"

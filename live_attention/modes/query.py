@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from live_attention import names
 from live_attention.core.frame_maps import query_for
 from live_attention.core.render import CYAN
 from live_attention.datatypes import Extras, Result, View
@@ -15,7 +16,8 @@ from live_attention.modes.base import Marks, Mode, fuse, head_index, heads_name,
 
 @register_mode
 class Query(Mode):
-    name = "query"
+    name = names.QUERY
+    maps = (names.QUERY,)
     key = "5"
     title = "Patch query"
     explain = "where the selected patch looks"

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from live_attention import names
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.base import Mode, register_mode
 
@@ -18,7 +19,7 @@ def explained(result: Result) -> str:
 
 @register_mode
 class Relevance(Mode):
-    name = "relevance"
+    name = names.RELEVANCE
     key = "7"
     title = "Class relevance"
     explain = "which patches made the model say this class (gradients x attention)"

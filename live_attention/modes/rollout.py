@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from live_attention import names
 from live_attention.datatypes import Extras, Result, View
 from live_attention.modes.base import Mode, register_mode
 
 
 @register_mode
 class Rollout(Mode):
-    name = "rollout"
+    name = names.ROLLOUT
+    maps = (names.ROLLOUT,)
     key = "2"
     title = "Attention rollout"
     explain = "what the class token has gathered up to this layer"

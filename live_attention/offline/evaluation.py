@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from live_attention.config import EVALUATION_KINDS
+from live_attention import names
 from live_attention.core import faithfulness as fth
 from live_attention.core import maps
 from live_attention.core.engine import AttentionEngine, Keep
@@ -27,13 +27,13 @@ from live_attention.demo.synthetic import make_dataset
 from live_attention.errors import UserError
 from live_attention.io.video import IMAGE_EXTENSIONS, read_image
 
-KINDS = EVALUATION_KINDS  # defined in config, so that evaluate --help needs no torch
+KINDS = names.EVALUATION_KINDS  # defined in names, so that evaluate --help needs no torch
 KIND_NAMES = {
-    "cls": "CLS attention, last layer",
-    "rollout": "attention rollout",
-    "flow": "attention flow",
-    "relevance": "class relevance (Chefer)",
-    "random": "random (floor)",
+    names.CLS: "CLS attention, last layer",
+    names.ROLLOUT: "attention rollout",
+    names.FLOW: "attention flow",
+    names.RELEVANCE: "class relevance (Chefer)",
+    names.RANDOM: "random (floor)",
 }
 
 
@@ -157,23 +157,23 @@ class Evaluator:
         g = torch.Generator().manual_seed(self.seed)
         for sl in self._batches(len(x)):
             xb = x[sl]
-            agnostic = {"cls", "rollout", "flow"} & set(kinds)
+            agnostic = {names.CLS, names.ROLLOUT, names.FLOW} & set(kinds)
             if agnostic:
                 run = eng.run(xb, Keep.parts(rows=(0,), fused="mean"))
                 npf, rows, fused = run.num_prefix, run.rows, run.fused
                 assert rows is not None and fused is not None  # what this Keep asked for
-                if "cls" in kinds:
-                    out["cls"].append(rows[:, -1, :, 0, npf:].mean(1).cpu())
-                if "rollout" in kinds:
-                    out["rollout"].append(maps.rollout_cls_from_fused(fused, num_prefix=npf)[:, -1].cpu())
-                if "flow" in kinds:
+                if names.CLS in kinds:
+                    out[names.CLS].append(rows[:, -1, :, 0, npf:].mean(1).cpu())
+                if names.ROLLOUT in kinds:
+                    out[names.ROLLOUT].append(maps.rollout_cls_from_fused(fused, num_prefix=npf)[:, -1].cpu())
+                if names.FLOW in kinds:
                     mixed = maps.mix_fused(fused.float(), num_prefix=npf)
-                    out["flow"].append(attention_flow_mixed(mixed, npf).cpu())
-            if "relevance" in kinds:
-                out["relevance"].append(eng.relevance(xb, targets[sl])[1].cpu())
-            if "random" in kinds:
+                    out[names.FLOW].append(attention_flow_mixed(mixed, npf).cpu())
+            if names.RELEVANCE in kinds:
+                out[names.RELEVANCE].append(eng.relevance(xb, targets[sl])[1].cpu())
+            if names.RANDOM in kinds:
                 p = (x.shape[-2] // eng.patch_size) * (x.shape[-1] // eng.patch_size)
-                out["random"].append(torch.rand(len(xb), p, generator=g))
+                out[names.RANDOM].append(torch.rand(len(xb), p, generator=g))
         return {k: torch.cat(v) for k, v in out.items()}
 
     def run(self, items: Sequence[Item], cascade: Sequence[int] | None = None,
@@ -217,7 +217,7 @@ class Evaluator:
                 sc.areas[order] = float(fth.area(curves).mean())
             scores[kind] = sc
         steps = cascade_steps(eng.num_layers, cascade)
-        learned = {k: v for k, v in maps_.items() if k != "random"}
+        learned = {k: v for k, v in maps_.items() if k != names.RANDOM}
         blocks = eng.family.blocks()
         saved = [{k: v.clone() for k, v in b.state_dict().items()} for b in blocks]
         try:
@@ -269,10 +269,10 @@ def most_faithful(ev: Evaluation) -> str:
     random map is the floor, never a candidate: a measure counts for the best map only where it beats
     the floor; where the floor is as good as every map, the sentence says so, and when that holds on
     every measure, no map is called faithful."""
-    kinds = [k for k in ev.kinds if k != "random"]
+    kinds = [k for k in ev.kinds if k != names.RANDOM]
     if not kinds:
         return "Only the random floor was measured: add map kinds with --kinds."
-    floor = ev.kinds.get("random")
+    floor = ev.kinds.get(names.RANDOM)
     wins: dict[str, int] = dict.fromkeys(kinds, 0)
     floored: list[str] = []  # measures on which no map beat the random floor
     for measure, better in _MEASURES:

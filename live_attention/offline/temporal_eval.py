@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from live_attention import names
 from live_attention.core import faithfulness as fth
 from live_attention.core import temporal as tmp
 from live_attention.core.engine import AttentionEngine, Keep
@@ -37,13 +38,13 @@ from live_attention.datatypes import Frame, MapSettings, Result
 from live_attention.demo.synthetic import DemoScene
 from live_attention.errors import UserError
 
-KINDS = ("cls", "rollout", "relevance", "entropy", "norms")
+KINDS = names.TEMPORAL_KINDS
 KIND_NAMES = {
-    "cls": "CLS attention, last layer",
-    "rollout": "attention rollout",
-    "relevance": "class relevance (Chefer)",
-    "entropy": "patch entropy, last layer",
-    "norms": "token norms, last layer",
+    names.CLS: "CLS attention, last layer",
+    names.ROLLOUT: "attention rollout",
+    names.RELEVANCE: "class relevance (Chefer)",
+    names.ENTROPY: "patch entropy, last layer",
+    names.NORMS: "token norms, last layer",
 }
 EMA_ALPHAS = (0.5, 0.3, 0.2)
 JITTER_PX = 4.0
@@ -160,15 +161,15 @@ def video_clips(path: str | Path, n: int = 40, stride: int = 1, seed: int = 0) -
 
 def kind_map(res: Result, kind: str) -> np.ndarray | None:
     """One map kind [P] of a result: the last layer's, heads mean-fused where there are heads."""
-    if kind == "cls":
+    if kind == names.CLS:
         return res.cls[-1].mean(0)
-    if kind == "rollout":
+    if kind == names.ROLLOUT:
         return None if res.rollout is None else res.rollout[-1]
-    if kind == "relevance":
+    if kind == names.RELEVANCE:
         return res.relevance
-    if kind == "entropy":
+    if kind == names.ENTROPY:
         return None if res.patch_entropy is None else res.patch_entropy.mean(0)
-    if kind == "norms":
+    if kind == names.NORMS:
         return None if res.token_norm is None else res.token_norm[-1]
     raise ValueError(kind)
 
@@ -254,11 +255,11 @@ class TemporalEvaluator:
     def __init__(self, engine: AttentionEngine, kinds: Sequence[str] | None = None, batch: int = 32,
                  auc_frames: int = 16, params: tmp.TemporalParams | None = None) -> None:
         if kinds is None:
-            kinds = [k for k in KINDS if k != "relevance" or engine.has_classifier]
+            kinds = [k for k in KINDS if k != names.RELEVANCE or engine.has_classifier]
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise UserError(f"unknown map kind {sorted(unknown)[0]!r} for --temporal: use {', '.join(KINDS)}")
-        if "relevance" in kinds and not engine.has_classifier:
+        if names.RELEVANCE in kinds and not engine.has_classifier:
             raise UserError(f"{engine.name} has no classifier: leave relevance out of --kinds")
         self.engine, self.kinds, self.batch = engine, tuple(kinds), batch
         self.auc_frames = auc_frames if engine.has_classifier else 0
@@ -266,7 +267,7 @@ class TemporalEvaluator:
 
     def maps(self, clip: Clip) -> tuple[dict[str, np.ndarray], Box, tuple[int, int], list[int]]:
         """Each kind's raw maps [T, rows, cols] of ``clip``, the model's region, the grid, each frame's top-1."""
-        settings = MapSettings(relevance="relevance" in self.kinds, views=None)
+        settings = MapSettings(relevance=names.RELEVANCE in self.kinds, maps=None)
         results: list[Result] = []
         for i in range(0, len(clip.frames), self.batch):
             chunk = clip.frames[i : i + self.batch]
@@ -390,7 +391,7 @@ FLICKER_TARGET = 0.25  # smoothed flicker on the still shaken clip, as a fractio
 CORR_TARGET = 0.97  # smoothed against raw on the moving clip
 LAG_TARGET = 1.0  # frames
 COST_TARGET = 0.01  # AUC and pointing, smoothed against raw
-TARGET_KINDS = ("cls", "rollout", "relevance")
+TARGET_KINDS = (names.CLS, names.ROLLOUT, names.RELEVANCE)
 
 
 def _f(v: float | None, fmt: str = ".3f") -> str:

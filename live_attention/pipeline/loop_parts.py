@@ -59,7 +59,7 @@ class FlowJob(threading.Thread):
     """Attention flow of one result on a background thread; ``progress`` in 0..1, ``flow`` when done."""
 
     def __init__(self, result: Result, residual: float = 0.5) -> None:
-        super().__init__(name="flow", daemon=True)
+        super().__init__(name="attention-flow", daemon=True)
         self.result = result
         self.residual = residual
         self.progress = 0.0

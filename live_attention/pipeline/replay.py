@@ -120,7 +120,7 @@ def recorded_settings(session: Session) -> MapSettings:
     v = session.view(0)
     return MapSettings(fusion=v.fusion, residual=session.config_value("view", "residual", 0.5),
                        discard_ratio=session.config_value("view", "discard_ratio", 0.0), entropy_layer=v.layer,
-                       target=v.target, views=None)
+                       target=v.target, maps=None)
 
 
 def compute_rows(engine: AttentionEngine, session: Session, indices: list[int], images: list[np.ndarray]) -> list[Result]:
@@ -159,7 +159,8 @@ def session_pairing(session: Session) -> Pairing | None:
         return None
     a, b = session.manifest["model"], pair["model"]
     names_a, names_b = a.get("category_names") or [], b.get("category_names") or []
-    return Pairing((session.layers, int(pair["layers"])), (session.heads, int(pair["heads"])),
+    layers, heads = session.pair_sizes
+    return Pairing((session.layers, layers), (session.heads, heads),
                    bool(names_a) and names_a == names_b)
 
 

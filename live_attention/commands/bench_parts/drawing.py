@@ -13,6 +13,7 @@ from live_attention.commands.bench_parts.measure import Report, median_ms, rando
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Status, View
+from live_attention.modes import all_modes
 from live_attention.ui.frame import render
 
 TARGET_RENDER_MS = 8.0
@@ -26,7 +27,7 @@ def bench_renderer(rep: Report, reps: int) -> None:
     res = process_frames(eng, [Frame(frame, 0, time.monotonic_ns(), "bench")], MapSettings(query_patch=90, relevance=True))[0]
     st = Status(model=eng.describe(), capture_fps=30.0, infer_fps=10.0, latency_ms=100.0)
     ex = Extras(entropy_history=np.random.default_rng(2).random((100, 12)), entropy_times=np.linspace(0, 10, 100))
-    for mode in ("attention", "rollout", "heads", "entropy", "query", "relevance", "norms"):
+    for mode in [m.name for m in all_modes() if not m.later]:  # flow is computed after the frame
         v = View(mode=mode, query_patch=90)
         rep.target(f"render.{mode}_ms", f"render 720p, mode {mode}",
                    median_ms(lambda v=v: render(frame, res, v, st, ex), reps * 2), "ms", TARGET_RENDER_MS)

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
+from live_attention import names
 from live_attention.commands.bench_parts.live import TARGET_GUI_FPS, TARGET_LATENCY_RATIO, bench_pipeline
 from live_attention.commands.bench_parts.measure import (
     Report,
@@ -64,7 +65,7 @@ def bench_engine(rep: Report, name: str, device: str, reps: int, flow: bool) -> 
     precisions = ["fp32"] + (["fp16"] if dev.type == "cuda" else []) + (["bf16"] if dev.type == "cpu" and cpu_has_native_bf16() else [])
     auto = AttentionEngine.wrap(factory(), device=dev, precision="auto").precision
     stock32 = factory().eval().to(dev)
-    live = keep_for(eng32, MapSettings(views=("attention",)))  # the default live view
+    live = keep_for(eng32, MapSettings(**settings_for(View())))  # the default live view
     every = keep_for(eng32, MapSettings())  # every map, as while recording
     results: dict[str, dict[str, float]] = {}
     for p in precisions:
@@ -126,8 +127,8 @@ def bench_live_step(rep: Report, name: str, eng: AttentionEngine, reps: int, app
     a GPU) in the attention view and in the relevance view."""
     frame = random_frame()
     sync = sync_of(eng.device)
-    for mode, limit in (("attention", TARGET_STEP_CUDA_MS), ("relevance", TARGET_RELEVANCE_STEP_CUDA_MS)):
-        if mode == "relevance" and not eng.has_classifier:
+    for mode, limit in ((names.ATTENTION, TARGET_STEP_CUDA_MS), (names.RELEVANCE, TARGET_RELEVANCE_STEP_CUDA_MS)):
+        if mode == names.RELEVANCE and not eng.has_classifier:
             continue
         runner = StepRunner(eng)
         settings = MapSettings(**settings_for(View(mode=mode)))
@@ -214,7 +215,7 @@ def bench_timm(rep: Report, device: str, reps: int) -> None:
         stock = copy.deepcopy(m).to(dev, {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[p])
         eng = AttentionEngine.wrap(m, device=dev, precision=p)
         x = torch.randn(1, 3, 224, 224, device=dev)
-        live = keep_for(eng, MapSettings(views=("attention",)))
+        live = keep_for(eng, MapSettings(**settings_for(View())))
         with torch.inference_mode():
             r = interleaved({"stock": lambda stock=stock, x=x: stock(x.to(stock.pos_embed.dtype)),
                               "run": lambda eng=eng, x=x, live=live: eng.run(x, live)}, reps, sync)
@@ -230,7 +231,7 @@ def bench_full_frame(rep: Report, dev: torch.device, reps: int) -> None:
     eng = load_model("timm:vit_small_patch8_224.dino", weights="random", device=dev, input_size=480, full_frame=True)
     frame = random_frame(480, 640)
     cuda = dev.type == "cuda"
-    for mode in ("attention", "heads"):
+    for mode in (names.ATTENTION, names.HEADS):
         settings = MapSettings(**settings_for(View(mode=mode)))
         runner = StepRunner(eng)
         process_frames(eng, [Frame(frame, 0, 0, "bench")], settings, runner=runner)  # warm-up (and capture)
@@ -262,7 +263,7 @@ def bench_relevance(rep: Report, device: str, reps: int, source: str | None, sec
     if source is None:
         return
     off = bench_pipeline(source, "demo", seconds)
-    on = bench_pipeline(source, "demo", seconds, view=View(mode="relevance"))
+    on = bench_pipeline(source, "demo", seconds, view=View(mode=names.RELEVANCE))
     rep.add("relevance.pipeline_off_fps", "demo pipeline, relevance view off: inference fps", off["infer_fps"], "fps")
     rep.add("relevance.pipeline_on_fps", "demo pipeline, relevance view on: inference fps", on["infer_fps"], "fps")
     rep.target("relevance.pipeline_on_gui_fps", "  relevance on: GUI loop fps", on["gui_fps"], "fps", TARGET_GUI_FPS,

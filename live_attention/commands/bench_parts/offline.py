@@ -35,7 +35,7 @@ def bench_render_command(rep: Report, source: str, model: str, device: str) -> N
         frames = [img for img, _ in r]
     eng = load_model(model, weights="random", device=device)
     xs = [eng.preprocess(f) for f in frames[:16]]
-    keep = keep_for(eng, MapSettings(views=("attention",)))  # what render's default view keeps
+    keep = keep_for(eng, MapSettings(**settings_for(View())))  # what render's default view keeps
     sync = sync_of(eng.device)
 
     def engine_alone() -> tuple[int, float]:
