@@ -138,6 +138,9 @@ def test_roundtrip_same_maps_and_manifest(tmp_path):
         assert s.view(i) == view
     del s.data["top_ids"]  # a session recorded before the ids were: they come from the model's class names
     assert s.result(3).top_ids == results[3].top_ids
+    # Sessions recorded while the settings named the shown modes ("views", now "maps"): still read.
+    s.data["settings"] = np.array([json.dumps({"views": ["rollout"], "fusion": "max", "relevance": False})] * len(s))
+    assert s.result(3).settings == MapSettings(fusion="max") and s.result(3).rollout is not None
     for i in (7, 2, 11, 0, 3):  # random access: seeks back and forth in raw.mkv
         assert np.array_equal(s.raw.get(i), results[i].frame), i
     s.close()

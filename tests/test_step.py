@@ -78,7 +78,7 @@ def test_a_captured_step_replays_new_inputs_and_is_cached_per_size_and_settings(
         np.testing.assert_allclose(a.flat, b.flat, atol=1e-6)  # the replay sees each new input
     assert backend.captures == 1 and backend.replays == 3
     runner(inputs(1)[0], MapSettings(fusion="max", entropy_layer=0))  # what is shown: the same graph
-    runner(inputs(1)[0], MapSettings(views=("attention",)))  # what is kept: another graph
+    runner(inputs(1)[0], MapSettings(maps=()))  # what is kept: another graph
     runner(torch.randn(1, 3, 48, 32), s)  # another input size: another graph
     assert backend.captures == 3 and runner.captures == 3
     # Relevance needs autograd and flow keeps whole matrices past the step: eager, no capture.
