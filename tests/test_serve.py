@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 
 from live_attention.commands.cli import main as cli_main
+from live_attention.io.capture import LatestSlot
 from live_attention.ui.keys import actions, page_keys
 from live_attention.web.display import MAX_PENDING, WebDisplay, parse_message
 from live_attention.web.source import BrowserSource
@@ -59,6 +61,19 @@ def test_display_drops_and_counts_bad_input_and_floods():
     assert inputs.keys[0] == "2" and len(inputs.keys) == MAX_PENDING
     assert d.snapshot()["dropped_inputs"] == 2 + 11
     assert d.poll().keys == []
+
+
+def test_the_loop_wakes_for_each_new_result():
+    """serve hangs the display's wake on the result slot: a result is drawn as soon as it exists, not up
+    to a period later (and is not overwritten unseen while the loop sleeps out the period)."""
+    display = WebDisplay(max_fps=0.5)  # a 2 s period: a wait that ends much sooner was woken
+    slot: LatestSlot[int] = LatestSlot()
+    slot.add_listener(display.wake)
+    display.present()  # the first wait: none (nothing was drawn before)
+    threading.Timer(0.05, slot.put, args=(1,)).start()
+    t = time.monotonic()
+    display.present()
+    assert time.monotonic() - t < 1.5
 
 
 def test_browser_source_takes_sane_frames_and_drops_the_rest():

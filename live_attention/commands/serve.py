@@ -118,6 +118,7 @@ def serve(args: argparse.Namespace, cfg, sock, token: str | None, ctx) -> int:
         raise
     session = LiveSession(cfg, engine, source, compare)
     display = WebDisplay(max_fps=cfg.window.max_fps or 60.0)
+    session.results.add_listener(display.wake)  # each new result is drawn at once
     server = WebServer(display, sock, token, ctx, browser, extra_state=session.state)
     loop = FrameLoop(session, display, view, entropy_seconds=cfg.view.entropy_seconds, residual=cfg.view.residual,
                      animate_fps=cfg.view.animate_fps, screenshot_dir=cfg.window.screenshot_dir,

@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -64,6 +65,12 @@ class LatestSlot(Generic[T]):
         self._closed = False
         self._overwritten = 0
         self._puts = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` after each ``put`` (on the putting thread, outside the lock): a consumer that
+        sleeps on something else as well (a display waiting for input) wakes for a new item at once."""
+        self._listeners.append(wake)
 
     def put(self, item: T) -> None:
         """Store ``item``, replacing (and counting) an unread one, and wake a waiting ``get``."""
@@ -74,6 +81,8 @@ class LatestSlot(Generic[T]):
             self._unread = True
             self._puts += 1
             self._cond.notify_all()
+        for wake in self._listeners:
+            wake()
 
     def get(self, timeout: float | None = None) -> T | None:
         """Wait for a new item and consume it; ``None`` on timeout or once the slot is closed."""

@@ -54,7 +54,10 @@ class WebDisplay:
     """Where the frame loop's pictures go when the viewers are web pages.
 
     Pixels are drawn only while someone watches (or the recorder needs them: the loop renders for it
-    anyway). :meth:`present` paces the loop at ``max_fps`` and wakes at once when a page sends input.
+    anyway). :meth:`present` paces the loop at ``max_fps`` (the time a step took counts), and wakes at
+    once when a page sends input or :meth:`wake` is called (``serve`` calls it for each new result, so
+    a result is drawn as soon as it exists, not up to a period later, and none is overwritten unseen
+    while the loop sleeps).
 
     Args:
         max_fps: the most loop iterations per second (the picture changes only with new results).
@@ -71,6 +74,7 @@ class WebDisplay:
         self.running = True
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._last_present = 0.0
         self._inputs = Inputs()
         self._picture: np.ndarray | None = None
         self._picture_seq = 0  # pictures shown so far (each new one gets the next number)
@@ -144,9 +148,14 @@ class WebDisplay:
         with self._lock:
             self._state = state
 
+    def wake(self) -> None:
+        """End the loop's wait in :meth:`present` now (any thread)."""
+        self._wake.set()
+
     def present(self) -> None:
-        self._wake.wait(self.period)
+        self._wake.wait(max(0.0, self._last_present + self.period - time.monotonic()))
         self._wake.clear()
+        self._last_present = time.monotonic()
 
     def close(self) -> None:
         self.running = False
