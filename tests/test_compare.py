@@ -150,6 +150,25 @@ def test_render_compare_side_by_side(clip, tmp_path, capsys):
     assert red(pair[4][: h // 4, w:]) > 200 and red(pair[4][: h // 4, :w]) < 50
 
 
+def test_save_maps_keeps_both_halves(clip, tmp_path, capsys):
+    """``render --compare --save-maps``: the second model's maps beside the first's, one per frame, on its
+    own grid, layer and head. The same model on both sides saves the same maps twice."""
+    same, other = tmp_path / "same.npz", tmp_path / "other.npz"
+    base = ["render", str(clip), "--model", "demo", "--mode", "rollout", "--layer", "2"]
+    assert main([*base, "-o", str(tmp_path / "same.mp4"), "--compare", "demo", "--save-maps", str(same)]) == 0, \
+        capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "other.mp4"), "--compare", "demo", "--compare-weights", "random",
+                 "--save-maps", str(other)]) == 0, capsys.readouterr().err
+    a, b = np.load(same), np.load(other)
+    assert a["compare_maps"].shape == a["maps"].shape == (8, *a["grid"]) and list(a["compare_grid"]) == list(a["grid"])
+    assert list(a["compare_layer"]) == list(a["layer"]) == [2] * 8 and list(b["compare_head"]) == [0] * 8
+    np.testing.assert_allclose(a["compare_maps"].astype(np.float32), a["maps"].astype(np.float32), atol=1e-3)
+    assert np.isfinite(b["compare_maps"]).all()
+    assert np.abs(b["compare_maps"].astype(np.float32) - b["maps"].astype(np.float32)).max() > 1e-3  # untrained
+    assert "random" in str(b["compare_model"]) or "untrained" in str(b["compare_model"]).lower()
+    np.testing.assert_array_equal(a["maps"], b["maps"])  # the first half is the first model alone
+
+
 def test_compare_that_cannot_load_is_one_line_naming_compare(clip, tmp_path, capsys):
     rc = main(["render", str(clip), "-o", str(tmp_path / "x.mp4"), "--model", "demo", "--compare", "nope"])
     err = capsys.readouterr().err.strip()

@@ -140,7 +140,8 @@ def export(args: argparse.Namespace) -> int:
             if engine is None and export_needs_model(session, overrides):
                 engine = engine_for_session(session, args.weights, args.device)
             progress = Progress(len(session), f"export {session.path.name}")
-            maps = MapsFile(maps_path, session.status().model, session.path.name) if maps_path else None
+            st = session.status()
+            maps = MapsFile(maps_path, st.model, session.path.name, st.pair.model if st.pair else "") if maps_path else None
             try:
                 export_video(session, out, overrides, engine=engine, hud=not args.no_hud, overwrite=args.overwrite,
                              progress=progress.update, batch_size=args.batch, workers=args.workers,

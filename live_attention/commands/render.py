@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
         renderer = Renderer(cfg, hud=not args.no_hud, batch_size=args.batch, workers=args.workers, say=say)
         if plan.single:  # one input: its error is the command's error
             job = plan.jobs[0]
-            maps = MapsFile(maps_path, renderer.engine.describe(), job.input.name) if maps_path else None
+            second = renderer.compare.describe() if renderer.compare is not None else ""
+            maps = MapsFile(maps_path, renderer.engine.describe(), job.input.name, second) if maps_path else None
             report(job, *renderer.render(job, Progress, maps=maps))
             if maps is not None:
                 say(f"wrote {maps.write(args.overwrite)} ({len(maps)} maps)")

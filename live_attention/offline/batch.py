@@ -33,12 +33,13 @@ import cv2
 import numpy as np
 from torch import Tensor
 
-from live_attention.core.compare import PairedModels
+from live_attention.core.compare import PairedModels, pair_view
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.frame_maps import flow_for
 from live_attention.core.preprocess import Box
 from live_attention.core.step import StepRunner, process_frames
 from live_attention.datatypes import Extras, Frame, MapSettings, Result, Status, View
+from live_attention.io.mapfile import MapsSink, PairMap
 from live_attention.modes import mode, shown_map, view_smoother
 from live_attention.pipeline.loop_parts import EntropyHistory, PairSide, smooth_shown
 from live_attention.ui.frame import canvas_for, render
@@ -189,14 +190,15 @@ def run(
     size: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
     prepare: Callable[[Item], Item] | None = None,
-    maps: Callable[[Result, View, np.ndarray | None], None] | None = None,
+    maps: MapsSink | None = None,
 ) -> int:
     """Run every item through ``results``, the renderer and ``sink(rgb, pts_s)``; returns the frames written.
 
     ``view`` is one view for every frame or a function of the result (export: each frame's recorded
     view). ``size``: the output size (default: :func:`canvas_size` of the first frame). ``prepare``
-    runs on the decode thread (:func:`preprocessor`). ``maps(result, view, shown)`` gets each frame's
-    shown map [P] (what the picture overlays, None where there is none), in input order, on the encode thread.
+    runs on the decode thread (:func:`preprocessor`). ``maps(result, view, shown, pair)`` gets each frame's
+    shown map [P] (what the picture overlays, None where there is none), and with ``--compare`` the second
+    model's view and shown map (else None), in input order, on the encode thread.
     """
     p = _Pipeline(status, sink, view if callable(view) else (lambda _r, v=view: v), batch, residual, size)
     p.maps = maps
@@ -220,7 +222,7 @@ class _Pipeline:
         self.decoded: queue.Queue = queue.Queue(maxsize=max(2, 2 * batch))
         self.drawn: queue.Queue = queue.Queue(maxsize=max(4, 2 * batch))
         self.written = 0
-        self.maps: Callable[[Result, View, np.ndarray | None], None] | None = None
+        self.maps: MapsSink | None = None
         self.smoother = view_smoother()  # used on the results thread only, in frame order
         self.pair_side: PairSide | None = None  # the second model's history and smoothing (--compare)
 
@@ -232,22 +234,27 @@ class _Pipeline:
 
     def encode(self) -> None:
         while (fut := _get(self.drawn, self.stop)) is not _END:
-            rgb, pts, res, v, shown = fut.result()  # in input order, whichever drawing thread finished first
+            rgb, pts, res, v, shown, pair = fut.result()  # in input order, whichever drawing thread finished first
             self.sink(rgb, pts)
             if self.maps is not None:
-                self.maps(res, v, shown)
+                self.maps(res, v, shown, pair)
             self.written += 1
 
     def draw(self, res: Result, v: View, extras: Extras, status: Status,
-             size: tuple[int, int]) -> tuple[np.ndarray, float, Result, View, np.ndarray | None]:
+             size: tuple[int, int]) -> tuple[np.ndarray, float, Result, View, np.ndarray | None, PairMap | None]:
         shows = mode(v.mode)
         if shows.later and (res.fused is not None or res.attn is not None):  # offline: computed at once
             extras = replace(extras, flow=flow_for(res, self.residual), flow_seq=res.seq)
         b = res.pair
         if shows.later and b is not None and extras.pair is not None and (b.fused is not None or b.attn is not None):
             extras = replace(extras, pair=replace(extras.pair, flow=flow_for(b, self.residual), flow_seq=b.seq))
-        shown = shown_map(res, v, extras)[0] if self.maps is not None and shows.one_map else None
-        return render(res.frame, res, v, status, extras, size=size), float(res.pts_s or 0.0), res, v, shown
+        shown, pair = None, None
+        if self.maps is not None and shows.one_map:  # --save-maps: what each half overlays
+            shown = shown_map(res, v, extras)[0]
+            if b is not None:
+                vb = pair_view(v, res, b)
+                pair = (vb, shown_map(b, vb, extras.pair)[0])
+        return render(res.frame, res, v, status, extras, size=size), float(res.pts_s or 0.0), res, v, shown, pair
 
     def take(self) -> tuple[list[Item], bool]:
         """Up to a batch of decoded items, and whether the input has ended."""

@@ -31,6 +31,7 @@ from live_attention.core.render import heads_grid
 from live_attention.core.step import process_frames
 from live_attention.datatypes import Frame, MapSettings, Result, Status, View
 from live_attention.errors import UserError
+from live_attention.io.mapfile import MapsSink
 from live_attention.io.outputs import PartialOutput
 from live_attention.io.recording import RAW, Session
 from live_attention.io.video import H264Writer
@@ -381,7 +382,7 @@ def raw_items(session: Session) -> Iterator[batch.Item]:
 def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[str, Any] | None = None,
                  engine: AttentionEngine | None = None, hud: bool = True, overwrite: bool = False,
                  progress: Callable[[int], None] | None = None, batch_size: int | None = None,
-                 workers: int | None = None, maps: Callable[[Result, View, np.ndarray | None], None] | None = None) -> Path:
+                 workers: int | None = None, maps: MapsSink | None = None) -> Path:
     """Render every recorded frame again (recorded view + ``overrides``) at the recorded timestamps;
     ``maps`` gets each frame's shown map (``--save-maps``, see :func:`~live_attention.offline.batch.run`).
 
