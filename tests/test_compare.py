@@ -284,9 +284,13 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     session.close()
 
     out = tmp_path / "export.mp4"
-    assert main(["export", str(folder), "-o", str(out)]) == 0, capsys.readouterr().err
+    maps = tmp_path / "export.npz"
+    assert main(["export", str(folder), "-o", str(out), "--save-maps", str(maps)]) == 0, capsys.readouterr().err
     frames = _frames(out)
     assert len(frames) == n and frames[0].shape == (720, 2 * 960, 3)
+    z = np.load(maps)  # both halves' maps, each on its own model's grid
+    assert z["maps"].shape == z["compare_maps"].shape[:1] + tuple(z["grid"]) and len(z["compare_maps"]) == n
+    assert "demo [random]" in str(z["compare_model"]) and np.isfinite(z["compare_maps"]).all()
     assert session.notes() == []
     # Without the second model's maps the session still exports (the first model alone), and says so.
     import shutil
