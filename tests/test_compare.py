@@ -21,6 +21,7 @@ from live_attention.core.compare import (
 )
 from live_attention.core.engine import AttentionEngine
 from live_attention.datatypes import Frame, MapSettings, Status, View
+from live_attention.pipeline.loop import status_line
 from live_attention.ui.frame import canvas_for, render
 
 
@@ -71,6 +72,9 @@ def test_paired_results_are_the_same_frame_and_the_view_follows():
     for f, r in zip(frames, results, strict=True):
         assert r.pair is not None and r.pair.seq == r.seq == f.seq and r.pair.frame is f.image
         assert r.grid == (4, 4) and r.pair.grid == (8, 8) and r.pair.num_layers == 6
+    # Headless: the status line names each model's top-1, the untrained one labelled as such.
+    line = status_line(Status(pair=Status(untrained=True)), results[0])
+    assert f"top-1 {results[0].topk[0][0]}; second model {results[0].pair.topk[0][0]} (UNTRAINED model)" in line
     vb = pair_view(View(layer=1, head=1, compare_head=3), results[0], results[0].pair)
     assert vb.layer == 3 and vb.head == 3  # head counts differ: the second side's own head
     # The difference of a map with itself is zero; against another grid it is resampled to the finer one.

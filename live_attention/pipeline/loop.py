@@ -404,16 +404,22 @@ class HeadlessDisplay:
         pass
 
 
-def status_line(status: Status, result: Result | None) -> str:
-    """The HUD's figures as one line (headless mode)."""
+def top1_text(status: Status, result: Result | None) -> str:
+    """A result's top-1 label for the status line, with what the HUD says beside it."""
     if result is None:
-        top = "-"
-    elif not result.classifier:
-        top = "(no classifier)"
-    elif result.topk:
-        top = result.topk[0][0] + (" (UNTRAINED model)" if status.untrained else "")
-    else:
-        top = "-"
+        return "-"
+    if not result.classifier:
+        return "(no classifier)"
+    if result.topk:
+        return result.topk[0][0] + (" (UNTRAINED model)" if status.untrained else "")
+    return "-"
+
+
+def status_line(status: Status, result: Result | None) -> str:
+    """The HUD's figures as one line (headless mode); with ``--compare`` the second model's top-1 too."""
+    top = top1_text(status, result)
+    if result is not None and result.pair is not None:
+        top += f"; second model {top1_text(status.pair or Status(), result.pair)}"
     state = status.capture_state if status.silent_s is None else f"{no_signal_text(status.silent_s)} ({status.capture_state})"
     line = (f"{state} capture {status.capture_fps or 0:.1f} fps, model {status.infer_fps or 0:.1f} fps, "
             f"latency {status.latency_ms or 0:.0f} ms, dropped {status.dropped}, top-1 {top}")
