@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import replace
 
+import av
+import cv2
 import numpy as np
 import pytest
 from conftest import tiny_vit
@@ -295,6 +297,22 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     z = np.load(maps)  # both halves' maps, each on its own model's grid
     assert z["maps"].shape == z["compare_maps"].shape[:1] + tuple(z["grid"]) and len(z["compare_maps"]) == n
     assert "demo [random]" in str(z["compare_model"]) and np.isfinite(z["compare_maps"]).all()
+    # One frame's heads grid: both models side by side, each titled; the layers animation: both halves.
+    grid, gif = tmp_path / "grid.png", tmp_path / "layers.gif"
+    assert main(["export", str(folder), "-o", str(grid), "--grid", "--frame", "2"]) == 0, capsys.readouterr().err
+    assert main(["export", str(folder), "-o", str(gif), "--layers-gif", "--frame", "2"]) == 0, capsys.readouterr().err
+    from live_attention.core.render import heads_grid
+    from live_attention.pipeline.replay import grid_picture
+
+    again = Session(folder)
+    one, both = heads_grid(again.result(1), "x"), grid_picture(again, 1)
+    again.close()
+    assert both.shape[1] > 2 * one.shape[1] and np.array_equal(both[60:, : one.shape[1]][: one.shape[0] - 60],
+                                                               one[60:])  # the left grid is the first model's
+    assert cv2.imread(str(grid)).shape == both.shape
+    with av.open(str(gif)) as c:
+        first = next(c.decode(c.streams.video[0])).to_ndarray(format="rgb24")
+    assert first.shape[1] / first.shape[0] > 2.5  # two 960x720 halves side by side (the GIF is scaled down)
     assert session.notes() == []
     # Without the second model's maps the session still exports (the first model alone), and says so.
     import shutil

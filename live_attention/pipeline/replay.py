@@ -427,8 +427,20 @@ def layers_frames(session: Session, index: int, view: View, engine: AttentionEng
 
 def grid_picture(session: Session, index: int, colormap: str = "inferno",
                  engine: AttentionEngine | None = None) -> np.ndarray:
-    """The layers × heads grid of CLS attention of frame ``index`` (UNTRAINED said in the title)."""
-    title = f"CLS attention of frame {index + 1}: rows = layers, columns = heads"
-    if session.status().untrained:
-        title += " - UNTRAINED MODEL (random weights): these maps mean nothing"
-    return heads_grid(frame_result(session, index, engine), title, colormap)
+    """The layers × heads grid of CLS attention of frame ``index`` (UNTRAINED said in the title); of a
+    ``--compare`` session, both models' grids side by side, each titled with its model."""
+    rec, status = frame_result(session, index, engine), session.status()
+    pair = status.pair if rec.pair is not None else None
+
+    def title(st: Status) -> str:
+        named = f" - {st.model}" if pair is not None else ""
+        untrained = " - UNTRAINED MODEL (random weights): these maps mean nothing" if st.untrained else ""
+        return f"CLS attention of frame {index + 1}{named}: rows = layers, columns = heads{untrained}"
+
+    grids = [heads_grid(rec, title(status), colormap)]
+    if pair is not None and rec.pair is not None:
+        grids.append(heads_grid(rec.pair, title(pair), colormap))
+    h = max(g.shape[0] for g in grids)
+    gap = np.full((h, 8, 3), 60, np.uint8)  # a grey line between the two models
+    padded = [np.pad(g, ((0, h - g.shape[0]), (0, 0), (0, 0)), constant_values=18) for g in grids]
+    return padded[0] if len(padded) == 1 else np.hstack([padded[0], gap, padded[1]])
