@@ -297,6 +297,15 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     z = np.load(maps)  # both halves' maps, each on its own model's grid
     assert z["maps"].shape == z["compare_maps"].shape[:1] + tuple(z["grid"]) and len(z["compare_maps"]) == n
     assert "demo [random]" in str(z["compare_model"]) and np.isfinite(z["compare_maps"]).all()
+    # A view whose maps were not recorded (rollout fused by max: mean was recorded) is computed again on
+    # both sides: the second model is loaded too, not left showing its recorded maps.
+    mean_maps, max_maps = tmp_path / "mean.npz", tmp_path / "max.npz"
+    for fusion, path in (("mean", mean_maps), ("max", max_maps)):
+        assert main(["export", str(folder), "-o", str(tmp_path / f"{fusion}.mp4"), "--mode", "rollout",
+                     "--fusion", fusion, "--save-maps", str(path)]) == 0, capsys.readouterr().err
+    zmean, zmax = np.load(mean_maps), np.load(max_maps)
+    assert np.abs(zmean["maps"].astype(float) - zmax["maps"].astype(float)).max() > 1e-3
+    assert np.abs(zmean["compare_maps"].astype(float) - zmax["compare_maps"].astype(float)).max() > 1e-3
     # One frame's heads grid: both models side by side, each titled; the layers animation: both halves.
     grid, gif = tmp_path / "grid.png", tmp_path / "layers.gif"
     assert main(["export", str(folder), "-o", str(grid), "--grid", "--frame", "2"]) == 0, capsys.readouterr().err

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from live_attention.config import RecordConfig
-from live_attention.core.compare import Pairing
+from live_attention.core.compare import PairedModels, Pairing
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.models import PRETRAINED, load_model
 from live_attention.core.render import heads_grid
@@ -48,14 +48,33 @@ def engine_for_session(session: Session, weights: str | None = None, device: str
                        precision: str | None = None) -> AttentionEngine:
     """The manifest's model with the manifest's weights (or ``weights``), at the recorded input size;
     weights other than the recording's are logged."""
-    m = session.manifest["model"]
+    return _load_entry(session.manifest["model"], weights, device, precision)
+
+
+def pair_engine_for_session(session: Session, engine: AttentionEngine) -> AttentionEngine | None:
+    """The second model of a ``--compare`` session (its recorded weights, on ``engine``'s device), so that
+    views needing maps that were not recorded are computed on both sides; None without one, or (said
+    once, as a warning) when it cannot be loaded: its side then shows what was recorded."""
+    if session.pair is None or not session.pair_data:
+        return None
+    m = session.pair["model"]
+    try:
+        return _load_entry(m, None, str(engine.device), engine.precision)
+    except UserError as exc:
+        logger.warning("the second model (%s) cannot be loaded, so its side shows only what was recorded: %s",
+                       m.get("name", "?"), exc)
+        return None
+
+
+def _load_entry(m: dict[str, Any], weights: str | None, device: str, precision: str | None) -> AttentionEngine:
+    """The model of a manifest entry with its recorded weights (or ``weights``), at the recorded input size."""
     w = weights or m.get("weights") or "imagenet"
     if w.lower() not in (*PRETRAINED, "random", "demo") and not Path(w).expanduser().exists():
         raise UserError(f"weights file not found: {w} (pass --weights PATH, imagenet or random, or --no-model)")
     engine = load_model(m["name"], w, device, precision or m.get("precision", "auto"),
                         input_size=m.get("image_size"), full_frame=bool(m.get("full_frame")))
     if m.get("weights_sha256") and engine.weights_sha256 and engine.weights_sha256 != m["weights_sha256"]:
-        logger.warning("the weights differ from the recording's (sha256 %s, recorded %s)",
+        logger.warning("the weights of %s differ from the recording's (sha256 %s, recorded %s)", m["name"],
                        engine.weights_sha256[:12], m["weights_sha256"][:12])
     return engine
 
@@ -166,11 +185,13 @@ def session_pairing(session: Session) -> Pairing | None:
 
 
 class Recompute:
-    """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread)."""
+    """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread), and
+    with ``pair``, the second model of a ``--compare`` recording, its side as the live session would."""
 
-    def __init__(self, engine: AttentionEngine, residual: float = 0.5) -> None:
+    def __init__(self, engine: AttentionEngine, residual: float = 0.5, pair: AttentionEngine | None = None) -> None:
         self.engine = engine
         self.residual = residual
+        self.paired = PairedModels(engine, pair) if pair is not None else None
         self._cache: tuple[int, MapSettings, Result] | None = None
 
     def settings_for(self, view: View, rec: Result) -> MapSettings:
@@ -186,11 +207,19 @@ class Recompute:
         if self._cache is not None and self._cache[:2] == (index, settings):
             return self._cache[2]
         frame = Frame(image=rec.frame, seq=rec.seq, t_capture_ns=rec.t_capture_ns, source="replay", pts_s=rec.pts_s)
-        live = process_frames(self.engine, [frame], settings)[0]
-        # The second model of a --compare recording is not loaded again: its side shows what was recorded.
-        out = replace(live, t_done_ns=rec.t_done_ns, infer_ms=rec.infer_ms, pair=rec.pair)
+        out = self.run([frame], settings, [rec])[0]
         self._cache = (index, settings, out)
         return out
+
+    def run(self, frames: list[Frame], settings: MapSettings, recs: list[Result]) -> list[Result]:
+        """``frames`` computed with ``settings``, timed as recorded (``recs``); the second model's side
+        computed too where there is one, else kept as recorded."""
+        done = process_frames(self.engine, frames, settings)
+        if self.paired is not None and all(r.pair is not None for r in recs):
+            done = self.paired.add(frames, settings, done)
+        else:
+            done = [replace(d, pair=r.pair) for d, r in zip(done, recs, strict=True)]
+        return [replace(d, t_done_ns=r.t_done_ns, infer_ms=r.infer_ms) for d, r in zip(done, recs, strict=True)]
 
     def recorded(self, session: Session, index: int, frame: np.ndarray) -> Result:
         """Frame ``index`` of a session without attention data, computed as it would have been recorded."""
@@ -212,7 +241,8 @@ class ReplayFeed:
         self.pairing = session_pairing(session)
         self.player = Player(session.pts_ms, playing=not paused)
         residual = session.config_value("view", "residual", 0.5)
-        self.recompute = Recompute(engine, residual) if engine is not None else None
+        pair = pair_engine_for_session(session, engine) if engine is not None else None
+        self.recompute = Recompute(engine, residual, pair) if engine is not None else None
         self._status = session.status()
         self._index = -1
         self._result: Result | None = None
@@ -345,8 +375,8 @@ def session_results(session: Session, recompute: Recompute | None, overrides: di
             assert recompute is not None  # todo is only filled when there is one
             frames = [Frame(image=out[k].frame, seq=out[k].seq, t_capture_ns=out[k].t_capture_ns, source="export",
                             pts_s=out[k].pts_s) for k in ks]
-            for k, res in zip(ks, process_frames(recompute.engine, frames, settings), strict=True):
-                out[k] = replace(res, t_done_ns=out[k].t_done_ns, infer_ms=out[k].infer_ms, pair=out[k].pair)
+            for k, res in zip(ks, recompute.run(frames, settings, [out[k] for k in ks]), strict=True):
+                out[k] = res
         return out
 
     return fn
@@ -394,7 +424,8 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
     overrides = dict(overrides or {})
     check_replayable(session, engine is not None)
     residual = session.config_value("view", "residual", 0.5)
-    recompute = Recompute(engine, residual) if engine is not None and session.has_raw else None
+    recompute = (Recompute(engine, residual, pair_engine_for_session(session, engine))
+                 if engine is not None and session.has_raw else None)
     views: dict[int, View] = {}
     first = session.frame(0)
     if first is None:
@@ -419,7 +450,8 @@ def layers_frames(session: Session, index: int, view: View, engine: AttentionEng
         raise UserError(f"--mode {view.mode} needs the raw frames, and {RAW} is missing: choose a recorded view "
                         "(e.g. --mode attention)")
     if engine is not None and needs_model(view, rec):
-        rec = Recompute(engine, session.config_value("view", "residual", 0.5)).result(index, rec, view)
+        rec = Recompute(engine, session.config_value("view", "residual", 0.5),
+                        pair_engine_for_session(session, engine)).result(index, rec, view)
     status = session.status()
     return [render(rec.frame, rec, replace(view, layer=li, frozen=False, show_help=False), status,
                    size=canvas_for(rec.frame.shape, rec.pair is not None)) for li in range(rec.num_layers)]
