@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 import subprocess
 from dataclasses import replace
 
@@ -257,7 +259,7 @@ def test_bench_compare_part_reports_the_ratio(clip, tmp_path):
     assert data["compare.alone_fps"] > 0 and data["compare.paired_fps"] > 0 and data["compare.ratio"] > 0
 
 
-def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, capsys):
+def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, capsys, caplog):
     import json
 
     from live_attention.io.recording import Session
@@ -306,6 +308,17 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     zmean, zmax = np.load(mean_maps), np.load(max_maps)
     assert np.abs(zmean["maps"].astype(float) - zmax["maps"].astype(float)).max() > 1e-3
     assert np.abs(zmean["compare_maps"].astype(float) - zmax["compare_maps"].astype(float)).max() > 1e-3
+    unloadable = tmp_path / "unloadable"  # a second model that cannot be loaded: said once, its side as recorded
+    shutil.copytree(folder, unloadable)
+    m = json.loads((unloadable / "manifest.json").read_text())
+    m["compare"]["model"]["weights"] = str(tmp_path / "gone.pth")
+    (unloadable / "manifest.json").write_text(json.dumps(m))
+    with caplog.at_level(logging.WARNING):
+        assert main(["export", str(unloadable), "-o", str(tmp_path / "unloadable.mp4"), "--mode", "rollout",
+                     "--fusion", "max"]) == 0
+    said = [r.getMessage() for r in caplog.records if "second model" in r.getMessage()]
+    assert len(said) == 1 and "cannot be loaded, so its side shows only what was recorded" in said[0]
+    assert "gone.pth (put it back where it was recorded)" in said[0]
     # One frame's heads grid: both models side by side, each titled; the layers animation: both halves.
     grid, gif = tmp_path / "grid.png", tmp_path / "layers.gif"
     assert main(["export", str(folder), "-o", str(grid), "--grid", "--frame", "2"]) == 0, capsys.readouterr().err
@@ -324,8 +337,6 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     assert first.shape[1] / first.shape[0] > 2.5  # two 960x720 halves side by side (the GIF is scaled down)
     assert session.notes() == []
     # Without the second model's maps the session still exports (the first model alone), and says so.
-    import shutil
-
     damaged = tmp_path / "damaged"
     shutil.copytree(folder, damaged)
     shutil.rmtree(damaged / "attention-compare")

@@ -59,18 +59,19 @@ def pair_engine_for_session(session: Session, engine: AttentionEngine) -> Attent
         return None
     m = session.pair["model"]
     try:
-        return _load_entry(m, None, str(engine.device), engine.precision)
+        return _load_entry(m, None, str(engine.device), engine.precision, "put it back where it was recorded")
     except UserError as exc:
         logger.warning("the second model (%s) cannot be loaded, so its side shows only what was recorded: %s",
                        m.get("name", "?"), exc)
         return None
 
 
-def _load_entry(m: dict[str, Any], weights: str | None, device: str, precision: str | None) -> AttentionEngine:
+def _load_entry(m: dict[str, Any], weights: str | None, device: str, precision: str | None,
+                fix: str = "pass --weights PATH, imagenet or random, or --no-model") -> AttentionEngine:
     """The model of a manifest entry with its recorded weights (or ``weights``), at the recorded input size."""
     w = weights or m.get("weights") or "imagenet"
     if w.lower() not in (*PRETRAINED, "random", "demo") and not Path(w).expanduser().exists():
-        raise UserError(f"weights file not found: {w} (pass --weights PATH, imagenet or random, or --no-model)")
+        raise UserError(f"weights file not found: {w} ({fix})")
     engine = load_model(m["name"], w, device, precision or m.get("precision", "auto"),
                         input_size=m.get("image_size"), full_frame=bool(m.get("full_frame")))
     if m.get("weights_sha256") and engine.weights_sha256 and engine.weights_sha256 != m["weights_sha256"]:
