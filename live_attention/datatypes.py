@@ -49,8 +49,9 @@ class MapSettings:
     backward pass, so only while a view shows it); ``need`` extra parts the views want kept:
     ``"attn"`` (full attention, for flow and any query), ``"fused"`` (per-layer fused matrices);
     ``maps`` the optional maps of :class:`Result` to compute (names from :mod:`live_attention.names`:
-    rollout, query, patch entropy, token norms), ``None``: all of them (what a recording keeps). The
-    shown mode decides them (``Mode.maps``).
+    rollout, patch entropy, token norms; query keeps a row for a patch chosen later), ``None``: all of
+    them (what a recording keeps). The shown mode decides them (``Mode.maps``); relevance and a query's
+    rows are asked by ``relevance`` and ``query_patch``.
     """
 
     fusion: str = "mean"

@@ -24,9 +24,10 @@ NORMS: Final = "norms"
 BUILTIN_MODES: Final = (ATTENTION, ROLLOUT, HEADS, ENTROPY, QUERY, FLOW, RELEVANCE, NORMS)
 
 # The maps of a result beyond the modes' own names (rollout, query, relevance and the class-row
-# entropy share theirs). The worker computes rollout, query, relevance, patch entropy and token norms
-# only when asked (MapSettings.maps); the class token's attention, its row entropy and the prefix share
-# come with every frame.
+# entropy share theirs). MapSettings.maps asks for rollout, patch entropy and token norms (and, with
+# query, for a query row kept whatever the patch); relevance is asked by MapSettings.relevance and a
+# query's rows by MapSettings.query_patch. The class token's attention, its row entropy and the prefix
+# share come with every frame.
 CLS: Final = "cls"
 PATCH_ENTROPY: Final = "patch_entropy"
 TOKEN_NORM: Final = "token_norm"

@@ -308,6 +308,20 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     zmean, zmax = np.load(mean_maps), np.load(max_maps)
     assert np.abs(zmean["maps"].astype(float) - zmax["maps"].astype(float)).max() > 1e-3
     assert np.abs(zmean["compare_maps"].astype(float) - zmax["compare_maps"].astype(float)).max() > 1e-3
+    partial = tmp_path / "partial"  # the second model's maps cover the first frames only: those are recomputed
+    shutil.copytree(folder, partial)
+    chunks = sorted((partial / "attention-compare").iterdir())
+    assert len(chunks) >= 2
+    chunks[-1].unlink()
+    partial_maps = tmp_path / "partial.npz"
+    capsys.readouterr()
+    assert main(["export", str(partial), "-o", str(tmp_path / "partial.mp4"), "--mode", "rollout", "--fusion", "max",
+                 "--batch", "64", "--save-maps", str(partial_maps)]) == 0, capsys.readouterr().err
+    covered = len(Session(partial).pair_data["seq"])
+    zpart = np.load(partial_maps)
+    assert 0 < covered < n and np.isnan(zpart["compare_maps"][covered:]).all()
+    np.testing.assert_allclose(zpart["compare_maps"][:covered].astype(float), zmax["compare_maps"][:covered].astype(float),
+                               atol=1e-3)  # computed again with max, as in the whole session's export
     unloadable = tmp_path / "unloadable"  # a second model that cannot be loaded: said once, its side as recorded
     shutil.copytree(folder, unloadable)
     m = json.loads((unloadable / "manifest.json").read_text())

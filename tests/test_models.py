@@ -786,3 +786,18 @@ def test_an_unreachable_hub_is_one_probe_and_one_line_not_a_minute_of_retries(tm
         assert hub.hub_unreachable("https://huggingface.co") is False
     finally:
         hub.forget_hub_probe()
+
+
+@pytest.mark.parametrize("name", ["demo", "timm:vit_tiny_patch16_224"])
+def test_random_weights_are_the_same_untrained_model_every_time(name, small_timm):
+    """``--weights random`` is seeded: replay and export of an untrained session compute again with the
+    model that was recorded, and two runs compare like with like; the caller's random state is untouched."""
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_model(name, weights="random", device="cpu", precision="fp32")
+    after = torch.rand(3)
+    b = load_model(name, weights="random", device="cpu", precision="fp32")
+    assert torch.equal(before, after)  # loading drew nothing from the caller's generator
+    pa, pb = dict(a.module.named_parameters()), dict(b.module.named_parameters())
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)

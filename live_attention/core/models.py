@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 TORCHVISION_MODELS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
 
 
+RANDOM_WEIGHTS_SEED = 0  # --weights random: one untrained model per name, the same every time
+
+
 def load_model(
     name: str = "vit_b_16",
     weights: str | os.PathLike[str] = "imagenet",
@@ -69,7 +72,9 @@ def load_model(
         name: see the module docstring.
         weights: ``imagenet`` (or ``default``/``pretrained``: the model's published weights, through its
             library's cache), a path to a local checkpoint (``.pth``, ``.bin``, ``.safetensors``), or
-            ``random`` (untrained; flagged as such on screen).
+            ``random`` (untrained; flagged as such on screen): initialised from a fixed seed, so that the
+            same name gives the same untrained model every time (replay and export compute again what
+            was recorded; two runs compare like with like). The caller's random state is left as it was.
         device: ``auto``, ``cpu``, ``cuda``, ``mps``.
         precision: ``auto``, ``fp32``, ``fp16``, ``bf16``.
         input_size: run at this input side (a multiple of the patch size) instead of the model's own.
@@ -78,16 +83,19 @@ def load_model(
     name = str(name).strip()
     w = os.fspath(weights) if isinstance(weights, os.PathLike) else str(weights).strip()
     opts: dict[str, Any] = {"device": device, "precision": precision}
-    if (builder := model_builder(name)) is not None:  # e.g. demo, registered by live_attention.demo
-        engine = builder(w, device, precision)
-    elif name.startswith("timm:"):
-        engine = _load_timm(name[len("timm:"):].strip(), w, opts)
-    elif name.startswith("hf:"):
-        engine = load_hf(name[len("hf:"):].strip(), w, opts)
-    elif name in TORCHVISION_MODELS:
-        engine = _load_torchvision(name, w, opts)
-    else:
-        raise UserError(f"unknown model {name!r}: use {MODEL_HELP}")
+    with torch.random.fork_rng(devices=[]):  # the module is built on the CPU
+        if weights_kind(w) == "random":
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        if (builder := model_builder(name)) is not None:  # e.g. demo, registered by live_attention.demo
+            engine = builder(w, device, precision)
+        elif name.startswith("timm:"):
+            engine = _load_timm(name[len("timm:"):].strip(), w, opts)
+        elif name.startswith("hf:"):
+            engine = load_hf(name[len("hf:"):].strip(), w, opts)
+        elif name in TORCHVISION_MODELS:
+            engine = _load_torchvision(name, w, opts)
+        else:
+            raise UserError(f"unknown model {name!r}: use {MODEL_HELP}")
     if input_size is not None or full_frame:
         engine.configure_input(input_size, full_frame)
     return engine

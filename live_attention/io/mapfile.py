@@ -13,7 +13,8 @@ One ``.npz`` per output, read with ``numpy.load``:
   ``smooth`` (bool); and ``model``, ``source`` (str);
 * with ``--compare``, the second model's side as well: ``compare_maps`` float16 [T, rows2, cols2] (the
   map its half overlays: its own grid, layer and head), ``compare_grid``, ``compare_layer``,
-  ``compare_head`` and ``compare_model``.
+  ``compare_head`` and ``compare_model``; on a frame without the second model's map (a recording whose
+  second model's maps stop early) its map is NaN and its layer 0.
 
 Written as ``NAME.partial.npz`` and renamed when complete, like the videos.
 """
@@ -89,7 +90,12 @@ class MapsFile:
                            view.mode, *_layer_head(result, view), bool(view.smooth)))
         b = result.pair
         if b is not None and pair is not None:
-            self.compare_grid = self.compare_grid or (int(b.grid[0]), int(b.grid[1]))
+            grid_b = (int(b.grid[0]), int(b.grid[1]))
+            if self.compare_grid is not None and grid_b != self.compare_grid:
+                raise UserError(f"{FLAG}: frame {result.seq} has a {grid_b[0]}×{grid_b[1]} patch grid for the second "
+                                f"model, the first {self.compare_grid[0]}×{self.compare_grid[1]}: one maps file "
+                                "holds one grid per model")
+            self.compare_grid = grid_b
             self._pair.append((_as_grid(pair[1], self.compare_grid), *_layer_head(b, pair[0])))
         else:
             self._pair.append((None, 0, 0))

@@ -187,13 +187,22 @@ def session_pairing(session: Session) -> Pairing | None:
 
 class Recompute:
     """Recomputes what a recording lacks from its raw frame, with the manifest's model (main thread), and
-    with ``pair``, the second model of a ``--compare`` recording, its side as the live session would."""
+    with the second model of a ``--compare`` recording (``load_pair`` loads it the first time a frame
+    with a recorded second side is computed again) that side too, as the live session would."""
 
-    def __init__(self, engine: AttentionEngine, residual: float = 0.5, pair: AttentionEngine | None = None) -> None:
+    def __init__(self, engine: AttentionEngine, residual: float = 0.5,
+                 load_pair: Callable[[], AttentionEngine | None] | None = None) -> None:
         self.engine = engine
         self.residual = residual
-        self.paired = PairedModels(engine, pair) if pair is not None else None
+        self._load_pair = load_pair
+        self._paired: PairedModels | None = None
         self._cache: tuple[int, MapSettings, Result] | None = None
+
+    def _pairing(self) -> PairedModels | None:
+        if self._load_pair is not None:  # once: loaded, or said why not
+            pair, self._load_pair = self._load_pair(), None
+            self._paired = PairedModels(self.engine, pair) if pair is not None else None
+        return self._paired
 
     def settings_for(self, view: View, rec: Result) -> MapSettings:
         """What ``view`` asks for on the recorded ``rec``: the recording's settings, the shown layer, and the
@@ -214,10 +223,14 @@ class Recompute:
 
     def run(self, frames: list[Frame], settings: MapSettings, recs: list[Result]) -> list[Result]:
         """``frames`` computed with ``settings``, timed as recorded (``recs``); the second model's side
-        computed too where there is one, else kept as recorded."""
+        computed too on the frames that recorded one (none where none was recorded)."""
         done = process_frames(self.engine, frames, settings)
-        if self.paired is not None and all(r.pair is not None for r in recs):
-            done = self.paired.add(frames, settings, done)
+        paired = [i for i, r in enumerate(recs) if r.pair is not None]
+        pairing = self._pairing() if paired else None
+        if pairing is not None:
+            for i, res in zip(paired, pairing.add([frames[i] for i in paired], settings, [done[i] for i in paired]),
+                              strict=True):
+                done[i] = res
         else:
             done = [replace(d, pair=r.pair) for d, r in zip(done, recs, strict=True)]
         return [replace(d, t_done_ns=r.t_done_ns, infer_ms=r.infer_ms) for d, r in zip(done, recs, strict=True)]
@@ -242,8 +255,8 @@ class ReplayFeed:
         self.pairing = session_pairing(session)
         self.player = Player(session.pts_ms, playing=not paused)
         residual = session.config_value("view", "residual", 0.5)
-        pair = pair_engine_for_session(session, engine) if engine is not None else None
-        self.recompute = Recompute(engine, residual, pair) if engine is not None else None
+        self.recompute = (Recompute(engine, residual, lambda: pair_engine_for_session(session, engine))
+                          if engine is not None else None)
         self._status = session.status()
         self._index = -1
         self._result: Result | None = None
@@ -425,7 +438,7 @@ def export_video(session: Session, out: str | os.PathLike[str], overrides: dict[
     overrides = dict(overrides or {})
     check_replayable(session, engine is not None)
     residual = session.config_value("view", "residual", 0.5)
-    recompute = (Recompute(engine, residual, pair_engine_for_session(session, engine))
+    recompute = (Recompute(engine, residual, lambda: pair_engine_for_session(session, engine))
                  if engine is not None and session.has_raw else None)
     views: dict[int, View] = {}
     first = session.frame(0)
@@ -452,7 +465,7 @@ def layers_frames(session: Session, index: int, view: View, engine: AttentionEng
                         "(e.g. --mode attention)")
     if engine is not None and needs_model(view, rec):
         rec = Recompute(engine, session.config_value("view", "residual", 0.5),
-                        pair_engine_for_session(session, engine)).result(index, rec, view)
+                        lambda: pair_engine_for_session(session, engine)).result(index, rec, view)
     status = session.status()
     return [render(rec.frame, rec, replace(view, layer=li, frozen=False, show_help=False), status,
                    size=canvas_for(rec.frame.shape, rec.pair is not None)) for li in range(rec.num_layers)]

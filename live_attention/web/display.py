@@ -54,10 +54,10 @@ class WebDisplay:
     """Where the frame loop's pictures go when the viewers are web pages.
 
     Pixels are drawn only while someone watches (or the recorder needs them: the loop renders for it
-    anyway). :meth:`present` paces the loop at ``max_fps`` (the time a step took counts), and wakes at
-    once when a page sends input or :meth:`wake` is called (``serve`` calls it for each new result, so
-    a result is drawn as soon as it exists, not up to a period later, and none is overwritten unseen
-    while the loop sleeps).
+    anyway). :meth:`present` keeps the loop at most at ``max_fps`` (the time a step took counts) and
+    ends its wait at once for a page's input. Once the period is out, an idle loop sleeps until the next
+    result (:meth:`wake`: ``serve`` calls it for each one), input, or another period: a result is drawn
+    as soon as the cap allows, not up to a period later.
 
     Args:
         max_fps: the most loop iterations per second (the picture changes only with new results).
@@ -73,7 +73,9 @@ class WebDisplay:
         self.on_picture = on_picture
         self.running = True
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._cond = threading.Condition()
+        self._input_waiting = False  # a page's input: ends the wait at once
+        self._result_waiting = False  # a new result: ends the wait once the period is out
         self._last_present = 0.0
         self._inputs = Inputs()
         self._picture: np.ndarray | None = None
@@ -99,7 +101,7 @@ class WebDisplay:
             else:
                 self._inputs.clicks.append(value)
                 self.counts["clicks"] += 1
-        self._wake.set()
+        self._signal(input_=True)
         return True
 
     def count(self, name: str, n: int = 1) -> None:
@@ -149,14 +151,26 @@ class WebDisplay:
             self._state = state
 
     def wake(self) -> None:
-        """End the loop's wait in :meth:`present` now (any thread)."""
-        self._wake.set()
+        """A new result is waiting (any thread): :meth:`present` returns as soon as the period allows."""
+        self._signal(input_=False)
+
+    def _signal(self, input_: bool) -> None:
+        with self._cond:
+            if input_:
+                self._input_waiting = True
+            else:
+                self._result_waiting = True
+            self._cond.notify_all()
 
     def present(self) -> None:
-        self._wake.wait(max(0.0, self._last_present + self.period - time.monotonic()))
-        self._wake.clear()
-        self._last_present = time.monotonic()
+        with self._cond:
+            due = self._last_present + self.period
+            self._cond.wait_for(lambda: self._input_waiting, max(0.0, due - time.monotonic()))  # the cap
+            if not (self._input_waiting or self._result_waiting):  # idle: the next result, input or period
+                self._cond.wait_for(lambda: self._input_waiting or self._result_waiting, self.period)
+            self._input_waiting = self._result_waiting = False
+            self._last_present = time.monotonic()
 
     def close(self) -> None:
         self.running = False
-        self._wake.set()
+        self._signal(input_=True)
