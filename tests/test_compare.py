@@ -263,7 +263,7 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     import json
 
     from live_attention.io.recording import Session
-    from live_attention.pipeline.replay import ReplayFeed
+    from live_attention.pipeline.replay import ReplayFeed, engine_for_session
 
     rc = main(["--source", "demo", "--compare", "demo", "--compare-weights", "random", "--headless",
                "--max-seconds", "4", "--record", str(tmp_path / "sessions")])
@@ -289,6 +289,16 @@ def test_recording_keeps_both_models_and_replay_and_export_draw_both(tmp_path, c
     assert feed.pairing is not None and feed.pairing.layers == (4, 4) and feed.pairing.same_labels
     shown = feed.latest()
     assert shown is not None and shown.pair is not None and shown.pair.seq == shown.seq
+    # With the model, replay computes a view whose maps were not recorded on both sides (rollout fused by
+    # max; mean was recorded), the second model with its recorded (seeded random) weights.
+    feed = ReplayFeed(session, engine_for_session(session, None, "cpu"), paused=True)
+    assert feed.recompute is not None
+    rec = session.result(1)
+    again = feed.recompute.result(1, rec, View(mode="rollout", fusion="max"))
+    assert again.pair is not None and again.pair.seq == rec.seq and again.pair.settings.fusion == "max"
+    assert not np.allclose(again.pair.rollout, rec.pair.rollout, atol=1e-3)
+    same = feed.recompute.result(1, rec, View(mode="rollout", fusion=rec.settings.fusion))  # as recorded
+    np.testing.assert_allclose(same.pair.rollout, rec.pair.rollout, atol=2e-3)  # fp16 in the recording
     session.close()
 
     out = tmp_path / "export.mp4"

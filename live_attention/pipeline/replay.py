@@ -255,8 +255,11 @@ class ReplayFeed:
         self.pairing = session_pairing(session)
         self.player = Player(session.pts_ms, playing=not paused)
         residual = session.config_value("view", "residual", 0.5)
-        self.recompute = (Recompute(engine, residual, lambda: pair_engine_for_session(session, engine))
-                          if engine is not None else None)
+        self.recompute: Recompute | None = None
+        if engine is not None:
+            # The second model loads now, not at the first key that needs it: the window must not stall.
+            pair = pair_engine_for_session(session, engine)
+            self.recompute = Recompute(engine, residual, lambda: pair)
         self._status = session.status()
         self._index = -1
         self._result: Result | None = None
