@@ -45,13 +45,16 @@ def media() -> Path:
     return MEDIA
 
 
-def cut_clip(directory: Path, media_dir: Path, seconds: float, name: str) -> Path:
-    """The first ``seconds`` of the shared tour.mp4, re-encoded (exact frame count, no audio)."""
+def cut_clip(directory: Path, media_dir: Path, seconds: float | None, name: str, *, start: float = 0.0,
+             frames: int | None = None) -> Path:
+    """``seconds`` (or ``frames`` frames) of the shared tour.mp4 from ``start``, re-encoded (exact frame
+    count, no audio)."""
     import subprocess
 
+    length = ["-frames:v", str(frames)] if frames is not None else ["-t", str(seconds)]
     out = directory / name
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-t", str(seconds), "-i", str(media_dir / "tour.mp4"),
-                    "-an", str(out)], check=True)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", str(start), "-i", str(media_dir / "tour.mp4"),
+                    *length, "-an", str(out)], check=True)
     return out
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 from dataclasses import replace
 
 import av
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_vit
+from conftest import cut_clip, tiny_vit
 
 from live_attention.commands.cli import main
 from live_attention.core.compare import (
@@ -126,10 +125,7 @@ def test_relevance_explains_the_first_models_class_on_both_sides_when_the_labels
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
-    out = tmp_path_factory.mktemp("clip") / "tour8.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", "2", "-i", str(media / "tour.mp4"),
-                    "-frames:v", "8", "-an", str(out)], check=True)
-    return out
+    return cut_clip(tmp_path_factory.mktemp("clip"), media, None, "tour8.mp4", start=2, frames=8)
 
 
 def _frames(path) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+from conftest import cut_clip
 
 from live_attention.commands.cli import main
 
@@ -24,10 +25,7 @@ def ffprobe_frames(path) -> int:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
-    out = tmp_path_factory.mktemp("clip") / "tour12.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-ss", "2", "-i", str(media / "tour.mp4"),
-                    "-frames:v", "12", "-an", str(out)], check=True)
-    return out
+    return cut_clip(tmp_path_factory.mktemp("clip"), media, None, "tour12.mp4", start=2, frames=12)
 
 
 def test_render_video_has_one_frame_per_input_frame(clip, tmp_path, capsys):
@@ -359,8 +357,6 @@ def test_a_huge_batch_is_capped_by_the_memory_budget_and_said_once(media, tmp_pa
     peaks at 20 MB, as at --batch 4, where it held 95 MB of this 3 s clip before (and more the longer
     the clip). The bound allows the pipeline's fixed part (pictures being drawn, the encoder's)."""
     import tracemalloc
-
-    from conftest import cut_clip
 
     from live_attention.offline import batch
 
