@@ -161,8 +161,8 @@ def slow_engine(delay=0.0, failing=range(0)) -> SlowEngine:
 
 
 class KeyDisplay:
-    """A frame-loop display that presses ``keys`` on its first iteration and keeps the last picture it was
-    shown (``wants_pixels``: whether the loop draws one)."""
+    """A frame-loop display that presses ``keys`` (and makes ``clicks``) on its next iteration and keeps the
+    last picture it was shown (``wants_pixels``: whether the loop draws one)."""
 
     running = True
     waits_for_results = False
@@ -170,12 +170,13 @@ class KeyDisplay:
 
     def __init__(self, keys: list[str], wants_pixels: bool = False) -> None:
         self.keys = keys
+        self.clicks: list[tuple[float, float]] = []  # pressed with the keys: fractions of the picture
         self.wants_pixels = wants_pixels
         self.rgb: np.ndarray | None = None
 
     def poll(self) -> Inputs:
-        keys, self.keys = self.keys, []
-        return Inputs(keys=keys)
+        (keys, self.keys), (clicks, self.clicks) = (self.keys, []), (self.clicks, [])
+        return Inputs(keys=keys, clicks=clicks)
 
     def show(self, rgb: np.ndarray, position: tuple[int, int] | None = None) -> None:
         self.rgb = rgb

@@ -240,6 +240,41 @@ def test_without_attention_data_replay_and_export_compute_the_maps_from_raw(copy
     assert main(["export", str(copy), "-o", str(tmp_path / "g.png"), "--grid", "--frame", "3"]) == 0
 
 
+def test_t_and_a_click_in_replay_follow_the_top5_on_screen_when_it_was_recomputed(copy, demo_engine, tmp_path):
+    """Relevance in replay is computed again from the raw frame, and near-tied classes of a recomputed
+    top-5 can come out in another order than recorded (another precision, a lossy raw codec). T and a
+    click on a label act on the top-5 that is drawn, not on the recorded one (CI once saw T pick the
+    recorded second class while the HUD listed the recomputed one)."""
+    from live_attention.pipeline.loop import FrameLoop
+    from tests.fakes import KeyDisplay
+
+    s = Session(copy)
+    k = int((s.data["top_ids"][0] >= 0).sum())  # the demo model has 4 classes: 4 of 5 rows are used
+    for key in ("top_ids", "top_names", "top_p"):  # recorded in another order than the model gives now
+        s.data[key] = s.data[key].copy()
+        s.data[key][:, :k] = s.data[key][:, k - 1::-1]
+    feed = ReplayFeed(s, demo_engine, paused=True)
+    display = KeyDisplay([], wants_pixels=True)
+    state = tmp_path / "state.json"
+    loop = FrameLoop(feed, display, View(mode="relevance"), state_file=str(state))
+    loop.step()
+    recorded, drawn = loop.shown, loop.prepared
+    assert recorded is not None and drawn is not None and drawn.seq == recorded.seq
+    assert drawn.top_ids == recorded.top_ids[::-1] and len(set(drawn.top_ids)) == k == 4
+    display.keys = ["t"]
+    loop.step()
+    assert loop.view.target == drawn.top_ids[1] != recorded.top_ids[1]
+    loop.step()
+    shown = json.loads(state.read_text())  # what is on screen: the labels' boxes and classes
+    assert shown["top_ids"] == list(drawn.top_ids)
+    (w, h), (x0, y0, x1, y1, cls) = shown["canvas"], shown["hud_rows"][2]
+    assert cls == drawn.top_ids[2] != recorded.top_ids[2]
+    display.clicks = [((x0 + x1) / 2 / w, (y0 + y1) / 2 / h)]
+    loop.step()
+    assert loop.view.target == cls
+    s.close()
+
+
 def test_without_raw_frames_the_recorded_maps_replay_and_export_on_grey(copy, session_dir, tmp_path, capsys):
     intact = Session(session_dir)
     (copy / "raw.mkv").unlink()

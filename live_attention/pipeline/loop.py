@@ -189,8 +189,16 @@ class FrameLoop:
         if out.cycle_target:
             self._cycle_target()
 
+    def _on_screen(self) -> Result | None:
+        """The result whose labels are on screen: ``shown`` as drawn (replay may have computed it again, and
+        a recomputed top-5 can order near-tied classes differently from the recorded one)."""
+        prepared = self.prepared
+        if prepared is not None and self.shown is not None and prepared.seq == self.shown.seq:
+            return prepared
+        return self.shown
+
     def _cycle_target(self) -> None:
-        res = self.shown
+        res = self._on_screen()
         if res is None or not res.classifier:
             self.say("this model has no classifier: there is no class to explain", 3.0)
             return
@@ -205,7 +213,7 @@ class FrameLoop:
             self.flow_job = None
 
     def _click(self, fx: float, fy: float) -> None:
-        res = self.shown
+        res = self._on_screen()
         if res is None:
             return
         side, label_of = 0, res
