@@ -123,6 +123,83 @@ def test_relevance_explains_the_first_models_class_on_both_sides_when_the_labels
     assert any(o.target != r.target for o, r in zip(own, first, strict=True))
 
 
+def test_on_two_devices_the_second_model_runs_beside_the_first_on_its_own_thread(monkeypatch):
+    """``--compare-device``: on another device the second model runs at the same time as the first, on a
+    thread of its own (the one owner of its device's work), so a pair takes as long as the slower model.
+    Proved by order, not by the clock: the first model's forward pass waits until the second's has
+    started, which in turn it never would. The maps are those computed in turn."""
+    import threading
+
+    import torch
+
+    from live_attention.core.device import same_device
+    from live_attention.core.step import process_frames
+
+    a, b = _engines()
+    rng = np.random.default_rng(5)
+    frames = [Frame(image=rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), seq=s, t_capture_ns=s, source="t")
+              for s in range(3)]
+    settings = MapSettings(entropy_layer=1)
+    assert not PairedModels(a, b).parallel  # one device: in turn
+    assert same_device(torch.device("cpu"), torch.device("cpu")) and not same_device(torch.device("cuda:0"),
+                                                                                     torch.device("cuda:1"))
+    in_turn = PairedModels(a, b).add(frames, settings, process_frames(a, frames, settings))
+
+    started, threads = threading.Event(), {"a": set(), "b": set()}
+    real_run = AttentionEngine.run
+
+    def run(self, *args, **kwargs):
+        threads["b" if self is b else "a"].add(threading.current_thread().name)
+        if self is b:
+            started.set()
+        elif not started.wait(30.0):
+            raise AssertionError("the first model ran alone: the second did not start beside it")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionEngine, "run", run)
+    paired = PairedModels(a, b, parallel=True)
+    try:
+        got = paired.run(frames, settings, lambda: process_frames(a, frames, settings))
+        for _ in range(2):  # every pair, not only the first
+            started.clear()
+            again = paired.run(frames[:1], settings, lambda: process_frames(a, frames[:1], settings))
+    finally:
+        paired.close()
+    assert threads["a"] == {threading.current_thread().name}
+    assert len(threads["b"]) == 1 and next(iter(threads["b"])).startswith("compare")
+    assert again[0].pair is not None and again[0].pair.seq == 0
+    for g, w in zip(got, in_turn, strict=True):
+        assert g.pair is not None and w.pair is not None and g.pair.seq == g.seq
+        np.testing.assert_array_equal(g.cls, w.cls)
+        np.testing.assert_array_equal(g.pair.cls, w.pair.cls)
+        assert g.pair.topk == w.pair.topk
+
+
+def test_on_two_devices_relevance_that_follows_the_first_models_class_waits_for_it():
+    """The second model explains the class the first explains on each frame: that class comes from the
+    first's results, so there the second runs after it (still on its own thread)."""
+    import torch
+
+    from live_attention.core.step import process_frames
+
+    a, _ = _engines()
+    second = tiny_vit(1, image_size=32, patch_size=4, layers=6, heads=4)
+    with torch.no_grad():
+        second.heads.head.bias[5] += 10.0  # its own top-1 is class 5 on every frame (the first's is not)
+    b = AttentionEngine.wrap(second, device="cpu", precision="fp32")
+    rng = np.random.default_rng(3)
+    frames = [Frame(image=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), seq=s, t_capture_ns=s, source="t")
+              for s in range(8)]
+    settings = MapSettings(relevance=True)
+    paired = PairedModels(a, b, parallel=True)
+    try:
+        results = paired.run(frames, settings, lambda: process_frames(a, frames, settings))
+    finally:
+        paired.close()
+    assert all(r.pair is not None and r.pair.target == r.target for r in results)
+    assert any(r.target != 5 for r in results)  # the first's class, not the second's own top-1
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, media):
     return cut_clip(tmp_path_factory.mktemp("clip"), media, None, "tour8.mp4", start=2, frames=8)

@@ -222,6 +222,41 @@ def test_relevance_on_the_gpu_equals_fp32_on_the_cpu():
         assert np.corrcoef(got.relevance, ref.relevance)[0, 1] >= 0.99
 
 
+def test_compare_on_the_gpu_and_the_cpu_runs_both_at_once_each_on_its_own_thread(monkeypatch):
+    """``--device cuda --compare-device cpu``: the CPU model runs beside the GPU one, on its own thread,
+    and the GPU's work stays on the caller's thread (its graphs are captured there); the pair is the
+    same frame, and each side matches that model computed alone."""
+    import threading
+
+    from live_attention.core.compare import PairedModels
+
+    gpu = load_model("demo", device="cuda")
+    cpu = load_model("demo", device="cpu", precision="fp32")
+    seen: dict[str, set[str]] = {"cuda": set(), "cpu": set()}
+    real_run = AttentionEngine.run
+
+    def run(self, *args, **kwargs):
+        seen[self.device.type].add(threading.current_thread().name)
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttentionEngine, "run", run)
+    paired = PairedModels(gpu, cpu)
+    assert paired.parallel
+    runner = StepRunner(gpu)
+    settings = MapSettings(**settings_for(View(mode="rollout")))
+    try:
+        for i, image in enumerate(demo_frames(4, seed=7)):
+            frame = Frame(image, i, 0, "t")
+            (got,) = paired.run([frame], settings, lambda f=frame: process_frames(gpu, [f], settings, runner=runner))
+            assert got.pair is not None and got.pair.seq == got.seq == i
+            close_results(got.pair, process_frames(cpu, [frame], settings)[0], atol=1e-5)  # the same CPU model
+            close_results(got, process_frames(gpu, [frame], settings, runner=runner)[0])  # the same graphs
+    finally:
+        paired.close()
+    assert seen["cuda"] <= {threading.current_thread().name} and runner.captures >= 1
+    assert len(seen["cpu"] - {threading.current_thread().name}) == 1  # the second model's own thread
+
+
 # --------------------------------------------------------------------------------------------------
 # render --ray auto with one GPU worker
 # --------------------------------------------------------------------------------------------------

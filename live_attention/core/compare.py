@@ -5,17 +5,22 @@ The first model's view is the one the user drives; the second follows it: the la
 ``View.compare_head``), the query patch at the same point of the picture (the grids may differ), and
 the class relevance explains where the label sets match (else its own top class). The difference view
 puts both maps on one grid: the same grid as it is, else both resampled to the finer one over the part
-of the picture both models saw. No threads and no GUI here: the worker, ``render`` and the frame loop
-call these functions.
+of the picture both models saw. No GUI here: the worker, ``render`` and the frame loop call these
+functions. On one device the two models run in turn; on two devices (``--compare-device``) the second
+runs on its own thread, the one owner of its device's work, while the first runs on the caller's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+import torch
 
+from live_attention.core.device import same_device
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.preprocess import Box
 from live_attention.core.step import StepRunner, process_frames
@@ -39,35 +44,80 @@ class Pairing:
 
 
 class PairedModels:
-    """The second model (``b``), run after the first (``a``) on the very same frames, one device in turn:
-    each result of ``a`` gets ``b``'s result for its frame as ``Result.pair`` (same ``seq``), so the two
-    sides always show the same frame. Called on the thread that owns both engines."""
+    """The second model (``b``) on the very same frames as the first (``a``): each result of ``a`` gets
+    ``b``'s result for its frame as ``Result.pair`` (same ``seq``), so the two sides always show the same
+    frame.
 
-    def __init__(self, a: AttentionEngine, b: AttentionEngine) -> None:
+    On one device the two run in turn, on the caller's thread (the owner of that device's work). On two
+    devices (``parallel``, by default when their devices differ) ``b`` runs on its own thread while ``a``
+    runs on the caller's, so a pair takes as long as the slower model, not the sum of both; ``b``'s work
+    is only ever done on that thread. Relevance that follows ``a``'s class on each frame waits for ``a``'s
+    results first (the class comes from them)."""
+
+    def __init__(self, a: AttentionEngine, b: AttentionEngine, *, parallel: bool | None = None) -> None:
         self.a, self.b = a, b
         self.pairing = Pairing.of(a, b)
         self.runner = StepRunner(b)  # CUDA graphs on a GPU, kept between frames
+        self.parallel = not same_device(a.device, b.device) if parallel is None else parallel
+        self._thread = (ThreadPoolExecutor(1, thread_name_prefix="compare", initializer=_own_device, initargs=(b.device,))
+                        if self.parallel else None)
 
-    def add(self, frames: list[Frame], settings: MapSettings, results: list[Result]) -> list[Result]:
-        """``results`` (``a`` on ``frames``, all of one size, with ``settings``) each paired with ``b``'s."""
+    def run(self, frames: list[Frame], settings: MapSettings, first: Callable[[], list[Result]]) -> list[Result]:
+        """``first()`` (``a`` on ``frames``, all of one size, with ``settings``; called on this thread) with
+        each of its results paired with ``b``'s."""
         if not frames:
-            return results
+            return first()
         h, w = frames[0].image.shape[:2]
-        box_b = self.b.preprocess_spec.crop_box(h, w)
-        sb = pair_settings(settings, self.pairing, results[0].box, results[0].grid, box_b, self.b.grid_for(h, w))
+        box_a, grid_a = self.a.preprocess_spec.crop_box(h, w), self.a.grid_for(h, w)
+        sb = pair_settings(settings, self.pairing, box_a, grid_a, self.b.preprocess_spec.crop_box(h, w),
+                           self.b.grid_for(h, w))
         # Relevance of each frame's own top class (no fixed target): where both models name the same
         # classes, the second explains the class the first explains on that frame, not its own top-1.
         follow = sb.relevance and self.pairing.same_labels and sb.target is None
+        if self._thread is None:
+            results = first()
+            others = self._second(frames, sb, [r.target for r in results] if follow else None)
+        elif follow:
+            results = first()
+            others = self._thread.submit(self._second, frames, sb, [r.target for r in results]).result()
+        else:
+            pending = self._thread.submit(self._second, frames, sb, None)
+            try:
+                results = first()
+            finally:
+                others = pending.result()  # never two of b's frames in flight
+        return [replace(r, pair=o) for r, o in zip(results, others, strict=True)]
+
+    def add(self, frames: list[Frame], settings: MapSettings, results: list[Result]) -> list[Result]:
+        """``results`` (``a`` on ``frames`` with ``settings``, already computed) each paired with ``b``'s."""
+        return self.run(frames, settings, lambda: results)
+
+    def close(self) -> None:
+        """Ends the second model's thread (if it has one) once its work is done."""
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+
+    def _second(self, frames: list[Frame], sb: MapSettings, targets: list[int | None] | None) -> list[Result]:
+        """``b`` on ``frames``: with ``sb``, or explaining ``targets`` (one per frame), grouped by class."""
+        if targets is None:
+            return process_frames(self.b, frames, sb, None, self.runner)
         groups: dict[int | None, list[int]] = {}
-        for i, r in enumerate(results):
-            key = r.target if follow else sb.target
-            groups.setdefault(key, []).append(i)
+        for i, target in enumerate(targets):
+            groups.setdefault(target, []).append(i)
         others: list[Result | None] = [None] * len(frames)
         for target, idx in groups.items():
             done = process_frames(self.b, [frames[i] for i in idx], replace(sb, target=target), None, self.runner)
             for i, o in zip(idx, done, strict=True):
                 others[i] = o
-        return [replace(r, pair=o) for r, o in zip(results, others, strict=True)]
+        return [o for o in others if o is not None]
+
+
+def _own_device(device: torch.device) -> None:
+    """Set up the second model's thread: no autograd but where relevance asks for it, and its GPU as the
+    thread's current one (new CUDA streams and events are made there)."""
+    torch.set_grad_enabled(False)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
 
 
 def relative_layer(layer: int, from_layers: int, to_layers: int) -> int:

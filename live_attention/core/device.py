@@ -60,6 +60,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` are one device: ``cuda`` is the current GPU, as ``cuda:N`` names it."""
+    def index(d: torch.device) -> int | None:
+        if d.type == "cuda" and d.index is None:
+            return torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return d.index
+
+    return a.type == b.type and index(a) == index(b)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: fp16 on CUDA and MPS; bf16 on a CPU with native bf16; fp32 otherwise."""
     p = str(precision).strip().lower()

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from live_attention.config import MODEL_HELP, Config
-from live_attention.core.device import resolve_device
+from live_attention.core.device import resolve_device, same_device
 from live_attention.core.engine import AttentionEngine
 from live_attention.core.families import timm_head_is_projection, timm_preprocess
 from live_attention.core.hf_models import load_hf
@@ -134,7 +134,7 @@ def compare_engine_from_config(cfg: Config, first: AttentionEngine) -> Attention
             raise UserError(f"{cfg.where('compare.device')}: {str(exc).split(': use --device')[0]}") from None
     # The first model's precision as it resolved ("auto" may mean fp32 for one model, bf16 for another),
     # so that both sides are computed alike; on another device, the precision asked for.
-    precision = first.precision if str(device) == str(first.device) else m.precision
+    precision = first.precision if same_device(device, first.device) else m.precision
     named = cfg.where("compare.model") + (f" ({cfg.where('compare.weights')})" if "compare.weights" in cfg.origins else "")
     try:
         return load_model(c.model, c.weights, device, precision, input_size=m.input_size or None,

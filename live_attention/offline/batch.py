@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import cv2
@@ -151,7 +152,8 @@ def preprocessor(engine: AttentionEngine) -> Callable[[Item], Item] | None:
 def engine_results(engine: AttentionEngine, settings: MapSettings, source: str,
                    compare: AttentionEngine | None = None) -> Callable[[list[Item]], list[Result]]:
     """The results stage of ``render``: a batch of frames through the engine (frames of one size), and
-    through ``compare`` after it on the same frames (``--compare``: each result's ``pair``)."""
+    through ``compare`` on the same frames (``--compare``: each result's ``pair``; after the first on
+    the same device, at the same time on another)."""
     runner = StepRunner(engine)  # on a GPU each batch shape is captured once and replayed
     paired = PairedModels(engine, compare) if compare is not None else None
 
@@ -168,8 +170,8 @@ def engine_results(engine: AttentionEngine, settings: MapSettings, source: str,
             frames = [Frame(image=it.image, seq=it.index, t_capture_ns=0, source=source, pts_s=it.pts_s) for it in run]
             kept = [it.prepared for it in run if it.prepared is not None]
             prepared = kept if len(kept) == len(run) else None
-            done = process_frames(engine, frames, settings, prepared, runner)
-            out.extend(paired.add(frames, settings, done) if paired is not None else done)
+            first = partial(process_frames, engine, frames, settings, prepared, runner)
+            out.extend(paired.run(frames, settings, first) if paired is not None else first())
             start = end
         return out
 

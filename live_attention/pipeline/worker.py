@@ -98,8 +98,9 @@ class InferenceWorker(threading.Thread):
         results: the latest-result slot read by the frame loop and the recorder.
         stop_event: set to stop; shared with the other threads of a session.
         settings: what to compute beyond the standard maps.
-        compare: a second engine run after the first on the same frame (``--compare``): each result
-            carries its result as ``Result.pair``, so both sides always show the same frame.
+        compare: a second engine run on the same frame (``--compare``): each result carries its result
+            as ``Result.pair``, so both sides always show the same frame. On the same device it runs
+            after the first; on another device at the same time, on a thread of its own.
     """
 
     def __init__(
@@ -203,10 +204,10 @@ class InferenceWorker(threading.Thread):
             prepared = [(x, box)]
         else:
             self._still = None
-        results = process_frames(self.engine, [frame], settings, prepared, self.runner)
-        if self.paired is not None:
-            results = self.paired.add([frame], settings, results)
-        return results[0]
+        def first() -> list[Result]:
+            return process_frames(self.engine, [frame], settings, prepared, self.runner)
+
+        return (self.paired.run([frame], settings, first) if self.paired is not None else first())[0]
 
     def _next(self) -> tuple[Frame, MapSettings, bool] | None:
         """The next job: (frame, settings, live); live is False for the held (frozen) frame."""
@@ -261,3 +262,5 @@ class InferenceWorker(threading.Thread):
         self._wake.set()
         if self.is_alive():
             self.join(timeout)
+        if self.paired is not None:
+            self.paired.close()
