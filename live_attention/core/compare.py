@@ -13,7 +13,7 @@ runs on its own thread, the one owner of its device's work, while the first runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 
 import cv2
@@ -85,7 +85,8 @@ class PairedModels:
             try:
                 results = first()
             finally:
-                others = pending.result()  # never two of b's frames in flight
+                wait([pending])  # never two of b's frames in flight, even when a's failed
+            others = pending.result()
         return [replace(r, pair=o) for r, o in zip(results, others, strict=True)]
 
     def add(self, frames: list[Frame], settings: MapSettings, results: list[Result]) -> list[Result]:
