@@ -189,13 +189,15 @@ class FrameLoop:
         if out.cycle_target:
             self._cycle_target()
 
-    def _on_screen(self) -> Result | None:
-        """The result whose labels are on screen: ``shown`` as drawn (replay may have computed it again, and
-        a recomputed top-5 can order near-tied classes differently from the recorded one)."""
+    def _drawn(self) -> Result | None:
+        """``shown`` as it was drawn (``prepared``: replay may have computed it again), or None before."""
         prepared = self.prepared
-        if prepared is not None and self.shown is not None and prepared.seq == self.shown.seq:
-            return prepared
-        return self.shown
+        return prepared if prepared is not None and self.shown is not None and prepared.seq == self.shown.seq else None
+
+    def _on_screen(self) -> Result | None:
+        """The result whose labels are on screen: ``shown`` as drawn (a recomputed top-5 can order
+        near-tied classes differently from the recorded one), else ``shown``."""
+        return self._drawn() or self.shown
 
     def _cycle_target(self) -> None:
         res = self._on_screen()
@@ -296,7 +298,7 @@ class FrameLoop:
             self.flow_job = job = None
         if job is not None and not job.done:
             self._dirty = self._dirty or now - self._last_render > 0.2  # show the progress
-        res = self.prepared if self.prepared is not None and self.prepared.seq == getattr(self.shown, "seq", None) else None
+        res = self._drawn()
         if (later and res is not None and (res.fused is not None or res.attn is not None)
                 and (job is None or job.result.seq != res.seq)):
             if job is not None:
