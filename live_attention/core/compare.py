@@ -74,19 +74,18 @@ class PairedModels:
         # Relevance of each frame's own top class (no fixed target): where both models name the same
         # classes, the second explains the class the first explains on that frame, not its own top-1.
         follow = sb.relevance and self.pairing.same_labels and sb.target is None
-        if self._thread is None:
-            results = first()
-            others = self._second(frames, sb, [r.target for r in results] if follow else None)
-        elif follow:
-            results = first()
-            others = self._thread.submit(self._second, frames, sb, [r.target for r in results]).result()
-        else:
+        if self._thread is not None and not follow:  # two devices at once
             pending = self._thread.submit(self._second, frames, sb, None)
             try:
                 results = first()
             finally:
                 wait([pending])  # never two of b's frames in flight, even when a's failed
             others = pending.result()
+        else:  # in turn: one device, or b needs a's classes
+            results = first()
+            targets = [r.target for r in results] if follow else None
+            others = (self._second(frames, sb, targets) if self._thread is None
+                      else self._thread.submit(self._second, frames, sb, targets).result())
         return [replace(r, pair=o) for r, o in zip(results, others, strict=True)]
 
     def add(self, frames: list[Frame], settings: MapSettings, results: list[Result]) -> list[Result]:
